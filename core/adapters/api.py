@@ -1,0 +1,125 @@
+"""One entry point to adapt any ``nn.Module``: a peft config, or a method name plus options.
+
+Besides every peft method (``lora``, ``adalora``, ``ia3``, ``loha``, ``ln_tuning`` …) and the methods
+verticals registers with peft (``bottleneck`` …), two training regimes that are not adapters are accepted
+so that one config key can compare them all: ``linear_probe`` (only ``trainable`` modules train) and
+``full`` (everything trains).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+from peft import PeftConfig, PeftModel, get_peft_model
+from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+from torch import nn
+
+from verticals.core.adapters import bottleneck as _bottleneck  # noqa: F401  (registers "bottleneck" with peft)
+from verticals.core.adapters.targets import resolve_targets
+
+REGIMES = ("linear_probe", "full")
+# Methods whose targets are normalisation layers rather than Linear/Conv/MHA layers.
+_TARGET_KINDS: dict[str, tuple[type, ...] | None] = {"ln_tuning": (nn.LayerNorm,), "bottleneck": (nn.Module,)}
+
+
+@dataclasses.dataclass
+class AdapterSpec:
+    """What to adapt and how, as it appears under ``model.adapter`` in a config file.
+
+    Args:
+        method: a peft method name (``lora``, ``adalora``, ``ln_tuning`` …), a verticals method
+            (``bottleneck``), or a regime: ``linear_probe`` / ``full``.
+        targets: a preset (``attention``, ``qv``, ``mlp``, ``all-linear``, ``blocks``, ``layernorm``),
+            a regex over module names, or a list of module names; resolved per backbone family.
+        trainable: modules trained in full beside the adapter (heads, patch embeddings); saved with it.
+        options: the method's own config fields (``r``, ``lora_alpha``, ``bottleneck_dim`` …).
+    """
+
+    method: str = "lora"
+    targets: str | list[str] | None = "attention"
+    trainable: list[str] = dataclasses.field(default_factory=list)
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def peft_methods() -> list[str]:
+    """Names of every method ``adapt`` accepts."""
+    return sorted(str(peft_type.value).lower() for peft_type in PEFT_TYPE_TO_CONFIG_MAPPING) + list(REGIMES)
+
+
+def build_peft_config(
+    model: nn.Module, method: str, targets: str | Sequence[str] | None, trainable: Sequence[str] = (), **options: Any
+) -> PeftConfig:
+    """A peft config for ``method`` with presets resolved to the anchored module names of ``model``."""
+    config_cls = _config_class(method)
+    field_names = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(options) - field_names)
+    if unknown:
+        raise ValueError(
+            f"Unknown option(s) {unknown} for method {method!r}; {config_cls.__name__} accepts: "
+            f"{sorted(name for name in field_names if not name.startswith('_'))}."
+        )
+    kwargs = dict(options)
+    if targets is not None and "target_modules" in field_names:
+        kwargs["target_modules"] = resolve_targets(model, targets, kinds=_TARGET_KINDS.get(method.lower()))
+    if trainable:
+        kwargs["modules_to_save"] = resolve_targets(model, list(trainable), kinds=(nn.Module,))
+    return config_cls(**kwargs)
+
+
+def adapt(
+    model: nn.Module,
+    method: str | PeftConfig | AdapterSpec = "lora",
+    *,
+    targets: str | Sequence[str] | None = "attention",
+    trainable: Sequence[str] = (),
+    adapter_name: str = "default",
+    **options: Any,
+) -> nn.Module:
+    """Freeze ``model`` and add an adapter; returns a ``peft.PeftModel`` (or ``model`` for the regimes).
+
+    ``adapt(backbone, "lora", targets="attention", r=8, lora_alpha=16)`` or ``adapt(backbone, LoraConfig(...))``.
+    """
+    if isinstance(method, AdapterSpec):
+        return adapt(
+            model, method.method, targets=method.targets, trainable=method.trainable, adapter_name=adapter_name,
+            **method.options,
+        )
+    if isinstance(method, PeftConfig):
+        config = method
+        if isinstance(getattr(config, "target_modules", None), str):
+            resolved = resolve_targets(model, config.target_modules, kinds=_TARGET_KINDS.get(str(config.peft_type.value).lower()))
+            config = dataclasses.replace(config, target_modules=resolved)
+        return get_peft_model(model, config, adapter_name=adapter_name)
+
+    name = method.lower()
+    if name in REGIMES:
+        if options:
+            raise ValueError(f"Method {name!r} takes no options, got {sorted(options)}.")
+        _set_regime(model, name, trainable)
+        return model
+    config = build_peft_config(model, name, targets, trainable, **options)
+    return get_peft_model(model, config, adapter_name=adapter_name)
+
+
+def _config_class(method: str) -> type[PeftConfig]:
+    for peft_type, config_cls in PEFT_TYPE_TO_CONFIG_MAPPING.items():
+        if str(peft_type.value).lower() == method.lower():
+            return config_cls
+    raise ValueError(f"Unknown adapter method {method!r}. Choose one of: {', '.join(peft_methods())}.")
+
+
+def _set_regime(model: nn.Module, regime: str, trainable: Sequence[str]) -> None:
+    if regime == "full":
+        model.requires_grad_(True)
+        return
+    model.requires_grad_(False)
+    if not trainable:
+        raise ValueError("Method 'linear_probe' needs `trainable` (e.g. ['head']): otherwise nothing would train.")
+    for name in resolve_targets(model, list(trainable), kinds=(nn.Module,)):
+        model.get_submodule(name).requires_grad_(True)
+
+
+def is_peft(model: nn.Module) -> bool:
+    return isinstance(model, PeftModel)

@@ -1,0 +1,102 @@
+"""Callbacks every verticals run gets: best/last checkpoints, the adapter export, timing and the report."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from verticals.core.adapters.io import save_adapter
+from verticals.core.report import write_report
+
+
+def run_directory(trainer: L.Trainer) -> Path:
+    """Where a run's files go: the logger's directory, else the trainer's root directory."""
+    return Path(trainer.log_dir or trainer.default_root_dir)
+
+
+class Timing(L.Callback):
+    """Wall time and throughput of training (samples/s), for the report and the benchmarks."""
+
+    def __init__(self) -> None:
+        self.fit_seconds = 0.0
+        self.train_samples = 0
+        self._start = 0.0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.train_samples += len(batch["x"])
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.fit_seconds += time.perf_counter() - self._start
+
+    @property
+    def samples_per_second(self) -> float:
+        return self.train_samples / self.fit_seconds if self.fit_seconds else 0.0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"fit_seconds": self.fit_seconds, "train_samples": self.train_samples}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.fit_seconds = float(state_dict.get("fit_seconds", 0.0))
+        self.train_samples = int(state_dict.get("train_samples", 0))
+
+
+class ExportAdapter(L.Callback):
+    """Write the adapter (peft format) to ``<run>/adapter``: the best weights after fit and after test."""
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        checkpoint = trainer.checkpoint_callback
+        best = getattr(checkpoint, "best_model_path", "") if checkpoint else ""
+        if best and Path(best).is_file():
+            state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+            current = {name: tensor.detach().clone() for name, tensor in pl_module.state_dict().items() if name in state}
+            pl_module.load_state_dict(state, strict=False)
+            self._export(trainer, pl_module)
+            pl_module.load_state_dict(current, strict=False)  # leave the trainer's model as it was
+        else:
+            self._export(trainer, pl_module)
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._export(trainer, pl_module)
+
+    def _export(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero and not trainer.fast_dev_run:
+            save_adapter(pl_module.model, run_directory(trainer) / "adapter")
+
+
+class RunReport(L.Callback):
+    """At test end: ``report.json`` and ``report.md`` with metrics, parameters, adapter size and timing."""
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero or trainer.fast_dev_run:
+            return
+        timing = next((callback for callback in trainer.callbacks if isinstance(callback, Timing)), None)
+        checkpoint = trainer.checkpoint_callback
+        write_report(
+            run_directory(trainer),
+            task=pl_module,
+            test_metrics={name: float(value) for name, value in trainer.callback_metrics.items() if name.startswith("test_")},
+            best_validation=(
+                {"monitor": checkpoint.monitor, "value": float(checkpoint.best_model_score)}
+                if isinstance(checkpoint, ModelCheckpoint) and checkpoint.best_model_score is not None
+                else None
+            ),
+            checkpoint=str(getattr(checkpoint, "best_model_path", "") or ""),
+            timing=timing.state_dict() | {"samples_per_second": timing.samples_per_second} if timing else None,
+        )
+
+
+def default_callbacks(*, monitor: str, mode: str) -> list[L.Callback]:
+    return [
+        ModelCheckpoint(monitor=monitor, mode=mode, filename="best", save_last=True, auto_insert_metric_name=False),
+        Timing(),
+        ExportAdapter(),
+        RunReport(),
+    ]

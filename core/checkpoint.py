@@ -1,0 +1,41 @@
+"""Checkpoints that hold only what was trained, plus a reference to the frozen backbone.
+
+A 22M-parameter backbone need not be copied into every checkpoint: it is rebuilt from its source and
+checked against a fingerprint of its weights, so a checkpoint can't be silently loaded onto another one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def fingerprint(module: nn.Module) -> str:
+    """SHA-256 over the names, shapes, dtypes and bytes of every tensor in ``module.state_dict()``."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def trainable_state(state_dict: Mapping[str, torch.Tensor], trainable_names: Iterable[str]) -> dict[str, torch.Tensor]:
+    """The entries of ``state_dict`` that belong to trainable parameters."""
+    keep = set(trainable_names)
+    return {name: tensor for name, tensor in state_dict.items() if name in keep}
+
+
+def check_backbone(reference: Mapping[str, Any], current: Mapping[str, Any], checkpoint_name: str = "checkpoint") -> None:
+    """Raise if a checkpoint was trained on a different backbone than the one built now."""
+    if reference.get("fingerprint") != current.get("fingerprint"):
+        raise ValueError(
+            f"The {checkpoint_name} was trained on backbone {reference.get('source')!r} "
+            f"(fingerprint {str(reference.get('fingerprint'))[:12]}…), but this model's backbone is "
+            f"{current.get('source')!r} (fingerprint {str(current.get('fingerprint'))[:12]}…). Build the task with "
+            "the backbone the checkpoint was trained on, or start a new run without --ckpt_path."
+        )

@@ -1,0 +1,64 @@
+"""Classification of whole inputs (a series, an image, a clip) into one of ``num_classes``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC, MulticlassF1Score
+
+from verticals.core.tasks.base import AdapterTask
+
+
+class ClassificationTask(AdapterTask):
+    """Cross-entropy classification; model selection on validation accuracy."""
+
+    monitor = "val_accuracy"
+    mode = "max"
+
+    def __init__(self, *args: Any, num_classes: int | None = None, label_smoothing: float = 0.0, **kwargs: Any) -> None:
+        if num_classes is not None and num_classes < 2:
+            raise ValueError(f"`num_classes` must be at least 2, got {num_classes}.")
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"`label_smoothing` must be in [0, 1), got {label_smoothing}.")
+        super().__init__(*args, **kwargs)
+
+    def _shapes_known(self) -> bool:
+        return self.hparams.get("num_classes") is not None
+
+    def _infer_from_datamodule(self, datamodule: Any) -> None:
+        super()._infer_from_datamodule(datamodule)
+        if self.hparams.get("num_classes") is None:
+            self.hparams["num_classes"] = int(datamodule.num_classes)
+
+    def model_outputs_kwargs(self) -> dict[str, Any]:
+        return {"num_outputs": self.hparams["num_classes"], "task": "classification"}
+
+    def configure_losses(self) -> None:
+        self.label_smoothing = self.hparams["label_smoothing"]
+
+    def configure_metrics(self) -> MetricCollection:
+        num_classes = self.hparams["num_classes"]
+        return MetricCollection(
+            {
+                "accuracy": MulticlassAccuracy(num_classes, average="micro"),
+                "balanced_accuracy": MulticlassAccuracy(num_classes, average="macro"),
+                "f1": MulticlassF1Score(num_classes, average="macro"),
+                "auroc": MulticlassAUROC(num_classes),
+            }
+        )
+
+    def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
+        logits = self(batch["x"])
+        loss = F.cross_entropy(logits, batch["y"], label_smoothing=self.label_smoothing)
+        metrics = getattr(self, f"{stage}_metrics")
+        metrics.update(logits.detach(), batch["y"])
+        on_step = stage == "train"
+        self.log(f"{stage}_loss", loss, prog_bar=True, on_step=on_step, on_epoch=True, batch_size=len(logits))
+        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train", batch_size=len(logits))
+        return loss
+
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self(batch["x"]).softmax(dim=-1)

@@ -1,0 +1,54 @@
+"""Forecasting: predict the next ``horizon`` steps of every channel from a context window."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection, SymmetricMeanAbsolutePercentageError
+
+from verticals.core.tasks.base import AdapterTask
+
+
+class ForecastingTask(AdapterTask):
+    """Point forecasts trained with MSE (or MAE); model selection on validation MSE."""
+
+    monitor = "val_mse"
+    mode = "min"
+
+    def __init__(self, *args: Any, horizon: int | None = None, loss: str = "mse", **kwargs: Any) -> None:
+        if loss not in ("mse", "mae"):
+            raise ValueError(f"`loss` must be 'mse' or 'mae', got {loss!r}.")
+        if horizon is not None and horizon < 1:
+            raise ValueError(f"`horizon` must be a positive number of steps, got {horizon}.")
+        super().__init__(*args, **kwargs)
+
+    def _shapes_known(self) -> bool:
+        return self.hparams.get("horizon") is not None
+
+    def _infer_from_datamodule(self, datamodule: Any) -> None:
+        super()._infer_from_datamodule(datamodule)
+        if self.hparams.get("horizon") is None:
+            self.hparams["horizon"] = int(datamodule.horizon)
+
+    def model_outputs_kwargs(self) -> dict[str, Any]:
+        return {"num_outputs": self.hparams["horizon"], "task": "forecasting"}
+
+    def configure_losses(self) -> None:
+        self.loss_fn = F.mse_loss if self.hparams["loss"] == "mse" else F.l1_loss
+
+    def configure_metrics(self) -> MetricCollection:
+        return MetricCollection(
+            {"mse": MeanSquaredError(), "mae": MeanAbsoluteError(), "smape": SymmetricMeanAbsolutePercentageError()}
+        )
+
+    def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
+        forecast = self(batch["x"])
+        loss = self.loss_fn(forecast, batch["y"])
+        metrics = getattr(self, f"{stage}_metrics")
+        metrics.update(forecast.detach().flatten(), batch["y"].flatten())
+        on_step = stage == "train"
+        self.log(f"{stage}_loss", loss, prog_bar=True, on_step=on_step, on_epoch=True, batch_size=len(forecast))
+        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train", batch_size=len(forecast))
+        return loss

@@ -1,0 +1,145 @@
+"""Shared fixtures: tiny, seeded stand-ins for each backbone family the target presets know."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+warnings.filterwarnings("ignore", ".*does not have many workers.*")
+logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+
+
+class TinyViTBlock(nn.Module):
+    """The module names of a timm ViT block: ``attn.qkv`` (fused), ``attn.proj``, ``mlp.fc1/fc2``."""
+
+    def __init__(self, width: int = 16) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(width)
+        self.attn = nn.Module()
+        self.attn.qkv = nn.Linear(width, 3 * width)
+        self.attn.proj = nn.Linear(width, width)
+        self.norm2 = nn.LayerNorm(width)
+        self.mlp = nn.Module()
+        self.mlp.fc1 = nn.Linear(width, 2 * width)
+        self.mlp.fc2 = nn.Linear(2 * width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.attn.qkv(self.norm1(x)).chunk(3, dim=-1)
+        attention = torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, dim=-1)
+        x = x + self.attn.proj(attention @ v)
+        return x + self.mlp.fc2(torch.relu(self.mlp.fc1(self.norm2(x))))
+
+
+class TinyViT(nn.Module):
+    """timm-like ViT: a Conv2d ``patch_embed.proj`` that a bare ``proj`` target would wrongly catch."""
+
+    def __init__(self, width: int = 16, depth: int = 2, num_classes: int = 3) -> None:
+        super().__init__()
+        self.patch_embed = nn.Module()
+        self.patch_embed.proj = nn.Conv2d(3, width, kernel_size=4, stride=4)
+        self.blocks = nn.Sequential(*[TinyViTBlock(width) for _ in range(depth)])
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.patch_embed.proj(x).flatten(2).transpose(1, 2)
+        return self.head(self.blocks(tokens).mean(dim=1))
+
+
+class TinyCLIPBlock(nn.Module):
+    """open_clip's ResidualAttentionBlock names: ``attn`` (nn.MultiheadAttention), ``mlp.c_fc/c_proj``."""
+
+    def __init__(self, width: int = 16) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(width, 2, batch_first=True)
+        self.mlp = nn.Sequential()
+        self.mlp.add_module("c_fc", nn.Linear(width, 2 * width))
+        self.mlp.add_module("gelu", nn.GELU())
+        self.mlp.add_module("c_proj", nn.Linear(2 * width, width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(x, x, x, need_weights=False)[0]
+        return x + self.mlp(x)
+
+
+class TinyCLIPTower(nn.Module):
+    def __init__(self, width: int = 16, depth: int = 2) -> None:
+        super().__init__()
+        self.transformer = nn.Module()
+        self.transformer.resblocks = nn.Sequential(*[TinyCLIPBlock(width) for _ in range(depth)])
+        self.proj_out = nn.Linear(width, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj_out(self.transformer.resblocks(x).mean(dim=1))
+
+
+class TinyMLP(nn.Module):
+    """A backbone of no known family: the generic presets apply."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mlp = nn.Module()
+        self.mlp.fc1 = nn.Linear(8, 16)
+        self.mlp.fc2 = nn.Linear(16, 8)
+        self.attention = nn.Module()
+        self.attention.query = nn.Linear(8, 8)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.attention.query(x)
+        return self.head(self.mlp.fc2(torch.relu(self.mlp.fc1(x))))
+
+
+def tiny_bert() -> nn.Module:
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=32, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+        max_position_embeddings=32,
+    )
+    return BertModel(config).eval()
+
+
+def tiny_whisper() -> nn.Module:
+    from transformers import WhisperConfig, WhisperModel
+
+    torch.manual_seed(0)
+    config = WhisperConfig(
+        vocab_size=64, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, num_mel_bins=8,
+        max_source_positions=16, max_target_positions=16, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        decoder_start_token_id=1,
+    )
+    return WhisperModel(config).eval()
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+BACKBONES = {
+    "hf_bert": tiny_bert,
+    "hf_whisper": tiny_whisper,
+    "timm_vit": TinyViT,
+    "open_clip": TinyCLIPTower,
+    "generic": TinyMLP,
+}
+
+
+@pytest.fixture
+def make_backbone():
+    """``make_backbone(family)`` builds a fresh, seeded tiny backbone of that family."""
+
+    def make(family: str) -> nn.Module:
+        torch.manual_seed(0)
+        return BACKBONES[family]()
+
+    return make
