@@ -128,14 +128,20 @@ def find_last_checkpoint(root: Path) -> tuple[str, int]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the ``verticals`` command."""
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["configs"]:
         for name, path in packaged_configs().items():
             print(f"{name:40s} {_describe(path)}")
         return
+    run_cli(args)
+
+
+def run_cli(args: Sequence[str]) -> VerticalsCLI:
+    """Run a ``verticals`` subcommand in this process and return the CLI (its ``trainer``, ``model``)."""
     # Lightning's DDP launcher re-runs sys.argv in each process, so the resolved arguments go there.
     sys.argv = [sys.argv[0], *_rewrite_arguments(args)]
-    VerticalsCLI(
+    return VerticalsCLI(
         model_class=LightningModule,
         datamodule_class=LightningDataModule,
         subclass_mode_model=True,

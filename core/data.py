@@ -17,7 +17,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 log = logging.getLogger(__name__)
 
@@ -290,16 +290,7 @@ class ArrayClassificationDataModule(L.LightningDataModule):
             self.test_dataset = ArrayDataset(data.x_test, data.y_test)
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
-        # A fresh seeded generator per loader: the same seed gives the same epoch orders.
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            generator=generator,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
+        return make_loader(dataset, self.batch_size, shuffle=shuffle, seed=self.seed, num_workers=self.num_workers)
 
     def train_dataloader(self) -> DataLoader:
         self.setup()
@@ -323,3 +314,35 @@ class ArrayClassificationDataModule(L.LightningDataModule):
         """Predicts over the test split, in file order."""
         self.setup()
         return self._loader(self.test_dataset, shuffle=False)
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """A random order that depends only on ``(seed, epoch)``.
+
+    Lightning calls ``set_epoch`` before every epoch, so a run resumed from a checkpoint sees the same
+    batches as one that never stopped (a plain seeded generator would restart its sequence).
+    """
+
+    def __init__(self, size: int, seed: int = 0) -> None:
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.size
+
+
+def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0, num_workers: int = 0) -> DataLoader:
+    """The DataLoader every verticals datamodule uses: epoch-seeded shuffling, persistent workers."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=EpochShuffleSampler(len(dataset), seed) if shuffle else None,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+    )

@@ -83,7 +83,14 @@ class AdapterTask(L.LightningModule):
     def _infer_from_datamodule(self, datamodule: Any) -> None:
         """Fill missing shape arguments from the datamodule (called before the model is built)."""
         if self.hparams.get("input_shape") is None:
-            self.hparams["input_shape"] = list(datamodule.input_shape)
+            self._set_inferred("input_shape", list(datamodule.input_shape))
+
+    def _set_inferred(self, key: str, value: Any) -> None:
+        """Record a value taken from the datamodule, so checkpoints and logged hparams carry it."""
+        self.hparams[key] = value
+        initial = getattr(self, "_hparams_initial", None)
+        if initial is not None:
+            initial[key] = value
 
     # -- model ---------------------------------------------------------------------------
     def configure_model(self) -> None:

@@ -31,7 +31,7 @@ class ClassificationTask(AdapterTask):
     def _infer_from_datamodule(self, datamodule: Any) -> None:
         super()._infer_from_datamodule(datamodule)
         if self.hparams.get("num_classes") is None:
-            self.hparams["num_classes"] = int(datamodule.num_classes)
+            self._set_inferred("num_classes", int(datamodule.num_classes))
 
     def model_outputs_kwargs(self) -> dict[str, Any]:
         return {"num_outputs": self.hparams["num_classes"], "task": "classification"}

@@ -30,7 +30,7 @@ class ForecastingTask(AdapterTask):
     def _infer_from_datamodule(self, datamodule: Any) -> None:
         super()._infer_from_datamodule(datamodule)
         if self.hparams.get("horizon") is None:
-            self.hparams["horizon"] = int(datamodule.horizon)
+            self._set_inferred("horizon", int(datamodule.horizon))
 
     def model_outputs_kwargs(self) -> dict[str, Any]:
         return {"num_outputs": self.hparams["horizon"], "task": "forecasting"}

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
-from verticals.core.data import ArrayClassificationDataModule
+from verticals.core.data import ArrayClassificationDataModule, make_loader
 
 log = logging.getLogger(__name__)
 
@@ -741,13 +741,8 @@ class ForecastingDataModule(L.LightningDataModule):
         return WindowDataset(values, self.window_starts(split), self.context_length, self.horizon)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            self._dataset(split),
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+        return make_loader(
+            self._dataset(split), self.batch_size, shuffle=shuffle, seed=self.seed, num_workers=self.num_workers
         )
 
     def setup(self, stage: str | None = None) -> None:
