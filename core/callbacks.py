@@ -20,32 +20,38 @@ def run_directory(trainer: L.Trainer) -> Path:
 
 
 class Timing(L.Callback):
-    """Wall time and throughput of training (samples/s), for the report and the benchmarks."""
+    """Wall time and throughput of training in this process (samples/s), for the report and benchmarks.
+
+    Not saved in checkpoints: a test that restores the best checkpoint must not rewind these figures.
+    """
 
     def __init__(self) -> None:
         self.fit_seconds = 0.0
         self.train_samples = 0
-        self._start = 0.0
+        self._start = self._before = 0.0
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._start = time.perf_counter()
+        self._start, self._before = time.perf_counter(), self.fit_seconds
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         self.train_samples += len(batch["x"])
+        self.fit_seconds = self._before + time.perf_counter() - self._start
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.fit_seconds += time.perf_counter() - self._start
+        self.fit_seconds = self._before + time.perf_counter() - self._start
 
     @property
     def samples_per_second(self) -> float:
         return self.train_samples / self.fit_seconds if self.fit_seconds else 0.0
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"fit_seconds": self.fit_seconds, "train_samples": self.train_samples}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.fit_seconds = float(state_dict.get("fit_seconds", 0.0))
-        self.train_samples = int(state_dict.get("train_samples", 0))
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "fit_seconds": self.fit_seconds,
+            "train_samples": self.train_samples,
+            "samples_per_second": self.samples_per_second,
+        }
 
 
 class ExportAdapter(L.Callback):
@@ -67,20 +73,22 @@ class ExportAdapter(L.Callback):
         self._export(trainer, pl_module)
 
     def _export(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        directory = run_directory(trainer)  # every rank: trainer.log_dir is a collective call under DDP
         if trainer.is_global_zero and not trainer.fast_dev_run:
-            save_adapter(pl_module.model, run_directory(trainer) / "adapter")
+            save_adapter(pl_module.model, directory / "adapter")
 
 
 class RunReport(L.Callback):
     """At test end: ``report.json`` and ``report.md`` with metrics, parameters, adapter size and timing."""
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        directory = run_directory(trainer)  # every rank: trainer.log_dir is a collective call under DDP
         if not trainer.is_global_zero or trainer.fast_dev_run:
             return
         timing = next((callback for callback in trainer.callbacks if isinstance(callback, Timing)), None)
         checkpoint = trainer.checkpoint_callback
         write_report(
-            run_directory(trainer),
+            directory,
             task=pl_module,
             test_metrics={name: float(value) for name, value in trainer.callback_metrics.items() if name.startswith("test_")},
             best_validation=(
@@ -89,7 +97,7 @@ class RunReport(L.Callback):
                 else None
             ),
             checkpoint=str(getattr(checkpoint, "best_model_path", "") or ""),
-            timing=timing.state_dict() | {"samples_per_second": timing.samples_per_second} if timing else None,
+            timing=timing.as_dict() if timing else None,
         )
 
 

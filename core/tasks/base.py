@@ -25,6 +25,10 @@ from verticals.core.registry import build_model
 class AdapterTask(L.LightningModule):
     """Base task. ``model`` is a registered model name (configs) or a ready ``nn.Module`` (Python).
 
+    ``monitor`` / ``monitor_mode`` override the metric that picks the best checkpoint (the class default,
+    e.g. ``val_accuracy``); with ``val_fraction: 0`` validation runs on the training set, and
+    ``monitor: val_loss`` then keeps the best-fitting (usually the last) epoch.
+
     The built model should expose its frozen pretrained part as ``.backbone`` (used for the backbone
     fingerprint and the trainable-% figure) and may list ``unused_parameters`` (regexes) that the
     backbone count leaves out, such as a word-embedding table a non-text model never reads.
@@ -43,8 +47,16 @@ class AdapterTask(L.LightningModule):
         weight_decay: float = 0.01,
         warmup_fraction: float = 0.05,
         scheduler: str = "cosine",
+        monitor: str | None = None,
+        monitor_mode: str | None = None,
     ) -> None:
         super().__init__()
+        if monitor is not None:
+            self.monitor = monitor
+        if monitor_mode is not None:
+            if monitor_mode not in ("min", "max"):
+                raise ValueError(f"`monitor_mode` must be 'min' or 'max', got {monitor_mode!r}.")
+            self.mode = monitor_mode
         if isinstance(model, nn.Module):
             self._given_model: nn.Module | None = model
             model_name = type(model).__name__
@@ -185,7 +197,10 @@ class AdapterTask(L.LightningModule):
     def configure_callbacks(self) -> list[L.Callback]:
         from verticals.core.callbacks import default_callbacks
 
-        return default_callbacks(monitor=self.monitor, mode=self.mode)
+        # The same instances on every trainer call, so fit's timing reaches the report written at test.
+        if getattr(self, "_run_callbacks", None) is None:
+            self._run_callbacks = default_callbacks(monitor=self.monitor, mode=self.mode)
+        return self._run_callbacks
 
     # -- checkpoints ---------------------------------------------------------------------
     def trainable_names(self) -> list[str]:

@@ -1,0 +1,77 @@
+"""The time-series benchmark script end to end, at tiny scale (tiny-bert, 1 epoch, GunPoint)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "timeseries.py"
+
+
+@pytest.fixture(scope="module")
+def benchmark():
+    pytest.importorskip("sktime")
+    name = "verticals_benchmark_timeseries"
+    spec = importlib.util.spec_from_file_location(name, SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # the script passes its callback to the CLI by import path
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop(name, None)
+
+
+def test_tiny_run_writes_markdown_and_json(benchmark, tmp_path: Path) -> None:
+    output = tmp_path / "results" / "timeseries.md"
+    argv = [
+        "--datasets", "GunPoint",
+        "--methods", "lora",
+        "--encoder", "tiny-bert",
+        "--epochs", "1",
+        "--overhead-epochs", "1",
+        "--overhead-repeats", "3",
+        "--output", str(output),
+        "--runs-dir", str(tmp_path / "runs"),
+    ]  # fmt: skip
+    argv_before = list(sys.argv)
+    results = benchmark.main(argv)
+    assert sys.argv == argv_before, "the benchmark must restore sys.argv after run_cli"
+    assert results["errors"] == []
+
+    markdown = output.read_text()
+    assert "- command: `python benchmarks/timeseries.py --datasets GunPoint --methods lora" in markdown
+    assert "--encoder tiny-bert --epochs 1" in markdown
+    assert "- machine: " in markdown and "torch " in markdown
+    header = next(line for line in markdown.splitlines() if line.startswith("| dataset | lora"))
+    assert "1-NN DTW" in header and "MiniRocket" in header
+    row = next(line for line in markdown.splitlines() if line.startswith("| GunPoint | "))
+    accuracies = [float(cell) for cell in row.strip("|").split("|")[1:]]
+    assert len(accuracies) == 3 and all(0.0 <= value <= 1.0 for value in accuracies)
+    assert accuracies[1] == pytest.approx(0.9067, abs=1e-3)  # 1-NN DTW on GunPoint, as published (0.907)
+    assert re.search(r"LoRA ≥ 1-NN DTW on [01] of 1 datasets", markdown)
+    assert "| GunPoint | lora | " in markdown and "trainable %" in markdown
+    ratio = re.search(r"Throughput ratio verticals/plain: ([0-9.]+)", markdown)
+    assert ratio and float(ratio.group(1)) > 0
+
+    raw = json.loads(output.with_suffix(".json").read_text())
+    assert raw["command"].startswith("python benchmarks/timeseries.py ")
+    assert raw["argv"] == argv
+    (run,) = raw["runs"]
+    assert run["method"] == "lora" and run["encoder"] == "tiny-bert" and run["epochs"] == 1
+    assert 0 < run["trainable_parameters"] < run["total_parameters"]
+    percent = 100 * run["trainable_parameters"] / run["backbone_parameters"]
+    assert run["trainable_percent"] == pytest.approx(percent)
+    assert run["fit_seconds"] > 0 and run["wall_seconds"] >= run["fit_seconds"]
+    assert set(raw["classical"]["GunPoint"]) == {"dtw", "minirocket"}
+    overhead = raw["overhead"]
+    loops = [r["loop"] for r in overhead["runs"]]
+    assert loops == ["verticals", "plain", "plain", "verticals", "verticals", "plain"]  # alternating
+    assert len({r["samples"] for r in overhead["runs"]}) == 1  # same data, same epochs in both loops
+    assert overhead["ratio_verticals_over_plain"] == pytest.approx(float(ratio.group(1)), abs=1e-3)
+    assert all(r["checkpoint_saves_in_window"] == 0 for r in overhead["runs"] if r["loop"] == "verticals")

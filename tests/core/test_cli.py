@@ -1,0 +1,118 @@
+"""The ``verticals`` command: packaged configs, run, resume, errors, and a 2-process CPU DDP fit."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from verticals.core.cli import find_last_checkpoint, main, packaged_configs, resolve_config, run_cli
+
+TINY_MODEL = "{encoder: tiny-bert, num_layers: 2}"
+TINY_FORECAST_MODEL = "{encoder: tiny-bert, num_layers: 2, patch_length: 8, stride: 4}"
+
+
+def _tiny(config: str, root: Path, *extra: str) -> list[str]:
+    forecasting = "airline" in config
+    args = [
+        "--config", config,
+        "--model.init_args.model_args", TINY_FORECAST_MODEL if forecasting else TINY_MODEL,
+        "--trainer.default_root_dir", str(root),
+        "--trainer.enable_progress_bar", "false",
+        "--trainer.enable_model_summary", "false",
+    ]
+    return [*args, *extra]
+
+
+@pytest.fixture(autouse=True)
+def _keep_argv(monkeypatch):
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+
+
+@pytest.mark.parametrize("name", sorted(packaged_configs()))
+def test_every_packaged_config_runs(tmp_path, name):
+    cli = run_cli(["fit", *_tiny(name, tmp_path, "--trainer.fast_dev_run", "true")])
+    assert cli.trainer.state.finished
+
+
+def test_packaged_configs_are_listed_with_descriptions(capsys):
+    main(["configs"])
+    out = capsys.readouterr().out
+    assert "timeseries/gunpoint_lora" in out and "LoRA" in out
+    for path in packaged_configs().values():
+        assert path.read_text().startswith("# "), f"{path} needs a one-line description comment"
+        assert yaml.safe_load(path.read_text())["trainer"]["default_root_dir"].startswith("runs/")
+
+
+def test_unknown_config_name_lists_the_packaged_ones():
+    with pytest.raises(SystemExit, match="(?s)'timeseries/gunpont_lora' is neither a file nor a packaged config.*gunpoint_lora"):
+        resolve_config("timeseries/gunpont_lora")
+
+
+def test_run_writes_adapter_metrics_and_report(tmp_path):
+    run_cli(["run", *_tiny("timeseries/gunpoint_lora", tmp_path, "--trainer.max_epochs", "1",
+                           "--trainer.limit_train_batches", "2")])
+    run_dir = tmp_path / "version_0"
+    assert (run_dir / "adapter" / "adapter_config.json").is_file()
+    assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
+    assert (run_dir / "metrics.csv").is_file()
+    report = json.loads((run_dir / "report.json").read_text())
+    assert 0.0 <= report["test"]["test_accuracy"] <= 1.0
+    assert report["parameters"]["trainable"] > 0 and report["timing"]["samples_per_second"] > 0
+    assert report["backbone"]["source"] == "tiny-bert"
+    assert "| accuracy |" in (run_dir / "report.md").read_text()
+
+
+def test_resume_from_last(tmp_path):
+    run_cli(["fit", *_tiny("timeseries/gunpoint_lora", tmp_path, "--trainer.max_epochs", "1",
+                           "--trainer.limit_train_batches", "1")])
+    checkpoint, version = find_last_checkpoint(tmp_path)
+    assert version == 0 and checkpoint.endswith("last.ckpt")
+    cli = run_cli(["fit", *_tiny("timeseries/gunpoint_lora", tmp_path, "--trainer.max_epochs", "2",
+                                 "--trainer.limit_train_batches", "1", "--ckpt_path", "last")])
+    assert cli.trainer.current_epoch == 2
+    assert not (tmp_path / "version_1").exists()  # the resumed run keeps writing to version_0
+
+
+def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(SystemExit, match="found no version_\\*/checkpoints/last.ckpt"):
+        find_last_checkpoint(tmp_path)
+
+
+def test_bad_dataset_path_is_a_clear_error(tmp_path):
+    # jsonargparse wraps the datamodule's FileNotFoundError; its message reaches the user unchanged.
+    with pytest.raises((FileNotFoundError, ValueError), match="does not exist; expected .*GunPoint_TRAIN.ts"):
+        run_cli(["fit", *_tiny("timeseries/gunpoint_lora", tmp_path, "--data.init_args.root", str(tmp_path / "nope"))])
+
+
+def test_unknown_target_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="matched no module.*Candidate module names"):
+        run_cli(["fit", *_tiny("timeseries/gunpoint_lora", tmp_path, "--model.init_args.adapter.targets", "qkv_proj",
+                               "--trainer.fast_dev_run", "true")])
+
+
+def test_help_shows_task_options():
+    result = subprocess.run(
+        [sys.executable, "-m", "verticals.core.cli", "fit", "--model.help", "verticals.core.tasks.ClassificationTask"],
+        capture_output=True, text=True, check=True,
+    )
+    assert "--model.adapter" in result.stdout and "--model.num_classes" in result.stdout
+    assert "--model.learning_rate" in result.stdout  # base-task options reach the help through **kwargs
+
+
+def test_ddp_on_two_cpu_processes(tmp_path):
+    """Lightning's DDP strategy (gloo) with 2 CPU processes, launched as a user would."""
+    command = [
+        sys.executable, "-m", "verticals.core.cli", "fit",
+        *_tiny("timeseries/gunpoint_lora", tmp_path, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
+               "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "distributed_backend=gloo" in result.stderr + result.stdout
+    assert (tmp_path / "version_0" / "checkpoints" / "last.ckpt").is_file()
+    assert (tmp_path / "version_0" / "adapter" / "adapter_model.safetensors").is_file()

@@ -1,0 +1,99 @@
+"""Every worked notebook runs end to end at a small scale (papermill), and is committed without outputs.
+
+The notebooks run in a kernel of *this* interpreter: a kernel spec pointing at ``sys.executable`` is written
+into ``tmp_path`` and found first through ``JUPYTER_PATH``, so nothing is registered globally and a user-level
+``python3`` kernel of another environment cannot shadow it. Each notebook writes its runs under ``tmp_path``
+(the kernel's working directory) and its results table to a CSV path given as a parameter.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import pytest
+
+papermill = pytest.importorskip("papermill")
+pytest.importorskip("ipykernel")
+
+NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
+KERNEL_NAME = "verticals-test-python"
+
+# One entry per notebook: the parameters of its small CI scale (full-scale defaults live in the notebook).
+SMALL_SCALE: dict[str, dict[str, object]] = {
+    "timeseries_adaptation.ipynb": {
+        "ENCODER": "tiny-bert",
+        "DATASETS": ["GunPoint", "BasicMotions"],  # univariate and multivariate
+        "METHODS": ["lora", "bottleneck", "full"],  # a peft method, a verticals method, a regime
+        "MAX_EPOCHS": 2,
+    },
+}
+
+
+@pytest.fixture
+def kernel_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A kernel spec for this interpreter, visible only to this test."""
+    spec_dir = tmp_path / "jupyter" / "kernels" / KERNEL_NAME
+    spec_dir.mkdir(parents=True)
+    spec = {
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "verticals tests",
+        "language": "python",
+    }
+    (spec_dir / "kernel.json").write_text(json.dumps(spec))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    monkeypatch.delenv("MPLBACKEND", raising=False)  # keep the kernel's inline backend: figures are checked
+    monkeypatch.setenv("PYDEVD_DISABLE_FILE_VALIDATION", "1")
+    return KERNEL_NAME
+
+
+@pytest.mark.parametrize("name", sorted(SMALL_SCALE))
+def test_notebook_is_committed_clean(name: str) -> None:
+    notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
+    nbformat.validate(notebook)
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    clean = all(not cell.outputs and cell.execution_count is None for cell in code)
+    assert clean, f"clear the outputs of {name} before committing it (see notebooks/README.md)"
+    tagged = [cell for cell in code if "parameters" in cell.metadata.get("tags", [])]
+    assert len(tagged) == 1, f"{name} needs exactly one cell tagged 'parameters' (papermill)"
+    for parameter in SMALL_SCALE[name]:
+        assert f"{parameter} =" in tagged[0].source, f"{name}: the parameters cell lacks {parameter}"
+
+
+def test_timeseries_adaptation(tmp_path: Path, kernel_name: str) -> None:
+    results_csv = tmp_path / "results.csv"
+    parameters = {**SMALL_SCALE["timeseries_adaptation.ipynb"], "RESULTS_CSV": str(results_csv)}
+    executed = papermill.execute_notebook(
+        str(NOTEBOOKS / "timeseries_adaptation.ipynb"),
+        str(tmp_path / "timeseries_adaptation.ipynb"),
+        parameters=parameters,
+        kernel_name=kernel_name,
+        cwd=str(tmp_path),
+        progress_bar=False,
+    )
+
+    results = pd.read_csv(results_csv)
+    expected = {(d, m) for d in parameters["DATASETS"] for m in [*parameters["METHODS"], "dtw"]}
+    assert set(zip(results.dataset, results.method)) == expected
+    assert results.accuracy.between(0, 1).all()
+    assert (results.ci_low <= results.accuracy).all() and (results.accuracy <= results.ci_high).all()
+    trained = results[results.method != "dtw"]
+    assert (trained.trainable_percent > 0).all() and (trained.train_seconds > 0).all()
+    assert (trained.epochs == parameters["MAX_EPOCHS"]).all()
+    full = trained[trained.method == "full"].set_index("dataset").trainable_percent
+    lora = trained[trained.method == "lora"].set_index("dataset").trainable_percent
+    assert (lora < full).all()
+    for run_dir in trained.run_dir:  # runs land under the kernel's working directory
+        run = tmp_path / run_dir
+        assert (run / "metrics.csv").is_file() and (run / "adapter").is_dir(), run
+
+    outputs = [output for cell in executed.cells if cell.cell_type == "code" for output in cell.outputs]
+    figures = [output for output in outputs if "image/png" in output.get("data", {})]
+    assert len(figures) >= 4  # examples, accuracy bars, accuracy vs trainable %, training curves
+    text = "".join(output.get("text", "") for output in outputs)
+    assert "Highest test accuracy among the trained methods" in text
