@@ -92,6 +92,7 @@ _NOISY_WARNINGS = (
     ".*will override existing callbacks.*",
     ".*limit_val_batches=0.*",
     ".*You defined a `validation_step` but have no `val_dataloader`.*",
+    ".*Unsupported layer type.*",  # peft on LN tuning's LayerNorm targets
 )
 
 
@@ -175,31 +176,38 @@ def common_arguments(root: Path) -> list[str]:
 
 @contextlib.contextmanager
 def quiet_run(log_file: Path | None) -> Iterator[None]:
-    """Silence Lightning's chatter and known warnings; the run's stdout (result tables) goes to ``log_file``.
+    """Run quietly: the run's stdout (result tables) goes to ``log_file``, Lightning's start-up info and
+    known warnings are dropped. ``log_file=None`` (``--verbose``) leaves all output alone.
 
-    Also restores ``sys.argv``, which ``run_cli`` rewrites for Lightning's launchers.
+    Either way restores ``sys.argv``, which ``run_cli`` rewrites for Lightning's launchers.
     """
     saved_argv = list(sys.argv)
-    names = ("lightning.pytorch", "lightning.fabric", "lightning", "verticals.core.data")
-    loggers = [logging.getLogger(name) for name in names]
-    levels = [logger.level for logger in loggers]
+    # Lightning's start-up info; the datamodule's per-run note on val_fraction (the report states the rule).
+    quieter = (
+        {}
+        if log_file is None
+        else {
+            "lightning.pytorch": logging.WARNING,
+            "lightning.fabric": logging.WARNING,
+            "verticals.core.data": logging.ERROR,
+        }
+    )
+    levels = {name: logging.getLogger(name).level for name in quieter}
+    buffer = io.StringIO()
     with warnings.catch_warnings():
-        for pattern in _NOISY_WARNINGS:
-            warnings.filterwarnings("ignore", message=pattern)
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        for logger in loggers:
-            logger.setLevel(logging.WARNING)
-        buffer = io.StringIO()
+        if log_file is not None:
+            for pattern in _NOISY_WARNINGS:
+                warnings.filterwarnings("ignore", message=pattern)
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+        for name, level in quieter.items():
+            logging.getLogger(name).setLevel(level)
         try:
-            if log_file is None:
+            with contextlib.redirect_stdout(buffer) if log_file is not None else contextlib.nullcontext():
                 yield
-            else:
-                with contextlib.redirect_stdout(buffer):
-                    yield
         finally:
-            for logger, level in zip(loggers, levels):
-                logger.setLevel(level)
-            sys.argv = saved_argv  # run_cli rewrites sys.argv for Lightning's launchers
+            for name, level in levels.items():
+                logging.getLogger(name).setLevel(level)
+            sys.argv = saved_argv
             if log_file is not None:
                 log_file.parent.mkdir(parents=True, exist_ok=True)
                 log_file.write_text(buffer.getvalue())
@@ -644,7 +652,7 @@ def overhead_lines(overhead: dict[str, Any]) -> list[str]:
     return [
         f"Config `{overhead['config']}` ({overhead['dataset']}, encoder `{overhead['encoder']}`, batch size "
         f"{overhead['batch_size']}), {overhead['epochs']} epochs per run, "
-        f"{overhead['samples_per_run']} training samples per run, {overhead['repeats']} alternating repeats "
+        f"{'/'.join(map(str, overhead['samples_per_run']))} training samples per run, {overhead['repeats']} alternating repeats "
         "after one warm-up run of each, "
         f"{overhead['torch_threads']} torch threads.",
         "",

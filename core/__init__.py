@@ -5,7 +5,15 @@ Importing it registers verticals' own PEFT methods with peft, so their adapters 
 """
 
 from verticals.core.adapters.api import AdapterSpec, adapt, build_peft_config, peft_methods
-from verticals.core.adapters.io import compose, load_adapter, merge, merge_in_place, negate, save_adapter, unmerge
+from verticals.core.adapters.io import (
+    compose,
+    load_adapter,
+    merge,
+    merge_in_place,
+    negate,
+    save_adapter,
+    unmerge,
+)
 from verticals.core.adapters.summary import ParameterSummary, parameter_summary
 from verticals.core.adapters.targets import detect_family, resolve_targets
 from verticals.core.registry import build_model, register_model, registered_models

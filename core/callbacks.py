@@ -62,7 +62,11 @@ class ExportAdapter(L.Callback):
         best = getattr(checkpoint, "best_model_path", "") if checkpoint else ""
         if best and Path(best).is_file():
             state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
-            current = {name: tensor.detach().clone() for name, tensor in pl_module.state_dict().items() if name in state}
+            current = {
+                name: tensor.detach().clone()
+                for name, tensor in pl_module.state_dict().items()
+                if name in state
+            }
             pl_module.load_state_dict(state, strict=False)
             self._export(trainer, pl_module)
             pl_module.load_state_dict(current, strict=False)  # leave the trainer's model as it was
@@ -90,7 +94,11 @@ class RunReport(L.Callback):
         write_report(
             directory,
             task=pl_module,
-            test_metrics={name: float(value) for name, value in trainer.callback_metrics.items() if name.startswith("test_")},
+            test_metrics={
+                name: float(value)
+                for name, value in trainer.callback_metrics.items()
+                if name.startswith("test_")
+            },
             best_validation=(
                 {"monitor": checkpoint.monitor, "value": float(checkpoint.best_model_score)}
                 if isinstance(checkpoint, ModelCheckpoint) and checkpoint.best_model_score is not None
@@ -103,7 +111,9 @@ class RunReport(L.Callback):
 
 def default_callbacks(*, monitor: str, mode: str) -> list[L.Callback]:
     return [
-        ModelCheckpoint(monitor=monitor, mode=mode, filename="best", save_last=True, auto_insert_metric_name=False),
+        ModelCheckpoint(
+            monitor=monitor, mode=mode, filename="best", save_last=True, auto_insert_metric_name=False
+        ),
         Timing(),
         ExportAdapter(),
         RunReport(),

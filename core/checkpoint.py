@@ -24,13 +24,17 @@ def fingerprint(module: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def trainable_state(state_dict: Mapping[str, torch.Tensor], trainable_names: Iterable[str]) -> dict[str, torch.Tensor]:
+def trainable_state(
+    state_dict: Mapping[str, torch.Tensor], trainable_names: Iterable[str]
+) -> dict[str, torch.Tensor]:
     """The entries of ``state_dict`` that belong to trainable parameters."""
     keep = set(trainable_names)
     return {name: tensor for name, tensor in state_dict.items() if name in keep}
 
 
-def check_backbone(reference: Mapping[str, Any], current: Mapping[str, Any], checkpoint_name: str = "checkpoint") -> None:
+def check_backbone(
+    reference: Mapping[str, Any], current: Mapping[str, Any], checkpoint_name: str = "checkpoint"
+) -> None:
     """Raise if a checkpoint was trained on a different backbone than the one built now."""
     if reference.get("fingerprint") != current.get("fingerprint"):
         raise ValueError(

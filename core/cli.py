@@ -30,7 +30,12 @@ class VerticalsTrainer(Trainer):
             kwargs["logger"] = CSVLogger(save_dir=kwargs.get("default_root_dir") or "runs", name="")
         super().__init__(*args, **kwargs)
 
-    def run(self, model: LightningModule, datamodule: LightningDataModule | None = None, ckpt_path: str | None = None) -> list[dict[str, float]]:
+    def run(
+        self,
+        model: LightningModule,
+        datamodule: LightningDataModule | None = None,
+        ckpt_path: str | None = None,
+    ) -> list[dict[str, float]]:
         """Fit, then test the best checkpoint and write the run's adapter and report."""
         self.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
         best = getattr(self.checkpoint_callback, "best_model_path", "")

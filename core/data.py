@@ -290,7 +290,9 @@ class ArrayClassificationDataModule(L.LightningDataModule):
             self.test_dataset = ArrayDataset(data.x_test, data.y_test)
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
-        return make_loader(dataset, self.batch_size, shuffle=shuffle, seed=self.seed, num_workers=self.num_workers)
+        return make_loader(
+            dataset, self.batch_size, shuffle=shuffle, seed=self.seed, num_workers=self.num_workers
+        )
 
     def train_dataloader(self) -> DataLoader:
         self.setup()
@@ -337,7 +339,9 @@ class EpochShuffleSampler(Sampler[int]):
         return self.size
 
 
-def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0, num_workers: int = 0) -> DataLoader:
+def make_loader(
+    dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0, num_workers: int = 0
+) -> DataLoader:
     """The DataLoader every verticals datamodule uses: epoch-seeded shuffling, persistent workers."""
     return DataLoader(
         dataset,

@@ -20,7 +20,9 @@ def register_model(*, name: str, builder: ModelBuilder) -> ModelBuilder:
     """Register ``builder(input_shape=..., num_outputs=..., **model_args) -> nn.Module`` under ``name``."""
     existing = _BUILDERS.get(name)
     if existing is not None and existing is not builder:
-        raise KeyError(f"A model called {name!r} is already registered ({existing.__module__}.{existing.__name__}).")
+        raise KeyError(
+            f"A model called {name!r} is already registered ({existing.__module__}.{existing.__name__})."
+        )
     _BUILDERS[name] = builder
     return builder
 
@@ -39,7 +41,9 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
                     f"Model {name!r} needs the '{domain}' extra: pip install 'verticals[{domain}]' ({error})."
                 ) from error
     if name not in _BUILDERS:
-        raise KeyError(f"Unknown model {name!r}. Registered models: {', '.join(sorted(_BUILDERS)) or 'none'}.")
+        raise KeyError(
+            f"Unknown model {name!r}. Registered models: {', '.join(sorted(_BUILDERS)) or 'none'}."
+        )
     return _BUILDERS[name](**kwargs)
 
 

@@ -38,12 +38,18 @@ def write_report(
         "backbone": task.backbone_reference,
         "parameters": summary.as_dict(),
         "adapter_file_bytes": adapter_bytes,
-        "adapter_file_vs_trainable_bytes": adapter_bytes / summary.trainable_bytes if summary.trainable_bytes else None,
+        "adapter_file_vs_trainable_bytes": adapter_bytes / summary.trainable_bytes
+        if summary.trainable_bytes
+        else None,
         "test": test_metrics,
         "best_validation": best_validation,
         "checkpoint": checkpoint,
         "timing": timing,
-        "environment": {"python": platform.python_version(), "torch": torch.__version__, "machine": platform.machine()},
+        "environment": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "machine": platform.machine(),
+        },
     }
     (run_dir / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     (run_dir / "report.md").write_text(_markdown(report))
@@ -63,10 +69,16 @@ def _markdown(report: dict[str, Any]) -> str:
         f"- adapter file: {report['adapter_file_bytes']:,} bytes",
     ]
     if report["best_validation"]:
-        lines.append(f"- best {report['best_validation']['monitor']}: {report['best_validation']['value']:.4f}")
+        lines.append(
+            f"- best {report['best_validation']['monitor']}: {report['best_validation']['value']:.4f}"
+        )
     if report["timing"]:
         timing = report["timing"]
-        lines.append(f"- training: {timing['fit_seconds']:.1f} s, {timing['samples_per_second']:.1f} samples/s")
+        lines.append(
+            f"- training: {timing['fit_seconds']:.1f} s, {timing['samples_per_second']:.1f} samples/s"
+        )
     lines += ["", "| test metric | value |", "|---|---|"]
-    lines += [f"| {name.removeprefix('test_')} | {value:.4f} |" for name, value in sorted(report["test"].items())]
+    lines += [
+        f"| {name.removeprefix('test_')} | {value:.4f} |" for name, value in sorted(report["test"].items())
+    ]
     return "\n".join(lines) + "\n"

@@ -49,7 +49,11 @@ def peft_methods() -> list[str]:
 
 
 def build_peft_config(
-    model: nn.Module, method: str, targets: str | Sequence[str] | None, trainable: Sequence[str] = (), **options: Any
+    model: nn.Module,
+    method: str,
+    targets: str | Sequence[str] | None,
+    trainable: Sequence[str] = (),
+    **options: Any,
 ) -> PeftConfig:
     """A peft config for ``method`` with presets resolved to the anchored module names of ``model``."""
     config_cls = _config_class(method)
@@ -83,13 +87,19 @@ def adapt(
     """
     if isinstance(method, AdapterSpec):
         return adapt(
-            model, method.method, targets=method.targets, trainable=method.trainable, adapter_name=adapter_name,
+            model,
+            method.method,
+            targets=method.targets,
+            trainable=method.trainable,
+            adapter_name=adapter_name,
             **method.options,
         )
     if isinstance(method, PeftConfig):
         config = method
         if isinstance(getattr(config, "target_modules", None), str):
-            resolved = resolve_targets(model, config.target_modules, kinds=_TARGET_KINDS.get(str(config.peft_type.value).lower()))
+            resolved = resolve_targets(
+                model, config.target_modules, kinds=_TARGET_KINDS.get(str(config.peft_type.value).lower())
+            )
             config = dataclasses.replace(config, target_modules=resolved)
         return get_peft_model(model, config, adapter_name=adapter_name)
 
@@ -116,7 +126,9 @@ def _set_regime(model: nn.Module, regime: str, trainable: Sequence[str]) -> None
         return
     model.requires_grad_(False)
     if not trainable:
-        raise ValueError("Method 'linear_probe' needs `trainable` (e.g. ['head']): otherwise nothing would train.")
+        raise ValueError(
+            "Method 'linear_probe' needs `trainable` (e.g. ['head']): otherwise nothing would train."
+        )
     for name in resolve_targets(model, list(trainable), kinds=(nn.Module,)):
         model.get_submodule(name).requires_grad_(True)
 

@@ -14,8 +14,19 @@ from peft import PeftModel
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-COMBINATIONS = ("cat", "linear", "svd", "ties", "ties_svd", "dare_linear", "dare_ties", "dare_linear_svd",
-                "dare_ties_svd", "magnitude_prune", "magnitude_prune_svd")
+COMBINATIONS = (
+    "cat",
+    "linear",
+    "svd",
+    "ties",
+    "ties_svd",
+    "dare_linear",
+    "dare_ties",
+    "dare_linear_svd",
+    "dare_ties_svd",
+    "magnitude_prune",
+    "magnitude_prune_svd",
+)
 
 
 def save_adapter(model: nn.Module, directory: str | Path) -> Path:
@@ -103,7 +114,9 @@ def compose(
     """
     _require_peft(model, "compose")
     if len(adapters) != len(weights) or not adapters:
-        raise ValueError(f"compose needs one weight per adapter, got {len(adapters)} adapters and {len(weights)} weights.")
+        raise ValueError(
+            f"compose needs one weight per adapter, got {len(adapters)} adapters and {len(weights)} weights."
+        )
     missing = [adapter for adapter in adapters if adapter not in model.peft_config]
     if missing:
         raise ValueError(f"Unknown adapter(s) {missing}; this model has {sorted(model.peft_config)}.")
@@ -126,4 +139,6 @@ def negate(model: PeftModel, adapter: str, *, name: str) -> PeftModel:
 
 def _require_peft(model: nn.Module, action: str) -> None:
     if not isinstance(model, PeftModel):
-        raise TypeError(f"{action} needs a peft.PeftModel (from verticals.core.adapt), got {type(model).__name__}.")
+        raise TypeError(
+            f"{action} needs a peft.PeftModel (from verticals.core.adapt), got {type(model).__name__}."
+        )

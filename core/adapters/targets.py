@@ -144,13 +144,17 @@ def summarise_names(names: Sequence[str], limit: int = 30) -> str:
     shown = []
     for key in order[:limit]:
         indices = groups[key]
-        label = f"{{{min(indices)}..{max(indices)}}}" if len(indices) > 1 else str(indices[0]) if indices else ""
+        label = (
+            f"{{{min(indices)}..{max(indices)}}}" if len(indices) > 1 else str(indices[0]) if indices else ""
+        )
         shown.append(key.replace("{}", label))
     more = f" … and {len(order) - limit} more" if len(order) > limit else ""
     return ", ".join(shown) + more
 
 
-def resolve_targets(model: nn.Module, targets: str | Sequence[str], *, kinds: tuple[type, ...] | None = None) -> list[str]:
+def resolve_targets(
+    model: nn.Module, targets: str | Sequence[str], *, kinds: tuple[type, ...] | None = None
+) -> list[str]:
     """Full module names for a preset, a regex (full match), or a list of names / name endings.
 
     ``kinds`` limits the result to module types (default: the types peft's LoRA can wrap); the ``blocks``
@@ -181,7 +185,9 @@ def resolve_targets(model: nn.Module, targets: str | Sequence[str], *, kinds: tu
         try:
             pattern = re.compile(targets)
         except re.error as error:
-            raise ValueError(f"Target {targets!r} is neither a preset {PRESETS} nor a valid regex: {error}.") from None
+            raise ValueError(
+                f"Target {targets!r} is neither a preset {PRESETS} nor a valid regex: {error}."
+            ) from None
         names = [name for name in all_names if pattern.fullmatch(name)]
     else:
         names = []
@@ -207,7 +213,9 @@ def _generic_preset(preset: str, candidates: Sequence[str]) -> list[str]:
     if preset in ("attention", "qv"):
         return [name for name in body if _GENERIC_ATTENTION.fullmatch(name)]
     if preset == "mlp":
-        return [name for name in body if _GENERIC_MLP.fullmatch(name) and not _GENERIC_ATTENTION.fullmatch(name)]
+        return [
+            name for name in body if _GENERIC_MLP.fullmatch(name) and not _GENERIC_ATTENTION.fullmatch(name)
+        ]
     return body  # all-linear
 
 

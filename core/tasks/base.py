@@ -134,6 +134,7 @@ class AdapterTask(L.LightningModule):
             network.requires_grad_(False)
             raise ValueError("`adapter` is required: a peft method, 'linear_probe' or 'full'.")
         self.net = adapt(network, self.adapter_spec)
+        _freeze_unused(self.net, getattr(network, "unused_parameters", ()))
         self.train_metrics, self.val_metrics, self.test_metrics = self._metric_clones()
 
     @property
@@ -208,7 +209,10 @@ class AdapterTask(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["state_dict"] = trainable_state(checkpoint["state_dict"], self.trainable_names())
-        checkpoint["verticals"] = {"backbone": dict(self.backbone_reference), "trainable": self.trainable_names()}
+        checkpoint["verticals"] = {
+            "backbone": dict(self.backbone_reference),
+            "trainable": self.trainable_names(),
+        }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.configure_model()
@@ -227,3 +231,13 @@ class AdapterTask(L.LightningModule):
                 "The checkpoint's trained tensors don't match this task's adapter: "
                 f"missing {missing[:5]}, unexpected {unexpected[:5]}. Was it trained with another adapter config?"
             )
+
+
+def _freeze_unused(model: nn.Module, patterns: tuple[str, ...]) -> None:
+    """Parameters the model never reads (e.g. a word-embedding table) don't train or get saved, even in full FT."""
+    import re
+
+    compiled = [re.compile(pattern) for pattern in patterns]
+    for name, parameter in model.named_parameters():
+        if any(pattern.search(name) for pattern in compiled):
+            parameter.requires_grad_(False)

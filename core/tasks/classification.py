@@ -18,7 +18,9 @@ class ClassificationTask(AdapterTask):
     monitor = "val_accuracy"
     mode = "max"
 
-    def __init__(self, *args: Any, num_classes: int | None = None, label_smoothing: float = 0.0, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, num_classes: int | None = None, label_smoothing: float = 0.0, **kwargs: Any
+    ) -> None:
         if num_classes is not None and num_classes < 2:
             raise ValueError(f"`num_classes` must be at least 2, got {num_classes}.")
         if not 0.0 <= label_smoothing < 1.0:
@@ -57,7 +59,9 @@ class ClassificationTask(AdapterTask):
         metrics.update(logits.detach(), batch["y"])
         on_step = stage == "train"
         self.log(f"{stage}_loss", loss, prog_bar=True, on_step=on_step, on_epoch=True, batch_size=len(logits))
-        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train", batch_size=len(logits))
+        self.log_dict(
+            metrics, on_step=False, on_epoch=True, prog_bar=stage != "train", batch_size=len(logits)
+        )
         return loss
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:

@@ -6,7 +6,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection, SymmetricMeanAbsolutePercentageError
+from torchmetrics import (
+    MeanAbsoluteError,
+    MeanSquaredError,
+    MetricCollection,
+    SymmetricMeanAbsolutePercentageError,
+)
 
 from verticals.core.tasks.base import AdapterTask
 
@@ -40,7 +45,11 @@ class ForecastingTask(AdapterTask):
 
     def configure_metrics(self) -> MetricCollection:
         return MetricCollection(
-            {"mse": MeanSquaredError(), "mae": MeanAbsoluteError(), "smape": SymmetricMeanAbsolutePercentageError()}
+            {
+                "mse": MeanSquaredError(),
+                "mae": MeanAbsoluteError(),
+                "smape": SymmetricMeanAbsolutePercentageError(),
+            }
         )
 
     def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
@@ -49,6 +58,10 @@ class ForecastingTask(AdapterTask):
         metrics = getattr(self, f"{stage}_metrics")
         metrics.update(forecast.detach().flatten(), batch["y"].flatten())
         on_step = stage == "train"
-        self.log(f"{stage}_loss", loss, prog_bar=True, on_step=on_step, on_epoch=True, batch_size=len(forecast))
-        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train", batch_size=len(forecast))
+        self.log(
+            f"{stage}_loss", loss, prog_bar=True, on_step=on_step, on_epoch=True, batch_size=len(forecast)
+        )
+        self.log_dict(
+            metrics, on_step=False, on_epoch=True, prog_bar=stage != "train", batch_size=len(forecast)
+        )
         return loss

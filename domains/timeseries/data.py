@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
+
 from verticals.core.data import ArrayClassificationDataModule, make_loader
 
 log = logging.getLogger(__name__)
@@ -742,7 +743,11 @@ class ForecastingDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         return make_loader(
-            self._dataset(split), self.batch_size, shuffle=shuffle, seed=self.seed, num_workers=self.num_workers
+            self._dataset(split),
+            self.batch_size,
+            shuffle=shuffle,
+            seed=self.seed,
+            num_workers=self.num_workers,
         )
 
     def setup(self, stage: str | None = None) -> None:

@@ -39,8 +39,14 @@ def minilm_path() -> str:
 def tiny_encoder_config() -> BertConfig:
     """A 2-layer, 32-wide BERT of the same class as MiniLM, for tests."""
     return BertConfig(
-        vocab_size=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-        max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        vocab_size=16,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
     )
 
 
@@ -58,7 +64,9 @@ def load_encoder(encoder: str = MINILM, num_layers: int | None = None) -> tuple[
             torch.manual_seed(0)
             return BertModel(config, add_pooling_layer=False), TINY_ENCODER
     source = minilm_path() if encoder == MINILM else encoder
-    looks_local = encoder != MINILM and (os.sep in encoder or encoder.startswith(".")) and encoder.count("/") != 1
+    looks_local = (
+        encoder != MINILM and (os.sep in encoder or encoder.startswith(".")) and encoder.count("/") != 1
+    )
     if looks_local and not Path(encoder).exists():
         raise FileNotFoundError(
             f"Encoder directory {encoder!r} does not exist. Pass 'minilm', 'tiny-bert', an existing Hugging Face "
@@ -86,7 +94,9 @@ def load_encoder(encoder: str = MINILM, num_layers: int | None = None) -> tuple[
 class PatchTransformer(nn.Module):
     """Patches → linear embedding → pretrained encoder (``self.backbone``) → head.
 
-    Classification embeds all channels of a patch together and mean-pools (or flattens) the tokens;
+    The encoder keeps the train/eval mode ``from_pretrained`` gives it (eval: no dropout inside the
+    frozen encoder, so its features are deterministic on tiny training sets); the patch embedding, the
+    head and the adapters train with their own dropout.  Classification embeds all channels of a patch together and mean-pools (or flattens) the tokens;
     forecasting is channel-independent (as GPT4TS and PatchTST): each channel is instance-normalised,
     encoded on its own, and de-normalised after the head.
     """
@@ -105,13 +115,17 @@ class PatchTransformer(nn.Module):
     ) -> None:
         super().__init__()
         if len(input_shape) != 2:
-            raise ValueError(f"`input_shape` must be (channels, length) for a series, got {tuple(input_shape)}.")
+            raise ValueError(
+                f"`input_shape` must be (channels, length) for a series, got {tuple(input_shape)}."
+            )
         if task not in ("classification", "forecasting"):
             raise ValueError(f"`task` must be 'classification' or 'forecasting', got {task!r}.")
         if pooling not in ("mean", "flatten"):
             raise ValueError(f"`pooling` must be 'mean' or 'flatten', got {pooling!r}.")
         if patch_length < 1 or stride < 1:
-            raise ValueError(f"`patch_length` and `stride` must be positive, got {patch_length} and {stride}.")
+            raise ValueError(
+                f"`patch_length` and `stride` must be positive, got {patch_length} and {stride}."
+            )
         channels, length = int(input_shape[0]), int(input_shape[1])
         self.task, self.channels, self.length = task, channels, length
         self.patch_length, self.stride, self.pooling = patch_length, stride, pooling
@@ -146,7 +160,9 @@ class PatchTransformer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 3 or x.shape[1] != self.channels:
-            raise ValueError(f"Expected a batch of shape [batch, {self.channels}, length], got {tuple(x.shape)}.")
+            raise ValueError(
+                f"Expected a batch of shape [batch, {self.channels}, length], got {tuple(x.shape)}."
+            )
         if self.task == "classification":
             patches = self._patches(x).permute(0, 2, 1, 3).flatten(2)  # [B, P, C*patch]
             hidden = self._encode(patches)

@@ -64,7 +64,9 @@ def _randomise_adapter(model) -> None:
 def test_adapter_round_trips_through_stock_peft(tmp_path, make_backbone, method, family, options):
     targets = "blocks" if method == "bottleneck" else "attention" if method != "ia3" else "mlp"
     if method == "ia3":
-        options = {"feedforward_modules": build_peft_config(make_backbone(family), "lora", "mlp").target_modules}
+        options = {
+            "feedforward_modules": build_peft_config(make_backbone(family), "lora", "mlp").target_modules
+        }
     model = adapt(make_backbone(family), method, targets=targets, **options)
     summary = parameter_summary(model)
     assert 0 < summary.trainable < summary.total
@@ -83,7 +85,9 @@ def test_adapter_file_size_matches_trainable_bytes(tmp_path):
     from transformers import BertConfig, BertModel
 
     # MiniLM's width (384) and depth (6): the safetensors header is small next to real adapter tensors.
-    config = BertConfig(vocab_size=8, hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=64)
+    config = BertConfig(
+        vocab_size=8, hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=64
+    )
     model = adapt(BertModel(config), "lora", targets="attention", r=8)
     save_adapter(model, tmp_path)
     size = (tmp_path / "adapter_model.safetensors").stat().st_size

@@ -14,6 +14,7 @@ import torch
 from peft import PeftModel, get_peft_model
 from torch import nn
 from transformers import BertConfig, BertModel
+
 from verticals.core.adapters.bottleneck import BottleneckConfig, BottleneckLayer, infer_hidden_size
 
 DIM = 16

@@ -19,11 +19,16 @@ TINY_FORECAST_MODEL = "{encoder: tiny-bert, num_layers: 2, patch_length: 8, stri
 def _tiny(config: str, root: Path, *extra: str) -> list[str]:
     forecasting = "airline" in config
     args = [
-        "--config", config,
-        "--model.init_args.model_args", TINY_FORECAST_MODEL if forecasting else TINY_MODEL,
-        "--trainer.default_root_dir", str(root),
-        "--trainer.enable_progress_bar", "false",
-        "--trainer.enable_model_summary", "false",
+        "--config",
+        config,
+        "--model.init_args.model_args",
+        TINY_FORECAST_MODEL if forecasting else TINY_MODEL,
+        "--trainer.default_root_dir",
+        str(root),
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.enable_model_summary",
+        "false",
     ]
     return [*args, *extra]
 
@@ -49,13 +54,27 @@ def test_packaged_configs_are_listed_with_descriptions(capsys):
 
 
 def test_unknown_config_name_lists_the_packaged_ones():
-    with pytest.raises(SystemExit, match="(?s)'timeseries/gunpont_lora' is neither a file nor a packaged config.*gunpoint_lora"):
+    with pytest.raises(
+        SystemExit,
+        match="(?s)'timeseries/gunpont_lora' is neither a file nor a packaged config.*gunpoint_lora",
+    ):
         resolve_config("timeseries/gunpont_lora")
 
 
 def test_run_writes_adapter_metrics_and_report(tmp_path):
-    run_cli(["run", *_tiny("timeseries/gunpoint_lora", tmp_path, "--trainer.max_epochs", "1",
-                           "--trainer.limit_train_batches", "2")])
+    run_cli(
+        [
+            "run",
+            *_tiny(
+                "timeseries/gunpoint_lora",
+                tmp_path,
+                "--trainer.max_epochs",
+                "1",
+                "--trainer.limit_train_batches",
+                "2",
+            ),
+        ]
+    )
     run_dir = tmp_path / "version_0"
     assert (run_dir / "adapter" / "adapter_config.json").is_file()
     assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
@@ -68,12 +87,36 @@ def test_run_writes_adapter_metrics_and_report(tmp_path):
 
 
 def test_resume_from_last(tmp_path):
-    run_cli(["fit", *_tiny("timeseries/gunpoint_lora", tmp_path, "--trainer.max_epochs", "1",
-                           "--trainer.limit_train_batches", "1")])
+    run_cli(
+        [
+            "fit",
+            *_tiny(
+                "timeseries/gunpoint_lora",
+                tmp_path,
+                "--trainer.max_epochs",
+                "1",
+                "--trainer.limit_train_batches",
+                "1",
+            ),
+        ]
+    )
     checkpoint, version = find_last_checkpoint(tmp_path)
     assert version == 0 and checkpoint.endswith("last.ckpt")
-    cli = run_cli(["fit", *_tiny("timeseries/gunpoint_lora", tmp_path, "--trainer.max_epochs", "2",
-                                 "--trainer.limit_train_batches", "1", "--ckpt_path", "last")])
+    cli = run_cli(
+        [
+            "fit",
+            *_tiny(
+                "timeseries/gunpoint_lora",
+                tmp_path,
+                "--trainer.max_epochs",
+                "2",
+                "--trainer.limit_train_batches",
+                "1",
+                "--ckpt_path",
+                "last",
+            ),
+        ]
+    )
     assert cli.trainer.current_epoch == 2
     assert not (tmp_path / "version_1").exists()  # the resumed run keeps writing to version_0
 
@@ -86,19 +129,44 @@ def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path):
 def test_bad_dataset_path_is_a_clear_error(tmp_path):
     # jsonargparse wraps the datamodule's FileNotFoundError; its message reaches the user unchanged.
     with pytest.raises((FileNotFoundError, ValueError), match="does not exist; expected .*GunPoint_TRAIN.ts"):
-        run_cli(["fit", *_tiny("timeseries/gunpoint_lora", tmp_path, "--data.init_args.root", str(tmp_path / "nope"))])
+        run_cli(
+            [
+                "fit",
+                *_tiny("timeseries/gunpoint_lora", tmp_path, "--data.init_args.root", str(tmp_path / "nope")),
+            ]
+        )
 
 
 def test_unknown_target_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="matched no module.*Candidate module names"):
-        run_cli(["fit", *_tiny("timeseries/gunpoint_lora", tmp_path, "--model.init_args.adapter.targets", "qkv_proj",
-                               "--trainer.fast_dev_run", "true")])
+        run_cli(
+            [
+                "fit",
+                *_tiny(
+                    "timeseries/gunpoint_lora",
+                    tmp_path,
+                    "--model.init_args.adapter.targets",
+                    "qkv_proj",
+                    "--trainer.fast_dev_run",
+                    "true",
+                ),
+            ]
+        )
 
 
 def test_help_shows_task_options():
     result = subprocess.run(
-        [sys.executable, "-m", "verticals.core.cli", "fit", "--model.help", "verticals.core.tasks.ClassificationTask"],
-        capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            "-m",
+            "verticals.core.cli",
+            "fit",
+            "--model.help",
+            "verticals.core.tasks.ClassificationTask",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert "--model.adapter" in result.stdout and "--model.num_classes" in result.stdout
     assert "--model.learning_rate" in result.stdout  # base-task options reach the help through **kwargs
@@ -107,9 +175,24 @@ def test_help_shows_task_options():
 def test_ddp_on_two_cpu_processes(tmp_path):
     """Lightning's DDP strategy (gloo) with 2 CPU processes, launched as a user would."""
     command = [
-        sys.executable, "-m", "verticals.core.cli", "fit",
-        *_tiny("timeseries/gunpoint_lora", tmp_path, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
-               "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"),
+        sys.executable,
+        "-m",
+        "verticals.core.cli",
+        "fit",
+        *_tiny(
+            "timeseries/gunpoint_lora",
+            tmp_path,
+            "--trainer.max_epochs",
+            "1",
+            "--trainer.limit_train_batches",
+            "2",
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.devices",
+            "2",
+            "--trainer.strategy",
+            "ddp",
+        ),
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -9,6 +9,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+
 from verticals.core.data import ArrayClassificationDataModule, ArrayDataset, encode_labels, stratified_split
 
 

@@ -10,11 +10,12 @@ import re
 import peft
 import pytest
 import torch
-import verticals.core.adapters.bottleneck as bottleneck_pkg
 from peft import PeftModel, get_peft_model
 from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_PREFIX_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
 from peft.utils import PeftType, register_peft_method
 from torch import nn
+
+import verticals.core.adapters.bottleneck as bottleneck_pkg
 from verticals.core.adapters.bottleneck import BottleneckConfig, BottleneckModel
 
 # `from verticals.core import peft_methods` would give `verticals.core.peft_methods()`, the function that

@@ -7,20 +7,42 @@ from verticals.core.adapters.targets import detect_family, resolve_targets, summ
 
 # (family, preset, expected module names) — anchored names, never a patch embedding or a pooler.
 CASES = [
-    ("hf_bert", "attention", {f"encoder.layer.{i}.attention.{n}" for i in (0, 1)
-                              for n in ("self.query", "self.key", "self.value", "output.dense")}),
+    (
+        "hf_bert",
+        "attention",
+        {
+            f"encoder.layer.{i}.attention.{n}"
+            for i in (0, 1)
+            for n in ("self.query", "self.key", "self.value", "output.dense")
+        },
+    ),
     ("hf_bert", "qv", {f"encoder.layer.{i}.attention.self.{n}" for i in (0, 1) for n in ("query", "value")}),
     ("hf_bert", "mlp", {f"encoder.layer.{i}.{n}.dense" for i in (0, 1) for n in ("intermediate", "output")}),
     ("hf_bert", "blocks", {"encoder.layer.0", "encoder.layer.1"}),
     ("timm_vit", "attention", {f"blocks.{i}.attn.{n}" for i in (0, 1) for n in ("qkv", "proj")}),
     ("timm_vit", "mlp", {f"blocks.{i}.mlp.{n}" for i in (0, 1) for n in ("fc1", "fc2")}),
-    ("timm_vit", "all-linear", {f"blocks.{i}.{n}" for i in (0, 1) for n in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")}),
+    (
+        "timm_vit",
+        "all-linear",
+        {f"blocks.{i}.{n}" for i in (0, 1) for n in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")},
+    ),
     ("open_clip", "attention", {"transformer.resblocks.0.attn", "transformer.resblocks.1.attn"}),
     ("open_clip", "mlp", {f"transformer.resblocks.{i}.mlp.{n}" for i in (0, 1) for n in ("c_fc", "c_proj")}),
-    ("hf_whisper", "qv", {f"{side}.layers.0.{attn}.{n}" for side, attns in
-                          (("encoder", ("self_attn",)), ("decoder", ("self_attn", "encoder_attn")))
-                          for attn in attns for n in ("q_proj", "v_proj")}),
-    ("hf_whisper", "mlp", {f"{side}.layers.0.{n}" for side in ("encoder", "decoder") for n in ("fc1", "fc2")}),
+    (
+        "hf_whisper",
+        "qv",
+        {
+            f"{side}.layers.0.{attn}.{n}"
+            for side, attns in (("encoder", ("self_attn",)), ("decoder", ("self_attn", "encoder_attn")))
+            for attn in attns
+            for n in ("q_proj", "v_proj")
+        },
+    ),
+    (
+        "hf_whisper",
+        "mlp",
+        {f"{side}.layers.0.{n}" for side in ("encoder", "decoder") for n in ("fc1", "fc2")},
+    ),
     ("generic", "attention", {"attention.query"}),
     ("generic", "mlp", {"mlp.fc1", "mlp.fc2"}),
     ("generic", "all-linear", {"attention.query", "mlp.fc1", "mlp.fc2"}),
@@ -52,8 +74,12 @@ def test_presets_work_on_a_wrapped_backbone(make_backbone):
 
 def test_regex_and_list_targets(make_backbone):
     model = make_backbone("hf_bert")
-    assert resolve_targets(model, r"encoder\.layer\.0\.attention\.self\.query") == ["encoder.layer.0.attention.self.query"]
-    assert set(resolve_targets(model, ["intermediate.dense"])) == {f"encoder.layer.{i}.intermediate.dense" for i in (0, 1)}
+    assert resolve_targets(model, r"encoder\.layer\.0\.attention\.self\.query") == [
+        "encoder.layer.0.attention.self.query"
+    ]
+    assert set(resolve_targets(model, ["intermediate.dense"])) == {
+        f"encoder.layer.{i}.intermediate.dense" for i in (0, 1)
+    }
 
 
 def test_layernorm_preset(make_backbone):
@@ -62,7 +88,10 @@ def test_layernorm_preset(make_backbone):
 
 
 def test_unknown_target_lists_candidates(make_backbone):
-    with pytest.raises(ValueError, match=r"'nonexistent' matched no module.*hf_bert.*encoder\.layer\.\{0\.\.1\}\.attention\.self\.query"):
+    with pytest.raises(
+        ValueError,
+        match=r"'nonexistent' matched no module.*hf_bert.*encoder\.layer\.\{0\.\.1\}\.attention\.self\.query",
+    ):
         resolve_targets(make_backbone("hf_bert"), ["nonexistent"])
     with pytest.raises(ValueError, match="neither a preset"):
         resolve_targets(make_backbone("hf_bert"), "(unclosed")

@@ -11,13 +11,23 @@ from verticals.core.tasks import ClassificationTask, ForecastingTask
 from verticals.domains.timeseries.data import ForecastingDataModule, UCRDataModule
 
 TINY = {"encoder": "tiny-bert", "num_layers": 2}
-LORA = {"method": "lora", "targets": "attention", "trainable": ["patch_embedding", "head"], "options": {"r": 2}}
+LORA = {
+    "method": "lora",
+    "targets": "attention",
+    "trainable": ["patch_embedding", "head"],
+    "options": {"r": 2},
+}
 
 
 def _trainer(tmp_path, **kwargs) -> L.Trainer:
     defaults = dict(
-        max_epochs=1, default_root_dir=tmp_path, enable_progress_bar=False, logger=False,
-        enable_model_summary=False, limit_train_batches=2, limit_val_batches=1,
+        max_epochs=1,
+        default_root_dir=tmp_path,
+        enable_progress_bar=False,
+        logger=False,
+        enable_model_summary=False,
+        limit_train_batches=2,
+        limit_val_batches=1,
     )
     return L.Trainer(**{**defaults, **kwargs})
 
@@ -43,7 +53,9 @@ def test_checkpoint_holds_only_trained_tensors_and_the_backbone_reference(tmp_pa
     checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert set(checkpoint["state_dict"]) == set(task.trainable_names())
     assert checkpoint["verticals"]["backbone"]["source"] == "tiny-bert"
-    restored = ClassificationTask.load_from_checkpoint(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    restored = ClassificationTask.load_from_checkpoint(
+        tmp_path / "checkpoints" / "last.ckpt", weights_only=True
+    )
     x = torch.randn(3, 1, 150)
     task.eval(), restored.eval()
     torch.testing.assert_close(restored(x), task(x))
@@ -84,8 +96,11 @@ def test_checkpoint_from_a_different_backbone_is_refused(tmp_path):
     task = _task()
     _trainer(tmp_path).fit(task, UCRDataModule("GunPoint", batch_size=8))
     other = ClassificationTask(
-        model="timeseries.patch_transformer", model_args={"encoder": "tiny-bert", "num_layers": 1}, adapter=LORA,
-        num_classes=2, input_shape=[1, 150],
+        model="timeseries.patch_transformer",
+        model_args={"encoder": "tiny-bert", "num_layers": 1},
+        adapter=LORA,
+        num_classes=2,
+        input_shape=[1, 150],
     )
     checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     with pytest.raises(ValueError, match="trained on backbone .*fingerprint"):
@@ -93,10 +108,15 @@ def test_checkpoint_from_a_different_backbone_is_refused(tmp_path):
 
 
 def test_forecasting_task_fits(tmp_path):
-    task = ForecastingTask(model="timeseries.patch_transformer", model_args={**TINY, "patch_length": 8, "stride": 4},
-                           adapter=LORA)
+    task = ForecastingTask(
+        model="timeseries.patch_transformer",
+        model_args={**TINY, "patch_length": 8, "stride": 4},
+        adapter=LORA,
+    )
     trainer = _trainer(tmp_path)
-    data = ForecastingDataModule("airline", context_length=24, horizon=6, test_size=12, val_size=6, batch_size=8)
+    data = ForecastingDataModule(
+        "airline", context_length=24, horizon=6, test_size=12, val_size=6, batch_size=8
+    )
     trainer.fit(task, data)
     assert task.hparams["horizon"] == 6
     assert task(torch.randn(2, 1, 24)).shape == (2, 1, 6)
@@ -108,9 +128,17 @@ def test_every_method_trains(tmp_path, method):
     adapter = {
         "linear_probe": {"method": "linear_probe", "targets": None, "trainable": ["patch_embedding", "head"]},
         "full": {"method": "full", "targets": None},
-        "bottleneck": {"method": "bottleneck", "targets": "blocks", "trainable": ["head"], "options": {"bottleneck_dim": 4}},
-        "ln_tuning": {"method": "ln_tuning", "targets": "layernorm",
-                      "trainable": ["patch_embedding", "head", "embeddings.position_embeddings"]},
+        "bottleneck": {
+            "method": "bottleneck",
+            "targets": "blocks",
+            "trainable": ["head"],
+            "options": {"bottleneck_dim": 4},
+        },
+        "ln_tuning": {
+            "method": "ln_tuning",
+            "targets": "layernorm",
+            "trainable": ["patch_embedding", "head", "embeddings.position_embeddings"],
+        },
     }[method]
     task = ClassificationTask(model="timeseries.patch_transformer", model_args=TINY, adapter=adapter)
     trainer = _trainer(tmp_path)
@@ -124,8 +152,9 @@ def test_a_ready_module_can_be_adapted(tmp_path):
     from torch import nn
 
     backbone = nn.Sequential(nn.Flatten(), nn.Linear(150, 16), nn.ReLU(), nn.Linear(16, 2))
-    task = ClassificationTask(model=backbone, adapter={"method": "lora", "targets": ["1"], "trainable": ["3"]},
-                              num_classes=2)
+    task = ClassificationTask(
+        model=backbone, adapter={"method": "lora", "targets": ["1"], "trainable": ["3"]}, num_classes=2
+    )
     _trainer(tmp_path).fit(task, UCRDataModule("GunPoint", batch_size=8))
     assert task.hparams["model"] == "Sequential"
 

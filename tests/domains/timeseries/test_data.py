@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from verticals.domains.timeseries.data import (
     BUNDLED_FORECASTING_SERIES,
     SHIPPED_UCR_DATASETS,

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Set up (if needed) and run the whole test suite on 2 processes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh dev
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONWARNINGS="ignore::DeprecationWarning"
+.venv/bin/ruff check core domains kernels tests benchmarks
+.venv/bin/python -m pytest -n 2 --dist loadfile -q -p no:cacheprovider tests
