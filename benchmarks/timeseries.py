@@ -756,7 +756,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         nargs="+",
         default=list(DATASETS),
         metavar="NAME",
-        help=f"UCR/UEA datasets shipped with sktime ({', '.join(DATASETS)} by default)",
+        help="UCR/UEA datasets shipped with sktime",
     )
     parser.add_argument(
         "--methods",
@@ -766,10 +766,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         help="packaged configs timeseries/gunpoint_<method> to run",
     )
     parser.add_argument(
-        "--epochs", type=int, default=None, help="override trainer.max_epochs (default: the config's)"
+        "--epochs", type=int, default=None, help="override trainer.max_epochs; None: the config's"
     )
     parser.add_argument(
-        "--encoder", choices=ENCODERS, default=None, help="override the encoder (default: the config's)"
+        "--encoder", choices=ENCODERS, default=None, help="override the encoder; None: the config's (minilm)"
     )
     parser.add_argument(
         "--seeds", nargs="+", type=int, default=[0], help="seed_everything values; accuracy is averaged"
