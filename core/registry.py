@@ -34,9 +34,8 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
         try:
             importlib.import_module(f"verticals.domains.{domain}")
         except ModuleNotFoundError as error:
-            if error.name and error.name.startswith("verticals.domains"):
-                pass
-            else:
+            # No such domain package: fall through to the "unknown model" error below.
+            if not (error.name or "").startswith("verticals.domains"):
                 raise ModuleNotFoundError(
                     f"Model {name!r} needs the '{domain}' extra: pip install 'verticals[{domain}]' ({error})."
                 ) from error

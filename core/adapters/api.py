@@ -12,7 +12,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-from peft import PeftConfig, PeftModel, get_peft_model
+from peft import PeftConfig, get_peft_model
 from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
 from torch import nn
 
@@ -131,7 +131,3 @@ def _set_regime(model: nn.Module, regime: str, trainable: Sequence[str]) -> None
         )
     for name in resolve_targets(model, list(trainable), kinds=(nn.Module,)):
         model.get_submodule(name).requires_grad_(True)
-
-
-def is_peft(model: nn.Module) -> bool:
-    return isinstance(model, PeftModel)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from typing import Any
 
 import lightning as L
@@ -39,7 +40,7 @@ class AdapterTask(L.LightningModule):
 
     def __init__(
         self,
-        model: str = "timeseries.patch_transformer",
+        model: str,
         model_args: dict[str, Any] | None = None,
         adapter: AdapterSpec | dict[str, Any] | None = None,
         input_shape: list[int] | None = None,
@@ -108,6 +109,8 @@ class AdapterTask(L.LightningModule):
     def configure_model(self) -> None:
         if self.net is not None:
             return
+        if self.adapter_spec is None:
+            raise ValueError("`adapter` is required: a peft method, 'linear_probe' or 'full'.")
         trainer = self._trainer
         if trainer is not None and getattr(trainer, "datamodule", None) is not None:
             self._infer_from_datamodule(trainer.datamodule)
@@ -130,9 +133,6 @@ class AdapterTask(L.LightningModule):
             "source": getattr(network, "backbone_source", type(backbone).__name__),
             "fingerprint": fingerprint(backbone),
         }
-        if self.adapter_spec is None:
-            network.requires_grad_(False)
-            raise ValueError("`adapter` is required: a peft method, 'linear_probe' or 'full'.")
         self.net = adapt(network, self.adapter_spec)
         _freeze_unused(self.net, getattr(network, "unused_parameters", ()))
         self.train_metrics, self.val_metrics, self.test_metrics = self._metric_clones()
@@ -235,8 +235,6 @@ class AdapterTask(L.LightningModule):
 
 def _freeze_unused(model: nn.Module, patterns: tuple[str, ...]) -> None:
     """Parameters the model never reads (e.g. a word-embedding table) don't train or get saved, even in full FT."""
-    import re
-
     compiled = [re.compile(pattern) for pattern in patterns]
     for name, parameter in model.named_parameters():
         if any(pattern.search(name) for pattern in compiled):

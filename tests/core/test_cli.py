@@ -33,6 +33,12 @@ def _tiny(config: str, root: Path, *extra: str) -> list[str]:
     return [*args, *extra]
 
 
+def _short_lora(root: Path, epochs: int, batches: int, *extra: str) -> list[str]:
+    """The default job's config on the tiny encoder, cut to a few epochs and batches."""
+    limits = ["--trainer.max_epochs", str(epochs), "--trainer.limit_train_batches", str(batches)]
+    return _tiny("timeseries/gunpoint_lora", root, *limits, *extra)
+
+
 @pytest.fixture(autouse=True)
 def _keep_argv(monkeypatch):
     monkeypatch.setattr(sys, "argv", list(sys.argv))
@@ -65,14 +71,7 @@ def test_run_writes_adapter_metrics_and_report(tmp_path):
     run_cli(
         [
             "run",
-            *_tiny(
-                "timeseries/gunpoint_lora",
-                tmp_path,
-                "--trainer.max_epochs",
-                "1",
-                "--trainer.limit_train_batches",
-                "2",
-            ),
+            *_short_lora(tmp_path, 1, 2),
         ]
     )
     run_dir = tmp_path / "version_0"
@@ -90,14 +89,7 @@ def test_resume_from_last(tmp_path):
     run_cli(
         [
             "fit",
-            *_tiny(
-                "timeseries/gunpoint_lora",
-                tmp_path,
-                "--trainer.max_epochs",
-                "1",
-                "--trainer.limit_train_batches",
-                "1",
-            ),
+            *_short_lora(tmp_path, 1, 1),
         ]
     )
     checkpoint, version = find_last_checkpoint(tmp_path)
@@ -105,16 +97,7 @@ def test_resume_from_last(tmp_path):
     cli = run_cli(
         [
             "fit",
-            *_tiny(
-                "timeseries/gunpoint_lora",
-                tmp_path,
-                "--trainer.max_epochs",
-                "2",
-                "--trainer.limit_train_batches",
-                "1",
-                "--ckpt_path",
-                "last",
-            ),
+            *_short_lora(tmp_path, 2, 1, "--ckpt_path", "last"),
         ]
     )
     assert cli.trainer.current_epoch == 2
@@ -179,13 +162,10 @@ def test_ddp_on_two_cpu_processes(tmp_path):
         "-m",
         "verticals.core.cli",
         "fit",
-        *_tiny(
-            "timeseries/gunpoint_lora",
+        *_short_lora(
             tmp_path,
-            "--trainer.max_epochs",
-            "1",
-            "--trainer.limit_train_batches",
-            "2",
+            1,
+            2,
             "--trainer.accelerator",
             "cpu",
             "--trainer.devices",

@@ -10,6 +10,7 @@ from verticals.core.registry import build_model, register_model, registered_mode
 from verticals.core.tasks import ClassificationTask, ForecastingTask
 from verticals.domains.timeseries.data import ForecastingDataModule, UCRDataModule
 
+MODEL = "timeseries.patch_transformer"
 TINY = {"encoder": "tiny-bert", "num_layers": 2}
 LORA = {
     "method": "lora",
@@ -68,7 +69,7 @@ def test_resume_continues_where_training_stopped(tmp_path):
     model_args = {**TINY, "head_dropout": 0.0}
 
     def task() -> ClassificationTask:
-        return ClassificationTask(model_args=model_args, adapter=no_dropout)
+        return ClassificationTask(model=MODEL, model_args=model_args, adapter=no_dropout)
 
     L.seed_everything(0)
     straight = task()
@@ -165,7 +166,7 @@ def test_bad_task_arguments():
     with pytest.raises(ValueError, match="`scheduler` must be"):
         _task(scheduler="linear")
     with pytest.raises(ValueError, match="`loss` must be"):
-        ForecastingTask(model_args=TINY, adapter=LORA, loss="huber")
+        ForecastingTask(model=MODEL, model_args=TINY, adapter=LORA, loss="huber")
     with pytest.raises(RuntimeError, match="built in configure_model"):
         _ = _task().model
     with pytest.raises(ValueError, match="needs `input_shape`"):
