@@ -38,6 +38,8 @@ __all__ = [
     "read_csv_series",
     "read_ts_file",
     "validate_series",
+    "normalization_mode",
+    "standardize_channels",
     "znormalize",
 ]
 
@@ -123,6 +125,51 @@ def znormalize(x: np.ndarray, lengths: np.ndarray | None = None, eps: float = 1e
     std = np.sqrt((((x - mean) * observed) ** 2).sum(axis=2, keepdims=True) / np.maximum(count - 1, 1))
     std[std < eps] = 1.0
     return ((x - mean) / std).astype(np.float32)
+
+
+def standardize_channels(
+    x_train: np.ndarray, x_test: np.ndarray, train_lengths: np.ndarray | None = None, eps: float = 1e-8
+) -> tuple[np.ndarray, np.ndarray]:
+    """Standardise each channel with the mean and std of the TRAIN split's observed steps.
+
+    Unlike :func:`znormalize` this keeps differences in level and amplitude between series, which
+    carry the class in sensor problems (standing still vs running in BasicMotions); both splits use
+    TRAIN's statistics, so nothing leaks from TEST. A constant channel is centred, not scaled.
+    """
+    x_train = np.asarray(x_train, dtype=np.float64)
+    if train_lengths is None:
+        train_lengths = np.full(x_train.shape[:2], x_train.shape[2])
+    observed = np.arange(x_train.shape[2]) < np.asarray(train_lengths)[..., None]  # [N, C, L]
+    count = np.maximum(observed.sum(axis=(0, 2)), 1)  # [C]
+    mean = (x_train * observed).sum(axis=(0, 2)) / count
+    centred = (x_train - mean[None, :, None]) * observed
+    std = np.sqrt((centred**2).sum(axis=(0, 2)) / np.maximum(count - 1, 1))
+    std[std < eps] = 1.0
+
+    def apply(x: np.ndarray) -> np.ndarray:
+        return ((np.asarray(x, dtype=np.float64) - mean[None, :, None]) / std[None, :, None]).astype(
+            np.float32
+        )
+
+    return apply(x_train), apply(x_test)
+
+
+NORMALIZATIONS = ("series", "dataset", "none")
+
+
+def normalization_mode(normalize: bool | str) -> str:
+    """``True``/``False`` (older configs) → ``"series"``/``"none"``; a mode name is checked."""
+    if normalize is True:
+        return "series"
+    if normalize is False:
+        return "none"
+    if normalize not in NORMALIZATIONS:
+        raise ValueError(
+            f"`normalize` must be one of {NORMALIZATIONS} (or true/false), got {normalize!r}: 'series' "
+            "z-normalises every series per channel (UCR convention), 'dataset' standardises each channel "
+            "with TRAIN statistics (keeps amplitude), 'none' keeps raw values."
+        )
+    return normalize
 
 
 # -- readers ----------------------------------------------------------------------------------
@@ -370,18 +417,18 @@ def read_csv_series(
 
 # -- classification datamodules ---------------------------------------------------------------
 class _SeriesClassificationDataModule(ArrayClassificationDataModule):
-    """Reads a train and a test split, pads both to one length, optionally z-normalises."""
+    """Reads a train and a test split, pads both to one length, normalises (see ``normalization_mode``)."""
 
     def __init__(
         self,
-        normalize: bool = True,
+        normalize: bool | str = "series",
         batch_size: int = 16,
         val_fraction: float = 0.2,
         seed: int = 0,
         num_workers: int = 0,
     ) -> None:
         super().__init__(batch_size=batch_size, val_fraction=val_fraction, seed=seed, num_workers=num_workers)
-        self.normalize = normalize
+        self.normalize = normalization_mode(normalize)
 
     def _read_split(self, split: str) -> _Series:
         raise NotImplementedError
@@ -397,8 +444,10 @@ class _SeriesClassificationDataModule(ArrayClassificationDataModule):
             if data.x.shape[2] < length:
                 log.info("%s: right-padded to length %d to match the other split.", data.source, length)
         x_train, x_test = train.padded_to(length), test.padded_to(length)
-        if self.normalize:
+        if self.normalize == "series":
             x_train, x_test = znormalize(x_train, train.lengths), znormalize(x_test, test.lengths)
+        elif self.normalize == "dataset":
+            x_train, x_test = standardize_channels(x_train, x_test, train.lengths)
         return x_train, train.y, x_test, test.y, None
 
 
@@ -408,9 +457,10 @@ class UCRDataModule(_SeriesClassificationDataModule):
     ``root=None`` reads the copy shipped inside sktime (see ``SHIPPED_UCR_DATASETS``); otherwise
     ``<root>/<dataset>/<dataset>_TRAIN.ts`` and ``_TEST.ts``, the layout of the archive downloads
     from timeseriesclassification.com (the UCR 2018 ``.tsv`` files are read when no ``.ts`` exists).
-    Validation is a stratified ``val_fraction`` of TRAIN. ``normalize=True`` z-normalises every
-    series per channel, the archive's convention (many UCR problems are already z-normalised; most
-    UEA ones are not). Unequal lengths are right-padded with each series' last value.
+    Validation is a stratified ``val_fraction`` of TRAIN. ``normalize="series"`` (default, or ``True``)
+    z-normalises every series per channel, the archive's convention (many UCR problems are already
+    z-normalised; most UEA ones are not); ``"dataset"`` standardises each channel with TRAIN's
+    statistics, keeping amplitude (better for sensor sets such as BasicMotions); ``"none"`` keeps raw values. Unequal lengths are right-padded with each series' last value.
     """
 
     def __init__(
@@ -421,7 +471,7 @@ class UCRDataModule(_SeriesClassificationDataModule):
         val_fraction: float = 0.2,
         seed: int = 0,
         num_workers: int = 0,
-        normalize: bool = True,
+        normalize: bool | str = "series",
     ) -> None:
         super().__init__(
             normalize=normalize,
@@ -481,8 +531,8 @@ class UCRDataModule(_SeriesClassificationDataModule):
 class CSVClassificationDataModule(_SeriesClassificationDataModule):
     """Labelled series from two CSV files (train, test) in the layout of ``read_csv_series``.
 
-    Validation is a stratified ``val_fraction`` of the train file; ``normalize=True`` z-normalises
-    each series per channel.
+    Validation is a stratified ``val_fraction`` of the train file; ``normalize`` as in ``UCRDataModule``
+    (``"series"``, ``"dataset"`` or ``"none"``).
     """
 
     def __init__(
@@ -496,7 +546,7 @@ class CSVClassificationDataModule(_SeriesClassificationDataModule):
         val_fraction: float = 0.2,
         seed: int = 0,
         num_workers: int = 0,
-        normalize: bool = True,
+        normalize: bool | str = "series",
     ) -> None:
         super().__init__(
             normalize=normalize,

@@ -15,8 +15,10 @@ from verticals.domains.timeseries.data import (
     CSVClassificationDataModule,
     ForecastingDataModule,
     UCRDataModule,
+    normalization_mode,
     read_csv_series,
     read_ts_file,
+    standardize_channels,
     validate_series,
     znormalize,
 )
@@ -257,6 +259,38 @@ def test_znormalize_per_series_per_channel_over_observed_steps():
     )
 
 
+def test_standardize_channels_uses_train_statistics_and_keeps_amplitude():
+    rng = np.random.default_rng(0)
+    x_train = np.concatenate([rng.normal(0, 1, (4, 2, 30)), rng.normal(0, 5, (4, 2, 30))])
+    x_test = rng.normal(0, 5, (3, 2, 30))
+    train, test = standardize_channels(x_train, x_test)
+    pooled = train.transpose(1, 0, 2).reshape(2, -1)
+    assert np.allclose(pooled.mean(axis=1), 0, atol=1e-5) and np.allclose(
+        pooled.std(axis=1, ddof=1), 1, atol=1e-4
+    )
+    quiet, loud = train[:4].std(), train[4:].std()
+    assert loud > 3 * quiet  # per-series z-normalisation would make these equal
+    mean = x_train.transpose(1, 0, 2).reshape(2, -1).mean(axis=1)
+    std = x_train.transpose(1, 0, 2).reshape(2, -1).std(axis=1, ddof=1)
+    assert np.allclose(test, (x_test - mean[None, :, None]) / std[None, :, None], atol=1e-5)  # TRAIN stats
+    padded = np.array([[[1.0, 3.0, 3.0]], [[5.0, 7.0, 9.0]]])
+    out, _ = standardize_channels(padded, padded, train_lengths=np.array([[2], [3]]))
+    observed = np.array([1.0, 3.0, 5.0, 7.0, 9.0])  # the padded step is left out of the statistics
+    assert np.isclose(out[1, 0, 0], (5.0 - observed.mean()) / observed.std(ddof=1), atol=1e-6)
+    constant, _ = standardize_channels(np.full((2, 1, 4), 3.0), np.full((1, 1, 4), 4.0))
+    assert np.all(constant == 0)
+
+
+@pytest.mark.parametrize("given, mode", [(True, "series"), (False, "none"), ("dataset", "dataset")])
+def test_normalization_mode_accepts_booleans_and_names(given, mode):
+    assert normalization_mode(given) == mode
+
+
+def test_normalization_mode_rejects_unknown_names():
+    with pytest.raises(ValueError, match="'instance'.*series"):
+        normalization_mode("instance")
+
+
 # -- UCRDataModule --------------------------------------------------------------------------
 def test_ucr_from_root_lazy_properties_and_batches(tmp_path):
     dm = UCRDataModule("Toy", root=str(write_archive(tmp_path)), batch_size=4, val_fraction=0.2)
@@ -280,6 +314,8 @@ def test_ucr_normalize_false_keeps_raw_values(tmp_path):
     dm = UCRDataModule("Toy", root=str(root), normalize=False)
     raw, _ = read_ts_file(root / "Toy" / "Toy_TRAIN.ts")
     assert np.array_equal(dm.arrays.x_train, raw)
+    pooled = UCRDataModule("Toy", root=str(root), normalize="dataset").arrays.x_train
+    assert abs(pooled.mean()) < 1e-5 and not np.allclose(pooled.std(axis=2), pooled.std(axis=2)[0, 0])
 
 
 def test_ucr_pads_train_and_test_to_one_length(tmp_path):
