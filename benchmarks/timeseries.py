@@ -703,6 +703,11 @@ def render_markdown(results: dict[str, Any]) -> str:
         "# Time-series classification benchmark",
         "",
         f"- command: `{results['command']}`",
+        *(
+            []
+            if results.get("complete", True)
+            else ["- **partial**: written while the benchmark was running; later runs are missing."]
+        ),
         f"- date: {results['date']}",
         f"- machine: {env['cpu']}, {env['cpu_count']} cores ({env['usable_cores']} usable), "
         f"torch {env['torch']} "
@@ -723,7 +728,8 @@ def render_markdown(results: dict[str, Any]) -> str:
         lines += [
             '1-NN DTW: sktime `KNeighborsTimeSeriesClassifier(n_neighbors=1, distance="dtw")` (full window); '
             'MiniRocket: sktime `RocketClassifier(rocket_transform="minirocket", random_state=0)`; '
-            "both on the datamodule's z-normalised official TRAIN/TEST arrays, trained on all of TRAIN.",
+            "both on the datamodule's z-normalised official TRAIN/TEST arrays (the arrays the PEFT runs see), "
+            "trained on all of TRAIN.",
             "",
             "## Trainable parameters and time",
             "",
@@ -812,9 +818,19 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return args
 
 
-def run_benchmark(args: argparse.Namespace, argv: Sequence[str], root: Path) -> dict[str, Any]:
-    """Every measurement; the raw numbers that the reports are made from."""
+def run_benchmark(
+    args: argparse.Namespace,
+    argv: Sequence[str],
+    root: Path,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Every measurement; the raw numbers that the reports are made from.
+
+    ``progress`` receives the results after every run (marked ``complete: False``), so an interrupted
+    benchmark still leaves its finished measurements on disk.
+    """
     results: dict[str, Any] = {
+        "complete": False,
         "command": shlex.join(["python", SCRIPT, *argv]),
         "argv": list(argv),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -871,6 +887,9 @@ def run_benchmark(args: argparse.Namespace, argv: Sequence[str], root: Path) -> 
                     record_error(what, error, dataset=dataset, method=method, seed=seed)
                     continue
                 results["runs"].append(run)
+                if progress is not None:
+                    summarise(results)
+                    progress(results)
                 print(
                     f"{dataset:18s} {method:13s} seed {seed}: test accuracy {run['test_accuracy']:.3f}, "
                     f"{run['trainable_percent']:.3f}% trainable, {run['wall_seconds']:.1f} s",
@@ -896,8 +915,19 @@ def run_benchmark(args: argparse.Namespace, argv: Sequence[str], root: Path) -> 
             )
         except Exception as error:
             record_error("training-loop overhead", error)
+    results["complete"] = True
     summarise(results)
     return results
+
+
+def write_reports(results: dict[str, Any], output: Path) -> tuple[str, Path]:
+    """Write the markdown report and the raw JSON beside it; returns the markdown and the JSON path."""
+    markdown = render_markdown(results)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(markdown)
+    json_path = output.with_suffix(".json")
+    json_path.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    return markdown, json_path
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -912,16 +942,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         else:
             root = args.runs_dir
             root.mkdir(parents=True, exist_ok=True)
-        results = run_benchmark(args, argv, root)
-    markdown = render_markdown(results)
-    output = args.output
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(markdown)
-    json_path = output.with_suffix(".json")
-    json_path.write_text(json.dumps(results, indent=2, default=str) + "\n")
+        results = run_benchmark(
+            args, argv, root, progress=lambda partial: write_reports(partial, args.output)
+        )
+    markdown, json_path = write_reports(results, args.output)
     print()
     print(markdown)
-    print(f"Wrote {output} and {json_path}.")
+    print(f"Wrote {args.output} and {json_path}.")
     return results
 
 
