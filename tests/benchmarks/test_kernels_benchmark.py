@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "kernels.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "adapter_kernels.py"
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def test_tiny_run_writes_markdown_and_json(
     results = benchmark.main(argv)
     markdown = output.read_text()
     assert markdown.startswith("# Adapter kernels")
-    assert "- command: `python benchmarks/kernels.py --shapes whisper_tiny.q_proj" in markdown
+    assert "- command: `python benchmarks/adapter_kernels.py --shapes whisper_tiny.q_proj" in markdown
     assert "verticals path: **reference** — a CPU run" in markdown and "pending a GPU" in markdown
     rows = [
         line for line in markdown.splitlines() if line.startswith("| whisper_tiny.q_proj | 384→384 | 4 |")

@@ -14,8 +14,8 @@ measures what a CPU user gets from enabling the kernels: the same outputs (max |
 no slowdown. On a CUDA device it runs the Triton kernels. Timings: median of ``--repeats`` after
 ``--warmup`` calls, alternating the compared paths. Usage (repository root)::
 
-    python benchmarks/kernels.py                                    # all shapes, batches 1 8 64 (GPU)
-    python benchmarks/kernels.py --shapes vit_b16.qkv --batches 1 8 --repeats 5   # a quick CPU run
+    python benchmarks/adapter_kernels.py                                    # all shapes, batches 1 8 64 (GPU)
+    python benchmarks/adapter_kernels.py --shapes vit_b16.qkv --batches 1 8 --repeats 5   # a quick CPU run
 """
 
 from __future__ import annotations
@@ -33,11 +33,6 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
-
-# `python benchmarks/kernels.py` puts this folder first on sys.path, and transformers (imported by peft)
-# probes for the Hugging Face `kernels` package by importing `kernels`, which would be this very script.
-if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path.pop(0)
 
 import torch  # noqa: E402
 from peft import LoraConfig, get_peft_model  # noqa: E402
@@ -57,7 +52,7 @@ SHAPES: dict[str, tuple[int, int, int]] = {
     "whisper_tiny.fc1": (384, 1536, 1500),
     "llm_4096.proj": (4096, 4096, 1),  # one decoding token per sequence
 }
-SCRIPT = "benchmarks/kernels.py"
+SCRIPT = "benchmarks/adapter_kernels.py"
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "kernels.md"
 
 

@@ -1,0 +1,413 @@
+"""Speech benchmark: Whisper tiny.en adapted to shifted speech conditions, and training-loop throughput.
+
+What it measures:
+
+1. WER per condition. For each packaged ``speech/whisper_<method>`` config (zero-shot, LoRA q/v, LoRA
+   all-linear, S2-LoRA, AdaLoRA, BitFit), ``verticals run`` runs in this process through
+   :func:`verticals.core.cli.run_cli`, as a user runs it, with only the data size, epochs and model source
+   overridden. Recorded: test WER/CER per condition (Whisper's English normaliser; pooled errors over
+   pooled reference words) with bootstrap CIs, trainable parameters, adapter file size, fit time.
+2. Merging. For LoRA and S2-LoRA: greedy transcripts of the test set before and after
+   ``merge_adapter`` (must be equal), and ``generate`` time of the merged-and-unloaded model vs the base
+   model on the same batches (alternating repeats, medians).
+3. Throughput. Training utterances/s of ``verticals fit`` (LoRA q/v, validation off) vs the usual route,
+   HF ``Seq2SeqTrainer`` + peft, with the same model, adapter, data, batch size and number of steps,
+   measured in this process one after the other; the ratio of the two.
+
+Usage (from the repository root)::
+
+    python benchmarks/speech.py                                   # configs' sizes and epochs (CPU: ~1 h)
+    python benchmarks/speech.py --methods zero_shot lora_qv s2lora --epochs 2 --train-per-condition 25
+    python benchmarks/speech.py --source tiny-random --train-per-condition 2 --test-per-condition 2 \
+        --epochs 1 --throughput-steps 2                           # smoke test
+
+Writes ``benchmarks/results/speech.md`` (or ``--output``) and the raw numbers to the ``.json`` beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from verticals.core.cli import run_cli
+from verticals.core.report import adapter_size_bytes
+
+METHODS = ("zero_shot", "lora_qv", "lora_all_linear", "s2lora", "adalora", "bitfit")
+MERGEABLE = ("lora_qv", "lora_all_linear", "s2lora")
+
+
+def data_arguments(args: argparse.Namespace) -> list[str]:
+    return [
+        "--data.init_args.utterances_per_condition",
+        str(args.train_per_condition),
+        "--data.init_args.val_utterances_per_condition",
+        str(args.val_per_condition),
+        "--data.init_args.test_utterances_per_condition",
+        str(args.test_per_condition),
+        "--data.init_args.max_source_positions",
+        str(args.max_source_positions),
+        "--data.init_args.batch_size",
+        str(args.batch_size),
+        *(["--data.init_args.cache_dir", args.cache_dir] if args.cache_dir else []),
+    ]
+
+
+def common_arguments(args: argparse.Namespace, root: Path) -> list[str]:
+    return [
+        "--model.init_args.model_args",
+        json.dumps({"source": args.source}),
+        "--model.init_args.generate_at_validation",
+        "false",
+        "--model.init_args.n_bootstrap",
+        str(args.bootstrap),
+        "--trainer.default_root_dir",
+        str(root),
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.enable_model_summary",
+        "false",
+        *data_arguments(args),
+    ]
+
+
+def run_method(method: str, args: argparse.Namespace, runs: Path) -> tuple[dict[str, Any], Any]:
+    """``verticals run speech/whisper_<method>`` and what it measured."""
+    epochs = (
+        [] if method == "zero_shot" or args.epochs is None else ["--trainer.max_epochs", str(args.epochs)]
+    )
+    argv = ["run", f"speech/whisper_{method}", *common_arguments(args, runs / method), *epochs]
+    started = time.perf_counter()
+    cli = run_cli(argv)
+    wall = time.perf_counter() - started
+    task, trainer = cli.model, cli.trainer
+    report = task.group_report or {}
+    summary = task.parameter_summary()
+    directory = Path(trainer.log_dir or trainer.default_root_dir)
+    timing = next((c for c in trainer.callbacks if type(c).__name__ == "Timing"), None)
+    return {
+        "command": "verticals " + shlex.join(argv),
+        "wer": {name: row["wer"] for name, row in report.get("groups", {}).items()},
+        "wer_ci": {name: [row["wer_low"], row["wer_high"]] for name, row in report.get("groups", {}).items()},
+        "cer": {name: row["cer"] for name, row in report.get("groups", {}).items()},
+        "overall": report.get("overall"),
+        "summary": {k: v for k, v in report.get("summary", {}).items() if not isinstance(v, list)},
+        "trainable": summary.trainable,
+        "trainable_percent": summary.trainable_percent,
+        "adapter_bytes": adapter_size_bytes(directory / "adapter") if method != "zero_shot" else 0,
+        "fit_seconds": timing.fit_seconds if timing else None,
+        "wall_seconds": wall,
+    }, cli
+
+
+def test_batches(cli: Any, limit: int) -> list[torch.Tensor]:
+    loader = cli.datamodule.test_dataloader()
+    batches = []
+    for batch in loader:
+        batches.append(batch["input_features"])
+        if len(batches) >= limit:
+            break
+    return batches
+
+
+def _generate_seconds(model: torch.nn.Module, batches: list[torch.Tensor], max_new_tokens: int) -> float:
+    started = time.perf_counter()
+    with torch.inference_mode():
+        for features in batches:
+            model.generate(input_features=features, max_new_tokens=max_new_tokens)
+    return time.perf_counter() - started
+
+
+def merge_check(cli: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """Transcripts equal before/after merging; merged generate time vs the base model's."""
+    from verticals.domains.speech.models import load_whisper
+
+    task = cli.model
+    task.eval()
+    batches = test_batches(cli, args.merge_batches)
+    unmerged = [text for features in batches for text in task.transcribe(features)]
+    peft_model = task.model
+    peft_model.merge_adapter()
+    merged = [text for features in batches for text in task.transcribe(features)]
+    peft_model.unmerge_adapter()
+    equal = sum(a == b for a, b in zip(unmerged, merged))
+    merged_model = peft_model.merge_and_unload().backbone.eval()
+    base, _ = load_whisper(args.source, max_source_positions=args.max_source_positions)
+    base.eval()
+    tokens = task.hparams["max_new_tokens"]
+    merged_times, base_times = [], []
+    for _ in range(args.timing_repeats):
+        merged_times.append(_generate_seconds(merged_model, batches, tokens))
+        base_times.append(_generate_seconds(base, batches, tokens))
+    return {
+        "utterances": len(unmerged),
+        "equal_transcripts": equal,
+        "merged_generate_s": statistics.median(merged_times),
+        "base_generate_s": statistics.median(base_times),
+        "merged_vs_base_time": statistics.median(merged_times) / statistics.median(base_times),
+    }
+
+
+def verticals_throughput(args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    argv = [
+        "fit",
+        "--config",
+        "speech/whisper_lora_qv",
+        *common_arguments(args, root),
+        "--trainer.max_steps",
+        str(args.throughput_steps),
+        "--trainer.max_epochs",
+        "-1",
+        "--trainer.limit_val_batches",
+        "0",
+    ]
+    cli = run_cli(argv)
+    timing = next(c for c in cli.trainer.callbacks if type(c).__name__ == "Timing")
+    return {
+        "command": "verticals " + shlex.join(argv),
+        "steps": cli.trainer.global_step,
+        "utterances": timing.train_samples,
+        "seconds": timing.fit_seconds,
+        "utterances_per_s": timing.samples_per_second,
+    }
+
+
+def trainer_throughput(args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    """The usual route: HF Seq2SeqTrainer + peft LoRA (the config's r, alpha, dropout, targets, lr)."""
+    import yaml
+    from peft import LoraConfig, get_peft_model
+    from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, TrainerCallback
+
+    from verticals.core.adapters.targets import resolve_targets
+    from verticals.core.cli import packaged_configs
+    from verticals.domains.speech.data import SpeechCollator, SyntheticSpeechDataModule
+    from verticals.domains.speech.models import load_whisper
+
+    config = yaml.safe_load(packaged_configs()["speech/whisper_lora_qv"].read_text())
+    init = config["model"]["init_args"]
+    torch.manual_seed(config.get("seed_everything", 0))
+    data = SyntheticSpeechDataModule(
+        conditions=config["data"]["init_args"]["conditions"],
+        utterances_per_condition=args.train_per_condition,
+        val_utterances_per_condition=args.val_per_condition,
+        test_utterances_per_condition=args.test_per_condition,
+        max_source_positions=args.max_source_positions,
+        batch_size=args.batch_size,
+        cache_dir=args.cache_dir,
+    )
+    model, _ = load_whisper(args.source, max_source_positions=args.max_source_positions)
+    options = init["adapter"]["options"]
+    lora = LoraConfig(
+        r=options["r"],
+        lora_alpha=options["lora_alpha"],
+        lora_dropout=options["lora_dropout"],
+        target_modules=resolve_targets(model, init["adapter"]["targets"]),
+    )
+    model = get_peft_model(model, lora)
+    collate = SpeechCollator(data.frames)
+
+    def collator(items: Sequence[Any]) -> dict[str, torch.Tensor]:
+        batch = collate(items)
+        return {"input_features": batch["input_features"], "labels": batch["labels"]}
+
+    class Clock(TrainerCallback):
+        start = end = 0.0
+        samples = 0
+
+        def on_train_begin(self, *a: Any, **k: Any) -> None:
+            Clock.start = time.perf_counter()
+
+        def on_step_end(self, *a: Any, **k: Any) -> None:
+            Clock.samples += args.batch_size
+            Clock.end = time.perf_counter()
+
+    training = Seq2SeqTrainingArguments(
+        output_dir=str(root),
+        per_device_train_batch_size=args.batch_size,
+        max_steps=args.throughput_steps,
+        learning_rate=init["learning_rate"],
+        weight_decay=init["weight_decay"],
+        warmup_ratio=0.05,
+        lr_scheduler_type="cosine",
+        save_strategy="no",
+        report_to=[],
+        logging_steps=max(args.throughput_steps, 1),
+        use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0,
+        seed=config.get("seed_everything", 0),
+        disable_tqdm=True,
+    )
+    trainer = Seq2SeqTrainer(
+        model=model,
+        args=training,
+        train_dataset=data.dataset("train"),
+        data_collator=collator,
+        callbacks=[Clock()],
+    )
+    trainer.train()
+    seconds = Clock.end - Clock.start
+    return {
+        "steps": trainer.state.global_step,
+        "utterances": Clock.samples,
+        "seconds": seconds,
+        "utterances_per_s": Clock.samples / seconds if seconds else 0.0,
+    }
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def render_markdown(results: dict[str, Any]) -> str:
+    methods = results["methods"]
+    conditions = next((list(m["wer"]) for m in methods.values() if m["wer"]), [])
+    lines = [
+        "# Speech benchmark: Whisper adapted to shifted speech conditions",
+        "",
+        f"Made by `{results['command']}` on {results['created']} ({results['machine']}).",
+        "",
+        f"Model `{results['settings']['source']}`, encoder window {results['settings']['max_source_positions']} "
+        f"positions; generated speech set, {results['settings']['train_per_condition']} training utterances per "
+        f"condition, {results['settings']['test_per_condition']} test utterances per condition; WER after "
+        "Whisper's English normaliser (pooled errors / pooled reference words), "
+        f"{results['settings']['bootstrap']} bootstrap resamples for the CIs in the JSON.",
+        "",
+        "| method | "
+        + " | ".join(f"WER {c}" for c in conditions)
+        + " | worst | gap | trainable | adapter bytes | fit s |",
+        "|---|" + "---|" * (len(conditions) + 5),
+    ]
+    for name, row in methods.items():
+        cells = [f"{row['wer'].get(c, float('nan')):.3f}" for c in conditions]
+        summary = row.get("summary", {})
+        fit = row.get("fit_seconds")
+        lines.append(
+            f"| {name} | "
+            + " | ".join(cells)
+            + f" | {summary.get('worst_group')} {summary.get('worst', float('nan')):.3f} | {summary.get('gap', float('nan')):.3f}"
+            + f" | {row['trainable']:,} | {row['adapter_bytes']:,} | {fit if fit is None else round(fit, 1)} |"
+        )
+    if results.get("merge"):
+        lines += [
+            "",
+            "## Merging",
+            "",
+            "| method | utterances | equal transcripts | merged / base generate time |",
+            "|---|---|---|---|",
+        ]
+        for name, row in results["merge"].items():
+            lines.append(
+                f"| {name} | {row['utterances']} | {row['equal_transcripts']} | {row['merged_vs_base_time']:.3f} "
+                f"({row['merged_generate_s']:.2f} s vs {row['base_generate_s']:.2f} s) |"
+            )
+    if results.get("throughput"):
+        t = results["throughput"]
+        lines += [
+            "",
+            "## Training throughput (LoRA q/v, same model, data, batch size and steps)",
+            "",
+            "| route | steps | utterances | seconds | utterances/s |",
+            "|---|---|---|---|---|",
+            f"| verticals fit | {t['verticals']['steps']} | {t['verticals']['utterances']} | "
+            f"{t['verticals']['seconds']:.1f} | {t['verticals']['utterances_per_s']:.2f} |",
+            f"| HF Seq2SeqTrainer + peft | {t['seq2seq_trainer']['steps']} | {t['seq2seq_trainer']['utterances']} | "
+            f"{t['seq2seq_trainer']['seconds']:.1f} | {t['seq2seq_trainer']['utterances_per_s']:.2f} |",
+            "",
+            f"Ratio verticals / Seq2SeqTrainer: **{t['ratio']:.3f}×**.",
+        ]
+    lines += ["", "Commands of the individual runs are in the JSON (`methods.<name>.command`)."]
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument(
+        "--source", default="tiny.en", help="Whisper: tiny.en, tiny-random, a directory or hub id"
+    )
+    parser.add_argument("--epochs", type=int, default=None, help="override the configs' max_epochs")
+    parser.add_argument("--train-per-condition", type=int, default=50)
+    parser.add_argument("--val-per-condition", type=int, default=10)
+    parser.add_argument("--test-per-condition", type=int, default=50)
+    parser.add_argument("--max-source-positions", type=int, default=500)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--bootstrap", type=int, default=1000)
+    parser.add_argument("--merge-batches", type=int, default=4, help="test batches for the merge check")
+    parser.add_argument("--timing-repeats", type=int, default=3)
+    parser.add_argument("--throughput-steps", type=int, default=20, help="0 skips the throughput comparison")
+    parser.add_argument(
+        "--cache-dir", default=None, help="speech feature cache (default: ~/.cache/verticals)"
+    )
+    parser.add_argument("--runs-dir", default=None, help="where the runs go (default: a temporary directory)")
+    parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "speech.md"))
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    warnings.filterwarnings("ignore")
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    keep_argv = list(sys.argv)
+    with tempfile.TemporaryDirectory() as scratch:
+        runs = Path(args.runs_dir or scratch)
+        results: dict[str, Any] = {
+            "command": shlex.join(["python", "benchmarks/speech.py", *argv]),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "machine": machine(),
+            "settings": {k: v for k, v in vars(args).items() if k not in ("output", "runs_dir")},
+            "methods": {},
+            "merge": {},
+        }
+        try:
+            for method in args.methods:
+                row, cli = run_method(method, args, runs)
+                results["methods"][method] = row
+                print(f"{method}: WER {row['wer']} trainable {row['trainable']:,}", flush=True)
+                if method in MERGEABLE:
+                    results["merge"][method] = merge_check(cli, args)
+                    print(f"{method} merge: {results['merge'][method]}", flush=True)
+            if args.throughput_steps > 0:
+                ours = verticals_throughput(args, runs / "throughput_verticals")
+                theirs = trainer_throughput(args, runs / "throughput_hf")
+                results["throughput"] = {
+                    "verticals": ours,
+                    "seq2seq_trainer": theirs,
+                    "ratio": ours["utterances_per_s"] / theirs["utterances_per_s"],
+                }
+                print(f"throughput: {results['throughput']}", flush=True)
+        finally:
+            sys.argv = keep_argv
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(render_markdown(results))
+    output.with_suffix(".json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    print(render_markdown(results))
+    return results
+
+
+if __name__ == "__main__":
+    main()
