@@ -1,0 +1,254 @@
+"""FairClassificationTask through Lightning: penalties, group-DRO, checkpoints and the fairness report."""
+
+from __future__ import annotations
+
+import json
+
+import lightning as L
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from verticals.core.fairness_callbacks import FairnessReport
+from verticals.core.tasks import FairClassificationTask
+from verticals.core.tasks.fair_classification import club_upper_bound, pool_features, reverse_gradient
+
+ATTRIBUTES = ["sex", "age_band"]
+NAMES = {"sex": ["F", "M"], "age_band": ["<40", "40-60", "60+"]}
+LORA = {"method": "lora", "targets": ["backbone.0", "backbone.2"], "trainable": ["head"], "options": {"r": 2}}
+
+
+class TinyEncoder(nn.Module):
+    """timm's split: pooled ``forward_features`` then ``forward_head``."""
+
+    def __init__(self, in_features: int = 6, width: int = 16, num_classes: int = 2) -> None:
+        super().__init__()
+        self.backbone = nn.Sequential(
+            nn.Linear(in_features, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU()
+        )
+        self.head = nn.Linear(width, num_classes)
+        self.num_features = width
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+class GroupedSet(Dataset):
+    """Label signal in x[0]; sex leaks through x[1] and adds noise to the signal for sex=F."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        self.y = torch.randint(0, 2, (n,), generator=generator)
+        self.group = torch.stack(
+            [torch.randint(0, 2, (n,), generator=generator), torch.randint(0, 3, (n,), generator=generator)],
+            1,
+        )
+        noise = torch.where(self.group[:, 0] == 0, 1.5, 0.5)
+        self.x = torch.randn(n, 6, generator=generator)
+        self.x[:, 0] = self.y * 2.0 - 1.0 + noise * self.x[:, 0]
+        self.x[:, 1] += 2.0 * self.group[:, 0]
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {"x": self.x[index], "y": self.y[index], "group": self.group[index]}
+
+
+class GroupedData(L.LightningDataModule):
+    num_classes = 2
+    input_shape = (6,)
+    group_attributes = ATTRIBUTES
+    group_names = NAMES
+
+    def __init__(self, n: int = 96) -> None:
+        super().__init__()
+        self.n = n
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(GroupedSet(self.n, 0), batch_size=32, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(GroupedSet(self.n, 1), batch_size=32)
+
+    def test_dataloader(self) -> DataLoader:
+        return DataLoader(GroupedSet(self.n, 2), batch_size=32)
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    """Tiny tensors: one intra-op thread (extra threads only contend on a shared CPU)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _task(**kwargs) -> FairClassificationTask:
+    torch.manual_seed(0)
+    return FairClassificationTask(
+        model=TinyEncoder(), adapter=LORA, num_classes=2, report_bootstrap=20, **kwargs
+    )
+
+
+def _trainer(tmp_path, **kwargs) -> L.Trainer:
+    defaults = dict(
+        max_epochs=2,
+        default_root_dir=tmp_path,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        logger=False,
+        log_every_n_steps=1,
+        num_sanity_val_steps=0,
+    )
+    return L.Trainer(**{**defaults, **kwargs})
+
+
+@pytest.mark.parametrize("penalty", ["club", "adversarial"])
+def test_penalty_fit_logs_group_metrics_and_checkpoints_the_auxiliary_net(tmp_path, penalty):
+    task = _task(fairness_penalty=penalty, fairness_weight=0.5, monitor="val_worst_group_auroc")
+    trainer = _trainer(tmp_path)
+    trainer.fit(task, GroupedData())
+    assert task.mode == "max" and task.hparams["group_names"] == NAMES
+    metrics = trainer.callback_metrics
+    for key in (
+        "val_auroc",
+        "val_worst_group_auroc",
+        "val_auroc_gap",
+        "val_ece/F",
+        "val_mi_estimate",
+        "train_total_loss",
+    ):
+        assert key in metrics and torch.isfinite(metrics[key]), key
+    optimised = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
+    assert {id(p) for p in task.attribute_net.parameters()} <= optimised
+    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert any(name.startswith("attribute_net.") for name in checkpoint["state_dict"])
+    assert not any("backbone.0.base_layer" in name for name in checkpoint["state_dict"])
+    restored = FairClassificationTask.load_from_checkpoint(
+        tmp_path / "checkpoints" / "last.ckpt", model=_fresh_encoder(), weights_only=True
+    )
+    x = torch.randn(5, 6)
+    task.eval(), restored.eval()
+    torch.testing.assert_close(restored(x), task(x))
+    torch.testing.assert_close(restored.attribute_net[0].weight, task.attribute_net[0].weight)
+
+
+def _fresh_encoder() -> TinyEncoder:
+    torch.manual_seed(0)  # the same frozen backbone the task was trained on (its fingerprint is checked)
+    return TinyEncoder()
+
+
+def test_group_dro_upweights_the_harder_group_and_weights_survive_the_checkpoint(tmp_path):
+    task = _task(group_dro=True, dro_step_size=0.5)
+    trainer = _trainer(tmp_path, max_epochs=3)
+    trainer.fit(task, GroupedData(n=128))
+    weights = task.dro_weights
+    assert weights.shape == (2,) and float(weights.sum()) == pytest.approx(1.0)
+    assert weights[0] > weights[1]  # sex=F has the noisier signal, so the larger loss
+    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["verticals"]["group_dro_weights"] == pytest.approx(weights.tolist())
+    restored = FairClassificationTask.load_from_checkpoint(
+        tmp_path / "checkpoints" / "last.ckpt", model=_fresh_encoder(), weights_only=True
+    )
+    torch.testing.assert_close(restored.dro_weights, weights)
+
+
+def test_intersectional_dro_groups_and_codes():
+    task = _task(
+        group_dro=True,
+        dro_groups="intersectional",
+        group_attributes=ATTRIBUTES,
+        group_names=NAMES,
+    )
+    task.configure_model()
+    assert task.dro_weights.shape == (6,)
+    codes = task._dro_codes(torch.tensor([[0, 0], [1, 2], [1, 0]]), torch.tensor([0, 1, 0]))
+    assert codes.tolist() == [0, 5, 3]
+    label_task = _task(
+        group_dro=True,
+        dro_groups="sensitive_label",
+        group_attributes=ATTRIBUTES,
+        group_names=NAMES,
+    )
+    label_task.configure_model()
+    assert label_task._dro_codes(torch.tensor([[1, 0]]), torch.tensor([1])).tolist() == [3]
+
+
+def test_test_run_writes_the_fairness_report_files(tmp_path):
+    task = _task(fairness_penalty="club")
+    trainer = _trainer(tmp_path, max_epochs=1)
+    data = GroupedData()
+    trainer.fit(task, data)
+    trainer.test(task, data)
+    for name in (
+        "fairness.json",
+        "fairness.md",
+        "reliability.png",
+        "fairness_auroc_sex.png",
+        "fairness_auroc_sex_x_age_band.png",
+    ):
+        assert (tmp_path / name).is_file(), name
+    report = json.loads((tmp_path / "fairness.json").read_text())
+    sex_rows = [row for row in report["fairness"]["groups"] if row["grouping"] == "sex"]
+    assert [row["group"] for row in sex_rows] == ["F", "M"] and sum(row["count"] for row in sex_rows) == 96
+    assert report["fairness"]["n_bootstrap"] == 20 and "ece" in report["uncertainty"]["sex"]["F"]
+    assert "test_worst_group_auroc" in trainer.callback_metrics
+    callback = next(c for c in trainer.callbacks if isinstance(c, FairnessReport))
+    assert callback.results is not None and "sex & age_band" in callback.results.summary
+    predictions = trainer.predict(task, data.test_dataloader())
+    assert set(predictions[0]) == {"logits", "probs", "target", "group"}
+
+
+def test_plain_task_without_penalty_and_clear_errors(tmp_path):
+    task = _task()
+    _trainer(tmp_path, max_epochs=1, limit_train_batches=1).fit(task, GroupedData())
+    assert not hasattr(task, "attribute_net")
+    with pytest.raises(ValueError, match="fairness_penalty"):
+        FairClassificationTask(model=TinyEncoder(), adapter=LORA, fairness_penalty="mmd")
+    with pytest.raises(ValueError, match="'skin' is not one of"):  # checked as soon as the model is built
+        _task(
+            fairness_penalty="club",
+            sensitive_attribute="skin",
+            group_attributes=ATTRIBUTES,
+            group_names=NAMES,
+        )
+
+    class NoSplit(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.head = nn.Linear(6, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(x)
+
+    with pytest.raises(TypeError, match="forward_features"):
+        FairClassificationTask(
+            model=NoSplit(),
+            adapter={"method": "linear_probe", "trainable": ["head"]},
+            fairness_penalty="club",
+            group_attributes=ATTRIBUTES,
+            group_names=NAMES,
+            num_classes=2,
+        )
+
+
+def test_building_blocks():
+    independent = torch.log_softmax(torch.randn(1, 3), -1).expand(8, 3)  # q(a|z) ignores z
+    assert float(club_upper_bound(independent, torch.randint(0, 3, (8,)))) == pytest.approx(0.0, abs=1e-6)
+    attribute = torch.tensor([0, 1, 0, 1])
+    informative = torch.log(torch.tensor([[0.99, 0.01], [0.01, 0.99]] * 2))
+    assert float(club_upper_bound(informative, attribute)) > 0.6
+    x = torch.ones(3, requires_grad=True)
+    reverse_gradient(x, 0.5).sum().backward()
+    torch.testing.assert_close(x.grad, torch.full((3,), -0.5))
+    assert pool_features(torch.zeros(2, 5, 7)).shape == (2, 7) and pool_features(
+        torch.zeros(2, 7, 3, 3)
+    ).shape == (2, 7)
