@@ -140,6 +140,11 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
+# The suite runs on 2 processes (pytest -n 2) on 2-core machines, and its tensors are tiny: one intra-op
+# thread per process avoids oversubscription, which made small ops 100x slower on a loaded machine.
+torch.set_num_threads(1)
+
+
 BACKBONES = {
     "hf_bert": tiny_bert,
     "hf_whisper": tiny_whisper,

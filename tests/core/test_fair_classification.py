@@ -82,14 +82,6 @@ class GroupedData(L.LightningDataModule):
         return DataLoader(GroupedSet(self.n, 2), batch_size=32)
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny tensors: one intra-op thread (extra threads only contend on a shared CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _task(**kwargs) -> FairClassificationTask:
     torch.manual_seed(0)
