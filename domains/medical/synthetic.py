@@ -1,0 +1,151 @@
+"""A generated dermatology-like dataset with a planted, documented subgroup gap (see its dataset card).
+
+Each image is a pigmented lesion on skin.  Malignant lesions have irregular borders and variegated
+colour (blue-grey / dark-brown patches); benign ones are rounder and evenly brown.  The two classes
+overlap (irregularity and variegation are drawn from overlapping distributions), so the task is not
+trivially separable.  Sensitive attributes and what is planted:
+
+- ``skin_tone`` (light 70% / dark 30%): dark-skin images have **lower lesion contrast** (pigment on dark
+  skin), an **acquisition shift** (global contrast x0.6, a warm colour cast, a slight blur) and a
+  **lower malignancy prevalence** (20% vs 40%).  Classifiers therefore rank dark-skin cases worse: a
+  real, known AUROC gap in favour of light skin.
+- ``sex``: no effect at all (a negative control: its gap's CI should include zero).
+- ``age``: older patients (60+) have a higher prevalence (+10 points) but images look the same.
+
+Generation is deterministic in ``seed`` (numpy ``default_rng``); images are written as PNGs with a
+``manifest.csv`` (``image, label, patient, skin_tone, sex, age, split``) read by the generic loader.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+GENERATOR_VERSION = 1
+
+
+@dataclass(frozen=True)
+class DermatologySpec:
+    """Everything that defines one generated set (its cache key)."""
+
+    num_images: int = 1200
+    image_size: int = 64
+    seed: int = 0
+    dark_fraction: float = 0.3
+    prevalence_light: float = 0.4
+    prevalence_dark: float = 0.2
+    dark_contrast: float = 0.6
+    test_fraction: float = 0.3
+    version: int = GENERATOR_VERSION
+
+    def key(self) -> str:
+        return (
+            f"derm_v{self.version}_n{self.num_images}_s{self.image_size}_seed{self.seed}"
+            f"_d{self.dark_fraction:g}_p{self.prevalence_light:g}-{self.prevalence_dark:g}_c{self.dark_contrast:g}"
+        )
+
+
+def _smooth_noise(rng: np.random.Generator, size: int, scale: int) -> np.ndarray:
+    """Low-frequency noise in [0, 1]: a coarse random grid upsampled bilinearly."""
+    coarse = rng.random((scale + 1, scale + 1)).astype(np.float32)
+    image = Image.fromarray((coarse * 255).astype(np.uint8)).resize((size, size), Image.BILINEAR)
+    return np.asarray(image, dtype=np.float32) / 255.0
+
+
+def _blur(image: np.ndarray, sigma: float) -> np.ndarray:
+    from PIL import ImageFilter
+
+    pil = Image.fromarray((np.clip(image, 0, 1) * 255).astype(np.uint8))
+    return np.asarray(pil.filter(ImageFilter.GaussianBlur(sigma)), dtype=np.float32) / 255.0
+
+
+def render_lesion(
+    rng: np.random.Generator, size: int, malignant: bool, dark: bool, spec: DermatologySpec
+) -> np.ndarray:
+    """One ``[size, size, 3]`` float image in [0, 1]."""
+    skin = np.array([0.86, 0.70, 0.60]) if not dark else np.array([0.46, 0.31, 0.23])
+    skin = skin * rng.uniform(0.93, 1.07, size=3)
+    texture = _smooth_noise(rng, size, 6)[..., None] - 0.5
+    image = np.clip(skin[None, None, :] * (1 + 0.12 * texture), 0, 1)
+
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    centre = size / 2 + rng.normal(0, size * 0.06, size=2)
+    dy, dx = yy - centre[0], xx - centre[1]
+    radius_px, theta = np.hypot(dy, dx), np.arctan2(dy, dx)
+    base = size * rng.uniform(0.15, 0.24)
+    irregularity = abs(rng.normal(0.17, 0.06)) if malignant else abs(rng.normal(0.06, 0.04))
+    border = np.ones_like(theta)
+    for k in range(2, 7):
+        border += irregularity * rng.normal(0, 1) / np.sqrt(k - 1) * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
+    inside = np.clip((base * border - radius_px) / 1.5 + 0.5, 0, 1)  # soft edge
+
+    brown = np.array([0.42, 0.25, 0.16]) * rng.uniform(0.85, 1.15)
+    variegation = rng.uniform(0.35, 1.0) if malignant else rng.uniform(0.0, 0.45)
+    patches = _smooth_noise(rng, size, 4)
+    blue_grey, dark_brown = np.array([0.30, 0.30, 0.40]), np.array([0.18, 0.10, 0.07])
+    mix = np.clip((patches - 0.5) * 3 * variegation + 0.5, 0, 1)[..., None]
+    pigment = brown * (1 - variegation) + variegation * (mix * blue_grey + (1 - mix) * dark_brown)
+    opacity = 0.9 if not dark else 0.5  # pigment contrasts less with dark skin
+    alpha = (inside * opacity)[..., None]
+    image = image * (1 - alpha) + pigment * alpha
+
+    if dark:  # acquisition shift: lower contrast, warm colour cast, slight blur
+        mean = image.mean(axis=(0, 1), keepdims=True)
+        image = mean + spec.dark_contrast * (image - mean)
+        image = image * np.array([1.06, 1.0, 0.88]) + np.array([0.02, 0.01, 0.0])
+        image = _blur(image, 0.8)
+    image = image + rng.normal(0, 0.02, size=image.shape)
+    return np.clip(image, 0, 1)
+
+
+def generate_dermatology(root: str | Path, spec: DermatologySpec = DermatologySpec()) -> Path:
+    """Write (or reuse) the set for ``spec`` under ``root/<spec.key()>``; returns its ``manifest.csv``.
+
+    A finished set is recognised by its ``generation.json``; a partly written one is regenerated.
+    """
+    directory = Path(root).expanduser() / spec.key()
+    manifest = directory / "manifest.csv"
+    done = directory / "generation.json"
+    if manifest.is_file() and done.is_file() and json.loads(done.read_text()) == asdict(spec):
+        return manifest
+    if not 0 < spec.dark_fraction < 1 or spec.num_images < 8:
+        raise ValueError(
+            f"Need 0 < dark_fraction < 1 and num_images >= 8, got {spec.dark_fraction} and {spec.num_images}."
+        )
+    (directory / "images").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(spec.seed)
+    rows = []
+    patient = 0
+    while len(rows) < spec.num_images:
+        dark = rng.random() < spec.dark_fraction
+        sex = "female" if rng.random() < 0.5 else "male"
+        age = int(rng.integers(20, 86))
+        prevalence = (spec.prevalence_dark if dark else spec.prevalence_light) + (0.1 if age >= 60 else 0.0)
+        split = "test" if rng.random() < spec.test_fraction else "train"
+        for _ in range(int(rng.integers(1, 3))):  # one or two lesions per patient
+            if len(rows) == spec.num_images:
+                break
+            malignant = bool(rng.random() < prevalence)
+            image = render_lesion(rng, spec.image_size, malignant, dark, spec)
+            name = f"images/lesion_{len(rows):05d}.png"
+            Image.fromarray((image * 255).round().astype(np.uint8)).save(directory / name)
+            rows.append(
+                {
+                    "image": name,
+                    "label": "malignant" if malignant else "benign",
+                    "patient": f"P{patient:05d}",
+                    "skin_tone": "dark" if dark else "light",
+                    "sex": sex,
+                    "age": age,
+                    "split": split,
+                }
+            )
+        patient += 1
+    pd.DataFrame(rows).to_csv(manifest, index=False)
+    done.write_text(json.dumps(asdict(spec), indent=2) + "\n")
+    return manifest

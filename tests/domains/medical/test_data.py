@@ -1,0 +1,89 @@
+"""Datamodules: batches with groups, patient-level splits, and the generated set's planted structure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from verticals.domains.medical.data import GeneratedDermatologyDataModule, ManifestDataModule, patient_split
+from verticals.domains.medical.synthetic import DermatologySpec, generate_dermatology
+
+
+def test_generated_set_is_deterministic_and_cached(tmp_path: Path) -> None:
+    spec = DermatologySpec(num_images=24, image_size=32, seed=5)
+    first = generate_dermatology(tmp_path / "a", spec)
+    second = generate_dermatology(tmp_path / "b", spec)
+    assert first.read_text() == second.read_text()
+    image_a = np.asarray(Image.open(first.parent / "images/lesion_00007.png"))
+    image_b = np.asarray(Image.open(second.parent / "images/lesion_00007.png"))
+    assert image_a.shape == (32, 32, 3) and np.array_equal(image_a, image_b)
+    mtime = first.stat().st_mtime_ns
+    assert generate_dermatology(tmp_path / "a", spec) == first and first.stat().st_mtime_ns == mtime
+    other = generate_dermatology(tmp_path / "a", DermatologySpec(num_images=24, image_size=32, seed=6))
+    assert other != first and other.read_text() != first.read_text()
+
+
+def test_generated_set_plants_prevalence_and_contrast_gap(tmp_path: Path) -> None:
+    manifest = generate_dermatology(tmp_path, DermatologySpec(num_images=300, image_size=32, seed=0))
+    table = pd.read_csv(manifest)
+    prevalence = table.assign(m=table.label == "malignant").groupby("skin_tone").m.mean()
+    assert prevalence["light"] > prevalence["dark"] + 0.08
+    assert 0.2 < (table.skin_tone == "dark").mean() < 0.4
+
+    def contrast(row: pd.Series) -> float:
+        image = np.asarray(Image.open(manifest.parent / row.image), dtype=np.float32)
+        return float(image.std())
+
+    stds = table.head(120).assign(c=lambda t: t.apply(contrast, axis=1)).groupby("skin_tone").c.mean()
+    assert stds["dark"] < 0.8 * stds["light"]  # measured ~0.71 at seed 0
+    assert set(table.groupby("patient").split.nunique()) == {1}  # a patient's lesions share a split
+
+
+def test_generated_datamodule_batches(tmp_path: Path) -> None:
+    dm = GeneratedDermatologyDataModule(num_images=40, generated_size=32, root=str(tmp_path), image_size=32, batch_size=8)
+    assert dm.num_classes == 2 and dm.class_names == ["benign", "malignant"] and dm.input_shape == (3, 32, 32)
+    assert dm.group_attributes == ["skin_tone", "sex", "age_band"]
+    assert dm.group_names["skin_tone"] == ["dark", "light"] and dm.group_names["age_band"] == ["<60", "60+"]
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["x"].shape == (8, 3, 32, 32) and batch["y"].dtype.is_floating_point is False
+    assert batch["group"].shape == (8, 3) and int(batch["group"].max()) <= 1
+    table = dm.table
+    stages = {stage: set(table[table.stage == stage].patient) for stage in ("train", "val", "test")}
+    assert all(stages[s] for s in stages)
+    assert not (stages["train"] & stages["val"]) and not (stages["train"] & stages["test"])
+    test_rows = table[table.stage == "test"]
+    codes = dm.group_codes(test_rows)
+    names = [dm.group_names["skin_tone"][c] for c in codes[:, 0]]
+    assert names == list(test_rows.skin_tone)
+
+
+def test_manifest_datamodule_splits_by_patient(tmp_path: Path) -> None:
+    rows = []
+    for i in range(30):
+        path = tmp_path / "img" / f"{i}.png"
+        path.parent.mkdir(exist_ok=True)
+        Image.fromarray(np.full((12, 10, 3), i * 8, dtype=np.uint8)).save(path)
+        rows.append({"image": f"img/{i}.png", "label": "ab"[i % 2], "patient": f"p{i // 3}", "site": "xy"[i % 2]})
+    csv = tmp_path / "manifest.csv"
+    pd.DataFrame(rows).to_csv(csv, index=False)
+    dm = ManifestDataModule(str(csv), attributes=["site"], image_size=16, batch_size=4, test_fraction=0.3, val_fraction=0.2)
+    table = dm.table
+    for patient, stages in table.groupby("patient").stage.unique().items():
+        assert len(stages) == 1, patient
+    batch = next(iter(dm.test_dataloader()))
+    assert batch["x"].shape == (4, 3, 16, 16) and batch["group"].shape == (4, 1)
+    with pytest.raises(ValueError, match="test_fraction"):
+        ManifestDataModule(str(csv), test_fraction=1.5)
+
+
+def test_patient_split_holds_out_whole_patients() -> None:
+    patients = ["a", "a", "b", "c", "c", "d"]
+    keep, held = patient_split(patients, 0.5, seed=0)
+    assert sorted([*keep, *held]) == list(range(6))
+    assert not ({patients[i] for i in keep} & {patients[i] for i in held})
+    with pytest.raises(ValueError, match="patient"):
+        patient_split(["a", "a"], 0.5, seed=0)
