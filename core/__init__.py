@@ -15,7 +15,7 @@ from verticals.core.adapters.io import (
     unmerge,
 )
 from verticals.core.adapters.summary import ParameterSummary, parameter_summary
-from verticals.core.adapters.targets import detect_family, resolve_targets
+from verticals.core.adapters.targets import detect_families, detect_family, resolve_targets
 from verticals.core.registry import build_model, register_model, registered_models
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "build_model",
     "build_peft_config",
     "compose",
+    "detect_families",
     "detect_family",
     "load_adapter",
     "merge",

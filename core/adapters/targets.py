@@ -100,10 +100,20 @@ _HEAD_NAMES = re.compile(r"(?:.*\.)?(?:head|heads|classifier|lm_head|proj_out|fc
 PRESETS = ("attention", "qv", "mlp", "all-linear", "blocks", "layernorm")
 
 
+def detect_families(model: nn.Module) -> list[BackboneFamily]:
+    """Every family whose signature module names appear in ``model`` (empty means generic).
+
+    A model can hold several: BiomedCLIP is a timm ViT image tower beside an HF BERT text tower, and a
+    preset then means its modules in both.
+    """
+    names = [name for name, _ in model.named_modules()]
+    return [family for family in FAMILIES if family.detect(names)]
+
+
 def detect_family(model: nn.Module) -> BackboneFamily | None:
     """The first family whose signature module names appear in ``model``; ``None`` means generic."""
-    names = [name for name, _ in model.named_modules()]
-    return next((family for family in FAMILIES if family.detect(names)), None)
+    families = detect_families(model)
+    return families[0] if families else None
 
 
 def adaptable_module_names(model: nn.Module) -> list[str]:
@@ -162,22 +172,22 @@ def resolve_targets(
     """
     kinds = ADAPTABLE_TYPES if kinds is None else kinds
     all_names = [name for name, _ in model.named_modules() if name]
-    family = detect_family(model)
-    family_name = family.name if family else "generic"
+    families = detect_families(model)
+    family_name = " + ".join(family.name for family in families) or "generic"
 
     if isinstance(targets, str) and targets == "layernorm":
         names = [name for name, module in model.named_modules() if isinstance(module, nn.LayerNorm)]
     elif isinstance(targets, str) and targets == "blocks":
-        if family is None:
+        if not families:
             raise ValueError(
                 f"Target preset 'blocks' needs a known backbone family, but {type(model).__name__} matched none "
                 f"of {[f.name for f in FAMILIES]}. Name the blocks with a regex instead, e.g. 'encoder\\.layers\\.\\d+'."
             )
-        names = _fullmatch(family.pattern("blocks"), all_names)
+        names = _match_families(families, "blocks", all_names)
     elif isinstance(targets, str) and targets in PRESETS:
         candidates = adaptable_module_names(model)
-        if family is not None:
-            names = _fullmatch(family.pattern(targets), candidates)
+        if families:
+            names = _match_families(families, targets, candidates)
         else:
             names = _generic_preset(targets, candidates)
         names = [name for name in names if isinstance(model.get_submodule(name), kinds)]
@@ -203,9 +213,10 @@ def resolve_targets(
     return names
 
 
-def _fullmatch(pattern: str, names: Sequence[str]) -> list[str]:
-    compiled = re.compile(pattern)
-    return [name for name in names if compiled.fullmatch(name)]
+def _match_families(families: Sequence[BackboneFamily], preset: str, names: Sequence[str]) -> list[str]:
+    """Names matching the preset of any of ``families``, in model order."""
+    compiled = [re.compile(family.pattern(preset)) for family in families]
+    return [name for name in names if any(pattern.fullmatch(name) for pattern in compiled)]
 
 
 def _generic_preset(preset: str, candidates: Sequence[str]) -> list[str]:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 from torch import nn
 
-from verticals.core.adapters.targets import detect_family, resolve_targets, summarise_names
+from verticals.core.adapters.targets import detect_families, detect_family, resolve_targets, summarise_names
 
 # (family, preset, expected module names) — anchored names, never a patch embedding or a pooler.
 CASES = [
@@ -58,6 +58,22 @@ def test_presets_resolve_to_anchored_names(make_backbone, family, preset, expect
 @pytest.mark.parametrize("family", ["hf_bert", "hf_whisper", "timm_vit", "open_clip"])
 def test_family_detection(make_backbone, family):
     assert detect_family(make_backbone(family)).name == family
+
+
+def test_a_two_tower_model_resolves_presets_in_both_towers(make_backbone):
+    """BiomedCLIP-like: a timm ViT image tower beside an HF BERT text tower."""
+    model = nn.Module()
+    model.visual, model.text = make_backbone("timm_vit"), make_backbone("hf_bert")
+    assert [family.name for family in detect_families(model)] == ["hf_bert", "timm_vit"]
+    names = resolve_targets(model, "attention")
+    assert {name.split(".")[0] for name in names} == {"visual", "text"}
+    assert "visual.blocks.0.attn.qkv" in names and "text.encoder.layer.0.attention.self.query" in names
+    assert set(resolve_targets(model, "qv")) == {
+        *(f"visual.blocks.{i}.attn.qkv" for i in range(2)),
+        *(n for n in names if n.startswith("text.") and n.endswith(("query", "value"))),
+    }
+    with pytest.raises(ValueError, match="hf_bert \\+ timm_vit"):
+        resolve_targets(model, "no_such_module")
 
 
 def test_generic_backbone_has_no_family(make_backbone):
