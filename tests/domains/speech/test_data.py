@@ -1,0 +1,205 @@
+"""Speech datamodules: the generated set (cached), and tiny instances of LibriSpeech and Common Voice."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from verticals.domains.speech import conditions as conditions_module
+from verticals.domains.speech import data as data_module
+from verticals.domains.speech.audio import AudioError
+from verticals.domains.speech.data import (
+    CommonVoiceDataModule,
+    LibriSpeechDataModule,
+    SyntheticSpeechDataModule,
+    read_librispeech,
+)
+
+soundfile = pytest.importorskip("soundfile")
+
+
+def _synthetic(tmp_path, **kwargs) -> SyntheticSpeechDataModule:
+    options = dict(
+        conditions=["clear", "child"],
+        utterances_per_condition=2,
+        val_utterances_per_condition=1,
+        test_utterances_per_condition=1,
+        cache_dir=str(tmp_path / "cache"),
+        batch_size=3,
+        max_source_positions=300,
+    )
+    return SyntheticSpeechDataModule(**{**options, **kwargs})
+
+
+def test_synthetic_batches_have_the_agreed_layout(tmp_path):
+    datamodule = _synthetic(tmp_path)
+    assert datamodule.group_attributes == ["condition"]
+    assert datamodule.group_names == {"condition": ["clear", "child"]}
+    assert datamodule.input_shape == (80, 600) and datamodule.window_seconds == 6.0
+    datamodule.setup("fit")
+    batch = next(iter(datamodule.train_dataloader()))
+    assert batch["input_features"].shape == (3, 80, 600) and batch["input_features"].dtype == torch.float32
+    assert batch["labels"].dtype == torch.long and batch["group"].shape == (3, 1)
+    assert len(batch["text"]) == 3
+    labels = batch["labels"][0][batch["labels"][0] != -100].tolist()
+    assert labels[0] == 50362 and labels[-1] == 50256  # no decoder start: HF Whisper prepends it
+    decoded = datamodule.tokenizer.decode(labels, skip_special_tokens=True)
+    assert decoded == " " + batch["text"][0]
+    assert (batch["labels"] == -100).any() or len({len(t) for t in batch["text"]}) == 1
+    test = datamodule.dataset("test")
+    assert [u.group for u in test] == [0, 1] and test[0].text == test[1].text  # paired conditions
+    assert datamodule.treatment_counts["train"] == {"ok": 4}
+    assert datamodule.waveform("test", 1).ndim == 1
+
+
+def test_synthetic_features_are_cached_and_reused(tmp_path, monkeypatch):
+    first = _synthetic(tmp_path)
+    first.setup("test")
+    features = first.dataset("test")[1].features
+
+    def no_synthesis(*args, **kwargs):
+        raise AssertionError("synthesised again despite the cache")
+
+    monkeypatch.setattr(data_module, "render", no_synthesis)
+    second = _synthetic(tmp_path)
+    assert torch.equal(second.dataset("test")[1].features, features)
+    assert second.treatment_counts["test"] == {"ok": 2}
+    monkeypatch.setattr(data_module, "render", conditions_module.render)
+    other_window = _synthetic(tmp_path, max_source_positions=400)  # a separate cache entry: features differ
+    expanded = data_module.SpeechCollator(800)([other_window.dataset("test")[1]])["input_features"][0]
+    assert expanded.shape == (80, 800)
+    assert torch.allclose(expanded[:, :100], features[:, :100], atol=1e-3)  # the same speech at its start
+
+
+def test_synthetic_rejects_unknown_conditions(tmp_path):
+    with pytest.raises(ValueError, match="conditions"):
+        _synthetic(tmp_path, conditions=["clear", "martian"])
+    with pytest.raises(ValueError, match=">= 1"):
+        _synthetic(tmp_path, test_utterances_per_condition=0)
+
+
+def _write(path, seconds, rate=16_000, amplitude=0.3):
+    t = np.arange(int(seconds * rate)) / rate
+    path.parent.mkdir(parents=True, exist_ok=True)
+    soundfile.write(path, amplitude * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 3 * t)) / 2, rate)
+
+
+def _librispeech(root):
+    layout = {"dev-clean": [("84", "121123"), ("174", "50561")], "test-other": [("1688", "142285")]}
+    for subset, chapters in layout.items():
+        for speaker, chapter in chapters:
+            folder = root / subset / speaker / chapter
+            lines = []
+            for i in range(2):
+                utterance = f"{speaker}-{chapter}-{i:04d}"
+                _write(
+                    folder / f"{utterance}.flac", 0.6 + 0.2 * i, rate=16_000 if speaker != "174" else 8_000
+                )
+                lines.append(f"{utterance} GO DO YOU HEAR NUMBER {i}")
+            (folder / f"{speaker}-{chapter}.trans.txt").write_text("\n".join(lines) + "\n")
+    (root / "SPEAKERS.TXT").write_text(
+        "; ID  |SEX| SUBSET           |MINUTES| NAME\n84   | F | dev-clean        |  8.02 | Christie\n"
+        "174  | M | dev-clean        |  8.04 | Peter\n1688 | M | test-other       |  8.10 | Tom\n"
+    )
+
+
+def test_librispeech_layout_groups_by_subset_or_sex(tmp_path):
+    root = tmp_path / "LibriSpeech"
+    _librispeech(root)
+    rows = read_librispeech(root, "dev-clean")
+    assert len(rows) == 4 and rows[0][2] == "GO DO YOU HEAR NUMBER 0" and rows[0][3] == "174"
+    subsets = {"train": ["dev-clean"], "val": ["test-other"], "test": ["dev-clean", "test-other"]}
+    datamodule = LibriSpeechDataModule(
+        str(root), subsets, cache_dir=str(tmp_path / "c"), batch_size=8, max_source_positions=100
+    )
+    assert datamodule.group_names == {"subset": ["dev-clean", "test-other"]}
+    batch = next(iter(datamodule.test_dataloader()))
+    assert (
+        batch["input_features"].shape == (6, 80, 200) and batch["group"][:, 0].tolist() == [0] * 4 + [1] * 2
+    )
+    assert datamodule.treatment_counts["test"] == {"ok": 6, "resampled": 2}
+    by_sex = LibriSpeechDataModule(
+        str(root), subsets, group_by="sex", cache_dir=str(tmp_path / "c"), max_source_positions=100
+    )
+    assert by_sex.group_attributes == ["sex"] and by_sex.group_names == {"sex": ["F", "M"]}
+    assert sorted(u.group for u in by_sex.dataset("val")) == [1, 1]
+    limited = LibriSpeechDataModule(
+        str(root), subsets, max_utterances=3, cache_dir=str(tmp_path / "c"), max_source_positions=100
+    )
+    assert len(limited.dataset("test")) == 3
+
+
+def test_librispeech_layout_errors_name_the_file(tmp_path):
+    root = tmp_path / "LibriSpeech"
+    _librispeech(root)
+    (root / "dev-clean" / "84" / "121123" / "84-121123-0001.flac").unlink()
+    with pytest.raises(FileNotFoundError, match="lists 84-121123-0001"):
+        read_librispeech(root, "dev-clean")
+    with pytest.raises(FileNotFoundError, match="train-clean-360"):
+        read_librispeech(root, "train-clean-360")
+    _write(root / "test-other" / "1688" / "142285" / "1688-142285-0009.flac", 0.5)
+    with pytest.raises(ValueError, match="without a transcript line"):
+        read_librispeech(root, "test-other")
+
+
+def _common_voice(root, long_clip=False):
+    rows = {
+        "train.tsv": [
+            ("a.mp3", "Hello there.", "female", "twenties", "England English"),
+            ("b.mp3", "Good day.", "", "", ""),
+        ],
+        "dev.tsv": [("c.mp3", "How are you?", "male", "thirties", "")],
+        "test.tsv": [
+            ("d.mp3", "Fine thanks.", "male", "fifties", "India and South Asia"),
+            ("e.mp3", "Bye.", "female", "", ""),
+        ],
+    }
+    header = "client_id\tpath\tsentence\tup_votes\tdown_votes\tage\tgender\taccents\tlocale\tsegment"
+    for name, entries in rows.items():
+        lines = [header]
+        for path, sentence, gender, age, accents in entries:
+            seconds = 7.0 if (long_clip and path == "e.mp3") else 0.8
+            _write(root / "clips" / path, seconds, rate=48_000)
+            lines.append(f"x\t{path}\t{sentence}\t2\t0\t{age}\t{gender}\t{accents}\ten\t")
+        (root / name).write_text("\n".join(lines) + "\n")
+
+
+def test_common_voice_tsv_layout_with_mp3_clips(tmp_path):
+    root = tmp_path / "cv" / "en"
+    _common_voice(root)
+    datamodule = CommonVoiceDataModule(str(root), cache_dir=str(tmp_path / "c"), max_source_positions=100)
+    assert datamodule.group_names == {"gender": ["female", "male", "unknown"]}
+    train = datamodule.dataset("train")
+    assert [u.text for u in train] == ["Hello there.", "Good day."] and [u.group for u in train] == [0, 2]
+    assert datamodule.treatment_counts["train"] == {"ok": 2, "resampled": 2}
+    accents = CommonVoiceDataModule(
+        str(root), group_by="accents", cache_dir=str(tmp_path / "c"), max_source_positions=100
+    )
+    assert accents.group_names["accents"] == ["England English", "India and South Asia", "unknown"]
+
+
+def test_common_voice_too_long_clips_error_or_are_counted(tmp_path):
+    root = tmp_path / "cv"
+    _common_voice(root, long_clip=True)
+    strict = CommonVoiceDataModule(str(root), cache_dir=str(tmp_path / "c"), max_source_positions=100)
+    with pytest.raises(AudioError, match=r"e.mp3: 7.\d+ s is longer than the encoder window of 2 s"):
+        strict.dataset("test")
+    lenient = CommonVoiceDataModule(
+        str(root), too_long_audio="skip", cache_dir=str(tmp_path / "c"), max_source_positions=100
+    )
+    assert len(lenient.dataset("test")) == 1
+    assert lenient.treatment_counts["test"] == {"ok": 1, "resampled": 2, "skipped_too_long": 1}
+    with pytest.raises(ValueError, match="missing column"):
+        CommonVoiceDataModule(str(root), group_by="dialect")
+    (root / "clips" / "a.mp3").unlink()
+    with pytest.raises(FileNotFoundError, match="lists a.mp3"):
+        CommonVoiceDataModule(str(root), cache_dir=str(tmp_path / "c2")).dataset("train")
+
+
+def test_synthetic_utterances_longer_than_a_short_window_error_or_are_counted(tmp_path):
+    with pytest.raises(AudioError, match=r"test/clear/0000: .* longer than the encoder window of 1 s"):
+        _synthetic(tmp_path, conditions=["clear"], max_source_positions=50).dataset("test")
+    lenient = _synthetic(tmp_path, conditions=["clear"], max_source_positions=50, too_long_audio="skip")
+    with pytest.raises(ValueError, match="no usable utterances.*skipped_too_long=1"):
+        lenient.dataset("test")

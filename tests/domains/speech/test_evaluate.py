@@ -1,0 +1,59 @@
+"""Zero-shot scoring per condition (the measurement script behind the reported WERs)."""
+
+from __future__ import annotations
+
+import pytest
+
+from verticals.domains.speech.data import SyntheticSpeechDataModule
+from verticals.domains.speech.evaluate import main, score_groups, transcribe_split, zero_shot_scores
+from verticals.domains.speech.models import load_whisper
+
+
+def test_score_groups_is_corpus_wer_after_normalisation():
+    scores = score_groups(
+        ["The cat sat.", "a dog", "hello", "Extra words here"],
+        ["the cat sat", "A dog ran!", "Hello.", "words"],
+        [0, 0, 1, 2],
+        ["a", "b", "c", "unused"],
+    )
+    assert [s.condition for s in scores] == ["a", "b", "c"]
+    assert scores[0].utterances == 2 and scores[0].wer == pytest.approx(1 / 6)
+    assert scores[1].wer == 0.0 and scores[2].wer == 2.0  # two insertions against one reference word
+
+
+def test_transcripts_and_scores_come_in_group_order(tmp_path):
+    model, processor = load_whisper("tiny-random", max_source_positions=300, max_new_tokens=2)
+    datamodule = SyntheticSpeechDataModule(
+        conditions=["noisy", "clear"],
+        utterances_per_condition=1,
+        val_utterances_per_condition=1,
+        test_utterances_per_condition=1,
+        cache_dir=str(tmp_path),
+        max_source_positions=300,
+    )
+    hypotheses, references, groups = transcribe_split(model, processor.tokenizer, datamodule)
+    assert groups == [0, 1] and references[0] == references[1] and len(hypotheses) == 2
+    scores = zero_shot_scores(model, processor.tokenizer, datamodule)
+    assert [s.condition for s in scores] == ["noisy", "clear"] and all(s.wer >= 0 for s in scores)
+
+
+def test_command_line_prints_a_table(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("VERTICALS_CACHE", str(tmp_path))
+    main(
+        [
+            "--model",
+            "tiny-random",
+            "--conditions",
+            "clear",
+            "--utterances",
+            "1",
+            "--max-source-positions",
+            "300",
+            "--max-new-tokens",
+            "2",
+            "--show",
+            "1",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert "window=6s" in out and "| clear | 1 |" in out and "audio treatments: ok=1" in out

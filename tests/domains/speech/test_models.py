@@ -1,0 +1,123 @@
+"""Whisper loaders: tiny random, local directories, the shortened encoder window, the registered module."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import WhisperForConditionalGeneration
+
+from verticals.core.registry import build_model
+from verticals.domains.speech.models import (
+    TINY_RANDOM,
+    WhisperModule,
+    cache_root,
+    converted_tiny_en,
+    load_whisper,
+    tiny_random_config,
+    whisper_generation_config,
+    whisper_tokenizer,
+    window_feature_extractor,
+)
+
+
+def test_tiny_random_is_seeded_with_real_tokenizer_and_local_generation_config():
+    model, processor = load_whisper(TINY_RANDOM)
+    again, _ = load_whisper(TINY_RANDOM)
+    assert isinstance(model, WhisperForConditionalGeneration) and not model.training
+    assert torch.equal(model.model.encoder.conv1.weight, again.model.encoder.conv1.weight)
+    generation = model.generation_config
+    assert generation.is_multilingual is False and generation.no_timestamps_token_id == 50362
+    assert generation.forced_decoder_ids is None and generation.max_new_tokens == 96
+    assert len(processor.tokenizer) == 50363 and processor.tokenizer.pad_token_id == 50256
+    assert processor.feature_extractor.nb_max_frames == 3000
+
+
+def test_generate_starts_with_the_english_no_timestamps_prompt():
+    model, _ = load_whisper(TINY_RANDOM, max_source_positions=50, max_new_tokens=3)
+    with torch.no_grad():
+        out = model.generate(input_features=torch.randn(1, 80, 100), return_dict_in_generate=True)
+    assert 1 <= out.sequences.shape[1] <= 3 + 2
+    assert model.generation_config.decoder_start_token_id == 50257
+
+
+def test_max_source_positions_slices_the_position_table_and_pads_features_to_match():
+    full, _ = load_whisper(TINY_RANDOM)
+    model, processor = load_whisper(TINY_RANDOM, max_source_positions=100)
+    table = model.model.encoder.embed_positions.weight
+    assert table.shape[0] == 100 and not table.requires_grad
+    assert torch.equal(table, full.model.encoder.embed_positions.weight[:100])
+    features = processor.feature_extractor(
+        torch.zeros(8000).numpy(), sampling_rate=16000, return_tensors="pt"
+    )
+    assert features.input_features.shape == (1, 80, 200)
+    with torch.no_grad():
+        assert model.model.encoder(features.input_features).last_hidden_state.shape == (1, 100, 32)
+
+
+@pytest.mark.parametrize("bad", [0, 75, 1550])
+def test_window_must_be_whole_seconds_inside_the_table(bad):
+    with pytest.raises(ValueError, match="max_source_positions"):
+        load_whisper(TINY_RANDOM, max_source_positions=bad)
+
+
+def test_window_feature_extractor_defaults_to_thirty_seconds():
+    assert window_feature_extractor(None).nb_max_frames == 3000
+    assert window_feature_extractor(500).n_samples == 160_000
+
+
+def test_local_directory_round_trip_and_missing_directory(tmp_path):
+    model, processor = load_whisper(TINY_RANDOM)
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    loaded, loaded_processor = load_whisper(str(tmp_path))
+    assert torch.equal(loaded.proj_out.weight, model.proj_out.weight)
+    assert loaded.generation_config.no_timestamps_token_id == 50362
+    assert loaded_processor.tokenizer.pad_token_id == 50256
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_whisper(str(tmp_path / "nope"))
+    with pytest.raises(OSError, match="Offline, use 'tiny.en'"):  # a hub id: tried on the hub, offline here
+        load_whisper("openai/whisper-nonexistent-size")
+
+
+def test_generation_config_follows_the_vocabulary():
+    config = tiny_random_config()
+    assert whisper_generation_config(config).is_multilingual is False
+    config.vocab_size = 51865
+    multilingual = whisper_generation_config(config, max_new_tokens=10)
+    assert multilingual.is_multilingual is True and multilingual.max_new_tokens == 10
+
+
+def test_registered_module_reads_its_window_from_the_data_shape():
+    module = build_model("speech.whisper", input_shape=(80, 200), source=TINY_RANDOM)
+    assert isinstance(module, WhisperModule)
+    assert module.backbone.config.max_source_positions == 100
+    labels = torch.tensor([[50362, 464, 50256]])
+    out = module(torch.randn(1, 80, 200), labels=labels)
+    assert out.loss.ndim == 0 and out.logits.shape == (1, 3, 51864)
+    assert module.generate(torch.randn(1, 80, 200), max_new_tokens=2).shape[0] == 1
+    assert (
+        WhisperModule(input_shape=(80, 3000), source=TINY_RANDOM).backbone.config.max_source_positions == 1500
+    )
+    with pytest.raises(ValueError, match="give both the same window"):
+        WhisperModule(input_shape=(80, 200), source=TINY_RANDOM, max_source_positions=500)
+
+
+def test_cache_root_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("VERTICALS_CACHE", str(tmp_path))
+    assert cache_root() == tmp_path
+    assert (
+        whisper_tokenizer().decode([50257, 50362, 464, 50256])
+        == "<|startoftranscript|><|notimestamps|>The<|endoftext|>"
+    )
+
+
+@pytest.mark.slow
+def test_tiny_en_is_converted_once_into_a_safetensors_folder(monkeypatch, tmp_path):
+    monkeypatch.setenv("VERTICALS_CACHE", str(tmp_path))
+    folder = converted_tiny_en()
+    assert (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file()
+    stamp = (folder / "model.safetensors").stat().st_mtime_ns
+    assert converted_tiny_en() == folder and (folder / "model.safetensors").stat().st_mtime_ns == stamp
+    model, processor = load_whisper("tiny.en", max_source_positions=500)
+    assert model.config.vocab_size == 51864 and model.config.max_source_positions == 500
+    assert processor.feature_extractor.nb_max_frames == 1000
