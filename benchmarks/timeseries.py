@@ -704,6 +704,14 @@ def render_markdown(results: dict[str, Any]) -> str:
         "",
         f"- command: `{results['command']}`",
         *(
+            [
+                f"- resumed from a run started {results['resumed_from']['date']} "
+                f"(`{results['resumed_from']['command']}`); its finished runs are kept, the rest ran here"
+            ]
+            if results.get("resumed_from")
+            else []
+        ),
+        *(
             []
             if results.get("complete", True)
             else ["- **partial**: written while the benchmark was running; later runs are missing."]
@@ -802,6 +810,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         default=None,
         help="where runs write checkpoints and logs (default: a temporary directory, deleted)",
     )
+    parser.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        help="a JSON report of an interrupted run with the same --epochs/--encoder: its finished runs and "
+        "baselines are kept and not run again",
+    )
     parser.add_argument("--verbose", action="store_true", help="show Lightning's output of every run")
     args = parser.parse_args(argv)
     unknown = [d for d in args.datasets if d.lower() not in {name.lower() for name in DATASETS}]
@@ -816,6 +831,35 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     return args
+
+
+def _resume(args: argparse.Namespace, results: dict[str, Any]) -> set[tuple[str, str, int]]:
+    """Take the finished runs and baselines of ``args.resume`` that this benchmark asks for again."""
+    if args.resume is None:
+        return set()
+    previous = json.loads(args.resume.read_text())
+    before = previous["settings"]
+    for key in ("epochs", "encoder"):
+        if before.get(key) != getattr(args, key):
+            raise ValueError(
+                f"--resume {args.resume} was made with {key}={before.get(key)!r}, this run asks for "
+                f"{getattr(args, key)!r}; resume with the same --{key} or start afresh."
+            )
+    wanted = {(d, m, s) for d in args.datasets for m in args.methods for s in args.seeds}
+    results["runs"] = [r for r in previous["runs"] if (r["dataset"], r["method"], r["seed"]) in wanted]
+    results["classical"] = {d: v for d, v in previous["classical"].items() if d in args.datasets}
+    results["resumed_from"] = {
+        "file": str(args.resume),
+        "date": previous.get("date"),
+        "command": previous.get("command"),
+    }
+    log.info(
+        "Resumed %d runs and %d baselines from %s.",
+        len(results["runs"]),
+        len(results["classical"]),
+        args.resume,
+    )
+    return {(r["dataset"], r["method"], r["seed"]) for r in results["runs"]}
 
 
 def run_benchmark(
@@ -877,9 +921,30 @@ def run_benchmark(
                 args.verbose,
                 extra=[f"--trainer.limit_{split}_batches=1" for split in ("train", "val", "test")],
             )
-    for dataset in args.datasets:
-        for method in args.methods:
+    finished = _resume(args, results)
+    # Classical baselines first (seconds), then method by method over all datasets, so that a benchmark cut
+    # short still compares its first methods on every dataset.
+    if not args.skip_classical:
+        for dataset in args.datasets:
+            if dataset in results["classical"]:
+                continue
+            try:
+                results["classical"][dataset] = classical_baselines(dataset)
+            except Exception as error:
+                record_error(f"classical baselines on {dataset}", error, dataset=dataset)
+                continue
+            for baseline in results["classical"][dataset].values():
+                if "accuracy" in baseline:
+                    print(
+                        f"{dataset:18s} {baseline['name']:13s}: test accuracy {baseline['accuracy']:.3f}, "
+                        f"{baseline['wall_seconds']:.1f} s",
+                        flush=True,
+                    )
+    for method in args.methods:
+        for dataset in args.datasets:
             for seed in args.seeds:
+                if (dataset, method, seed) in finished:
+                    continue
                 what = f"{config_name(method)} on {dataset}, seed {seed}"
                 try:
                     run = train_method(dataset, method, seed, args.epochs, args.encoder, root, args.verbose)
@@ -895,19 +960,6 @@ def run_benchmark(
                     f"{run['trainable_percent']:.3f}% trainable, {run['wall_seconds']:.1f} s",
                     flush=True,
                 )
-        if not args.skip_classical:
-            try:
-                results["classical"][dataset] = classical_baselines(dataset)
-            except Exception as error:
-                record_error(f"classical baselines on {dataset}", error, dataset=dataset)
-                continue
-            for baseline in results["classical"][dataset].values():
-                if "accuracy" in baseline:
-                    print(
-                        f"{dataset:18s} {baseline['name']:13s}: test accuracy {baseline['accuracy']:.3f}, "
-                        f"{baseline['wall_seconds']:.1f} s",
-                        flush=True,
-                    )
     if not args.skip_overhead:
         try:
             results["overhead"] = measure_overhead(

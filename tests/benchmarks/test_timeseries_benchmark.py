@@ -75,3 +75,52 @@ def test_tiny_run_writes_markdown_and_json(benchmark, tmp_path: Path) -> None:
     assert len({r["samples"] for r in overhead["runs"]}) == 1  # same data, same epochs in both loops
     assert overhead["ratio_verticals_over_plain"] == pytest.approx(float(ratio.group(1)), abs=1e-3)
     assert all(r["checkpoint_saves_in_window"] == 0 for r in overhead["runs"] if r["loop"] == "verticals")
+
+
+def test_resume_keeps_finished_runs_and_runs_only_the_rest(benchmark, tmp_path: Path, monkeypatch) -> None:
+    finished = {"dataset": "GunPoint", "method": "lora", "seed": 0, "test_accuracy": 0.5}
+    previous = tmp_path / "previous.json"
+    previous.write_text(
+        json.dumps(
+            {
+                "date": "2026-01-01T00:00:00+00:00",
+                "command": "python benchmarks/timeseries.py",
+                "settings": {"epochs": 1, "encoder": "tiny-bert"},
+                "runs": [finished, {**finished, "dataset": "ArrowHead"}],  # ArrowHead is not asked for again
+                "classical": {
+                    "GunPoint": {"dtw": {"name": "1-NN DTW", "accuracy": 0.9, "wall_seconds": 1.0}}
+                },
+            }
+        )
+    )
+    trained = []
+
+    def fake_train(dataset, method, seed, *args, **kwargs):
+        if "extra" not in kwargs:  # the untimed warm-up run passes batch limits
+            trained.append((dataset, method, seed))
+        return {
+            **finished,
+            "method": method,
+            "test_accuracy": 0.75,
+            "trainable_percent": 1.0,
+            "wall_seconds": 1.0,
+        }
+
+    monkeypatch.setattr(benchmark, "train_method", fake_train)
+    args = benchmark.parse_args(
+        ["--datasets", "GunPoint", "--methods", "lora", "full", "--encoder", "tiny-bert", "--epochs", "1",
+         "--skip-overhead", "--resume", str(previous)]
+    )  # fmt: skip
+    results = benchmark.run_benchmark(args, [], tmp_path / "runs")
+    assert trained == [("GunPoint", "full", 0)]
+    assert [(r["dataset"], r["method"]) for r in results["runs"]] == [
+        ("GunPoint", "lora"),
+        ("GunPoint", "full"),
+    ]
+    assert results["classical"]["GunPoint"]["dtw"]["accuracy"] == 0.9  # not recomputed
+    assert results["resumed_from"]["date"].startswith("2026-01-01")
+    assert "resumed from a run started 2026-01-01" in benchmark.render_markdown({**results, "runs": []})
+
+    mismatched = benchmark.parse_args(["--epochs", "2", "--resume", str(previous)])
+    with pytest.raises(ValueError, match="epochs=1.*same --epochs"):
+        benchmark.run_benchmark(mismatched, [], tmp_path / "runs")
