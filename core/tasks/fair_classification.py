@@ -4,7 +4,8 @@ The mutual information between the pooled features (``model.forward_features``) 
 attribute is estimated by either
 - ``club``: the CLUB upper bound (Cheng et al. 2020). A variational net q(a|z) learns ``log q(a|z)`` on
   detached features (its own loss); the penalty ``E[log q(a_i|z_i)] - E_i E_j[log q(a_j|z_i)]`` is taken
-  through a frozen copy of q, so only the encoder (adapter) is pushed to forget the attribute;
+  through a frozen copy of q, so only the encoder (adapter) is pushed to forget the attribute; the
+  penalty is clamped at 0, since a negative estimate means q lags, not that information is gone;
 - ``adversarial``: a classifier on the features behind a gradient-reversal layer (Ganin & Lempitsky
   2015) — it learns to predict the attribute while the encoder gets the reversed gradient scaled by λ.
 Online group-DRO (Sagawa et al. 2020) replaces the mean loss by ``Σ_g q_g L_g`` with ``q_g ∝ q_g ·
@@ -257,7 +258,9 @@ class FairClassificationTask(ClassificationTask):
             frozen = {name: parameter.detach() for name, parameter in net.named_parameters()}
             log_q = torch.func.functional_call(net, frozen, (features,)).log_softmax(dim=-1)
             estimate = club_upper_bound(log_q, attribute)
-            return own_loss + weight * estimate, estimate.detach()
+            # I(z; a) >= 0: a negative estimate only says q lags behind the encoder, and following its
+            # gradient lets the encoder fool q (features collapse) instead of removing the attribute.
+            return own_loss + weight * estimate.clamp_min(0.0), estimate.detach()
         adversary_loss = F.cross_entropy(net(reverse_gradient(features, weight)), attribute)
         frequencies = torch.bincount(attribute, minlength=len(self.sensitive_names())).float() / len(
             attribute

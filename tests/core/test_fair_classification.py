@@ -82,7 +82,6 @@ class GroupedData(L.LightningDataModule):
         return DataLoader(GroupedSet(self.n, 2), batch_size=32)
 
 
-
 def _task(**kwargs) -> FairClassificationTask:
     torch.manual_seed(0)
     return FairClassificationTask(
@@ -244,3 +243,21 @@ def test_building_blocks():
     assert pool_features(torch.zeros(2, 5, 7)).shape == (2, 7) and pool_features(
         torch.zeros(2, 7, 3, 3)
     ).shape == (2, 7)
+
+
+def test_club_penalty_is_clamped_at_zero_so_the_encoder_cannot_fool_a_lagging_q():
+    task = _task(fairness_penalty="club", fairness_weight=5.0)
+    task.attribute_net = nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        task.attribute_net.weight.copy_(3 * torch.eye(2))
+    attribute = torch.tensor([0, 0, 1, 1])
+    # q predicts the *other* group for every sample, so the CLUB estimate is negative.
+    features = torch.tensor([[0.0, 1.0], [0.0, 1.0], [1.0, 0.0], [1.0, 0.0]], requires_grad=True)
+    loss, estimate = task._penalty(features, attribute)
+    assert float(estimate) < 0
+    loss.backward()
+    assert torch.count_nonzero(features.grad) == 0  # q's own loss sees detached features; no penalty push
+    informative = features.detach().flip(1).requires_grad_(True)  # q right: a positive estimate pushes
+    loss, estimate = task._penalty(informative, attribute)
+    loss.backward()
+    assert float(estimate) > 0 and torch.count_nonzero(informative.grad) > 0

@@ -1,0 +1,765 @@
+"""Medical fairness benchmark: the planted skin-tone AUROC gap, fairness-aware LoRA, per-group calibration.
+
+What it measures (see benchmarks/README.md), on the generated dermatology set
+(``GeneratedDermatologyDataModule``: planted skin-tone acquisition shift and prevalence; ``sex`` has no
+effect and is the negative control):
+
+(a) the AUROC gap between skin-tone groups of LoRA on the real EfficientNet-Lite0 ImageNet weights
+    (``medical/efficientnet_lora``), as ``auroc_best_minus_worst`` of :func:`fairness_report` with its
+    bootstrap CI, and the same statistic for ``sex``;
+(b) fairness-aware LoRA (``medical/efficientnet_fair_lora``, CLUB penalty, one run per ``--fair-weights``
+    value) and group-DRO (the same config with the penalty off and ``group_dro: true``) vs LoRA: the
+    reduction of the skin-tone gap and the change of overall AUROC, each with a paired bootstrap CI;
+(c) temperature scaling fitted on the validation logits, overall or one temperature per skin-tone group,
+    vs none: test ECE per group and the worst-group ECE with CIs;
+(d) the same network from scratch (``medical/efficientnet_scratch``) vs LoRA: test AUROC / accuracy;
+plus the zero-shot tiny random CLIP (``medical/biomedclip_zero_shot``): chance level, a pipeline check only.
+
+Every run is ``verticals run <config>`` through :func:`verticals.core.cli.run_cli` (fit, then test the
+checkpoint the config's monitor selects), with only the data size, image size, epochs and seed overridden.
+The selected model's validation and test logits are then read back and analysed here.
+
+Usage (from the repository root)::
+
+    python benchmarks/medical_fairness.py                                   # configs' scale (CPU: ~30 min)
+    python benchmarks/medical_fairness.py --methods lora fair_lora --fair-weights 1 3 --epochs 8
+    python benchmarks/medical_fairness.py --num-images 96 --image-size 32 --epochs 1 --bootstrap 50  # smoke
+
+Writes ``benchmarks/results/medical_fairness.md`` (or ``--output``) and the raw numbers to the ``.json``
+beside it, after every run (an interrupted benchmark leaves the runs it finished).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.metadata
+import io
+import json
+import logging
+import math
+import os
+import platform
+import shlex
+import sys
+import tempfile
+import time
+import traceback
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from verticals.core.callbacks import Timing
+from verticals.core.cli import run_cli
+from verticals.core.metrics import (
+    TemperatureScaler,
+    auroc,
+    bootstrap_indices,
+    fairness_report,
+    percentile_interval,
+)
+from verticals.core.metrics.groups import intersect
+
+METHODS = ("lora", "fair_lora", "group_dro", "scratch", "zero_shot")
+CONFIGS = {
+    "lora": "medical/efficientnet_lora",
+    "fair_lora": "medical/efficientnet_fair_lora",
+    "group_dro": "medical/efficientnet_fair_lora",
+    "scratch": "medical/efficientnet_scratch",
+    "zero_shot": "medical/biomedclip_zero_shot",
+}
+SENSITIVE = "skin_tone"
+CONTROL = "sex"
+ATTRIBUTES = (SENSITIVE, CONTROL)
+SCALINGS = ("none", "global", "per_group")
+SCRIPT = "benchmarks/medical_fairness.py"
+DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "medical_fairness.md"
+TARGET_GAP_REDUCTION = 0.5
+TARGET_AUROC_DROP = 0.02
+TARGET_ECE_REDUCTION = 0.3
+
+log = logging.getLogger("benchmarks.medical_fairness")
+
+_NOISY_WARNINGS = (
+    ".*does not have many workers.*",
+    ".*LeafSpec.*",
+    ".*will override existing callbacks.*",
+    ".*Unsupported layer type.*",
+    ".*No validation patients.*",
+)
+
+
+# -- running one packaged config ---------------------------------------------------------------------------
+@contextlib.contextmanager
+def quiet_run(log_file: Path | None) -> Iterator[None]:
+    """The run's stdout goes to ``log_file`` and Lightning's start-up info is dropped (``None``: untouched).
+
+    Either way restores ``sys.argv``, which ``run_cli`` rewrites for Lightning's launchers.
+    """
+    saved_argv = list(sys.argv)
+    quieter = (
+        {}
+        if log_file is None
+        else {"lightning.pytorch": logging.WARNING, "lightning.fabric": logging.WARNING}
+    )
+    levels = {name: logging.getLogger(name).level for name in quieter}
+    buffer = io.StringIO()
+    with warnings.catch_warnings():
+        if log_file is not None:
+            for pattern in _NOISY_WARNINGS:
+                warnings.filterwarnings("ignore", message=pattern)
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+        for name, level in quieter.items():
+            logging.getLogger(name).setLevel(level)
+        try:
+            with contextlib.redirect_stdout(buffer) if log_file is not None else contextlib.nullcontext():
+                yield
+        finally:
+            for name, level in levels.items():
+                logging.getLogger(name).setLevel(level)
+            sys.argv = saved_argv
+            if log_file is not None:
+                log_file.parent.mkdir(parents=True, exist_ok=True)
+                log_file.write_text(buffer.getvalue())
+
+
+def variants(methods: Sequence[str], fair_weights: Sequence[float]) -> list[tuple[str, str, list[str]]]:
+    """``(label, method, method-specific CLI overrides)`` of every run, in order; LoRA first."""
+    runs: list[tuple[str, str, list[str]]] = []
+    for method in methods:
+        if method == "fair_lora":
+            for weight in fair_weights:
+                runs.append(
+                    (f"fair_lora λ={weight:g}", method, ["--model.init_args.fairness_weight", f"{weight:g}"])
+                )
+        elif method == "group_dro":
+            overrides = [
+                "--model.init_args.fairness_penalty", "none",
+                "--model.init_args.group_dro", "true",
+                "--model.init_args.dro_groups", "sensitive_label",
+            ]  # fmt: skip
+            runs.append(("group_dro", method, overrides))
+        else:
+            runs.append((method, method, []))
+    return runs
+
+
+def run_arguments(method: str, args: argparse.Namespace, root: Path) -> list[str]:
+    """``verticals run`` arguments: the config, the benchmark's data scale, epochs and seed, a run directory."""
+    data = [
+        "--data.init_args.num_images", str(args.num_images),
+        "--data.init_args.generated_size", str(args.generated_size or args.image_size),
+        "--data.init_args.generation_seed", str(args.generation_seed),
+    ]  # fmt: skip
+    if args.data_root is not None:
+        data += ["--data.init_args.root", str(args.data_root)]
+    if method != "zero_shot":  # the CLIP reads its own input size (the config's image_size)
+        data += ["--data.init_args.image_size", str(args.image_size)]
+        if args.epochs is not None:
+            data += ["--trainer.max_epochs", str(args.epochs)]
+    if method in ("fair_lora", "group_dro"):
+        data += ["--model.init_args.report_bootstrap", "0"]  # analysed here, with --bootstrap resamples
+    return [
+        "run",
+        CONFIGS[method],
+        "--seed_everything", str(args.seed),
+        *data,
+        "--trainer.default_root_dir", str(root),
+        "--trainer.enable_progress_bar", "false",
+        "--trainer.enable_model_summary", "false",
+    ]  # fmt: skip
+
+
+def shown_arguments(argv: Sequence[str]) -> list[str]:
+    """``argv`` without the display-only pairs (progress bar, model summary) and the temporary run directory."""
+    hidden = {"--trainer.enable_progress_bar", "--trainer.enable_model_summary", "--trainer.default_root_dir"}
+    shown: list[str] = []
+    skip = False
+    for argument in argv:
+        if skip:
+            skip = False
+        elif argument in hidden:
+            skip = True
+        else:
+            shown.append(argument)
+    return shown
+
+
+@torch.no_grad()
+def collect(task: torch.nn.Module, loader: Any, attributes: Sequence[str]) -> dict[str, np.ndarray]:
+    """Logits, labels and the group codes of ``attributes`` of every item of ``loader`` (eval mode)."""
+    was_training = task.training
+    task.eval()
+    logits, target, groups = [], [], []
+    for batch in loader:
+        logits.append(task(batch["x"]).float())
+        target.append(batch["y"])
+        groups.append(batch["group"].reshape(len(batch["y"]), -1))
+    task.train(was_training)
+    codes = torch.cat(groups).numpy()
+    return {
+        "logits": torch.cat(logits).numpy().astype(np.float64),
+        "target": torch.cat(target).numpy(),
+        **{attribute: codes[:, index] for index, attribute in enumerate(attributes)},
+    }
+
+
+def train_and_collect(
+    label: str, method: str, extra: Sequence[str], args: argparse.Namespace, root: Path
+) -> tuple[dict[str, Any], dict[str, dict[str, np.ndarray]], dict[str, list[str]]]:
+    """One ``verticals run``; returns its record, the selected model's val/test outputs, the group names."""
+    run_root = root / label.replace(" ", "_").replace("=", "").replace("λ", "w")
+    argv = run_arguments(method, args, run_root) + list(extra)
+    start = time.perf_counter()
+    with quiet_run(None if args.verbose else run_root / "stdout.log"):
+        cli = run_cli(argv)
+    trainer, task, data = cli.trainer, cli.model, cli.datamodule
+    wall = time.perf_counter() - start
+    attributes = list(data.group_attributes)
+    missing = [a for a in ATTRIBUTES if a not in attributes]
+    if missing:
+        raise RuntimeError(f"The datamodule has no attribute(s) {missing}; it has {attributes}.")
+    outputs = {
+        split: collect(task, loader, attributes)
+        for split, loader in (("val", data.val_dataloader()), ("test", data.test_dataloader()))
+    }
+    summary = task.parameter_summary()
+    timing = next((c for c in trainer.callbacks if isinstance(c, Timing)), None)
+    checkpoint = trainer.checkpoint_callback
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test_")}
+    record = {
+        "label": label,
+        "method": method,
+        "config": CONFIGS[method],
+        "overrides": list(extra),
+        "command": "verticals " + shlex.join(shown_arguments(argv)),
+        "epochs": int(trainer.max_epochs),
+        "epochs_run": int(trainer.current_epoch),
+        "monitor": getattr(checkpoint, "monitor", None),
+        "best_checkpoint": Path(str(getattr(checkpoint, "best_model_path", "") or "")).name or None,
+        "trainable_parameters": summary.trainable,
+        "backbone_parameters": summary.backbone,
+        "total_parameters": summary.total,
+        "trainable_percent": summary.trainable_percent,
+        "wall_seconds": wall,
+        "fit_seconds": timing.fit_seconds if timing is not None else None,
+        "lightning_test_metrics": metrics,
+        "split_sizes": {split: int(len(values["target"])) for split, values in outputs.items()},
+    }
+    names = {a: list(n) for a, n in data.group_names.items()}
+    return record, outputs, names
+
+
+# -- analysis ----------------------------------------------------------------------------------------------
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def positive_scores(logits: np.ndarray) -> np.ndarray:
+    """P(class 1) from ``[N, 2]`` logits (class 1 is ``malignant``: labels are encoded in sorted order)."""
+    return softmax(logits)[:, 1]
+
+
+def ci(entry: dict[str, float] | None) -> dict[str, float]:
+    """``{"value", "low", "high"}`` as floats; NaN where the statistic is undefined (a group lacks a class)."""
+    return {key: float(entry[key]) if entry else math.nan for key in ("value", "low", "high")}
+
+
+def analyse(
+    outputs: dict[str, np.ndarray], names: dict[str, list[str]], n_bootstrap: int, seed: int
+) -> dict[str, Any]:
+    """Overall and per-group AUROC / accuracy / ECE with CIs, and each attribute's paired AUROC gap."""
+    groups = {a: np.asarray(names[a], dtype=str)[outputs[a]] for a in ATTRIBUTES}
+    report = fairness_report(
+        positive_scores(outputs["logits"]), outputs["target"], groups, n_bootstrap=n_bootstrap,
+        seed=seed, intersectional=False, group_names={a: names[a] for a in ATTRIBUTES},
+    )  # fmt: skip
+    result: dict[str, Any] = {
+        "overall": {k: ci(report.overall[k]) for k in ("auroc", "accuracy", "ece", "brier")},
+        "attributes": {},
+    }
+    for attribute in ATTRIBUTES:
+        summary = report.summary[attribute]
+        rows = report.table.xs(attribute, level="grouping")
+        result["attributes"][attribute] = {
+            "auroc_best_minus_worst": ci(summary.get("auroc_best_minus_worst")),
+            "auroc_gap": ci(summary["auroc_gap"]),
+            "worst_group_auroc": ci(summary["worst_group_auroc"]),
+            "worst_group_ece": ci(summary["worst_group_ece"]),
+            "extremes": report.extremes.get(attribute, {}).get("auroc"),
+            "groups": {
+                str(group): {
+                    "count": int(row["count"]),
+                    "positives": int(row["positives"]),
+                    **{
+                        metric: {
+                            "value": float(row[metric]),
+                            "low": float(row[f"{metric}_low"]),
+                            "high": float(row[f"{metric}_high"]),
+                        }
+                        for metric in ("auroc", "accuracy", "ece")
+                    },
+                }
+                for group, row in rows.iterrows()
+            },
+        }
+    return result
+
+
+def calibration(
+    val: dict[str, np.ndarray],
+    test: dict[str, np.ndarray],
+    names: dict[str, list[str]],
+    n_bootstrap: int,
+    seed: int,
+) -> dict[str, Any]:
+    """Test ECE per skin-tone group without scaling, with one temperature, with one per group (fit on val)."""
+    scaler = TemperatureScaler().fit(
+        torch.from_numpy(val["logits"]), torch.from_numpy(val["target"]), torch.from_numpy(val[SENSITIVE])
+    )
+    logits = torch.from_numpy(test["logits"])
+    scaled = {
+        "none": logits,
+        "global": scaler.transform(logits),
+        "per_group": scaler.transform(logits, torch.from_numpy(test[SENSITIVE])),
+    }
+    tone = np.asarray(names[SENSITIVE], dtype=str)[test[SENSITIVE]]
+    result: dict[str, Any] = {
+        "temperature": float(scaler.temperature),
+        "group_temperatures": dict(zip(names[SENSITIVE], scaler.group_temperatures.tolist(), strict=False)),
+    }
+    for kind, values in scaled.items():
+        report = fairness_report(
+            positive_scores(values.numpy()), test["target"], {SENSITIVE: tone}, n_bootstrap=n_bootstrap,
+            seed=seed, group_names={SENSITIVE: names[SENSITIVE]},
+        )  # fmt: skip
+        rows = report.table.xs(SENSITIVE, level="grouping")
+        result[kind] = {
+            "ece": ci(report.overall["ece"]),
+            "nll": ci(report.overall["nll"]),
+            "worst_group_ece": ci(report.summary[SENSITIVE]["worst_group_ece"]),
+            "groups": {
+                str(group): {
+                    "value": float(row["ece"]),
+                    "low": float(row["ece_low"]),
+                    "high": float(row["ece_high"]),
+                }
+                for group, row in rows.iterrows()
+            },
+        }
+    base = result["none"]["worst_group_ece"]["value"]
+    for kind in ("global", "per_group"):
+        value = result[kind]["worst_group_ece"]["value"]
+        result[kind]["worst_group_ece_reduction"] = 1.0 - value / base if base > 0 else math.nan
+    return result
+
+
+def signed_gap(scores: np.ndarray, target: np.ndarray, codes: np.ndarray, best: int, worst: int) -> float:
+    """AUROC of group ``best`` minus AUROC of group ``worst`` (the direction found on the reference model)."""
+    return auroc(scores[codes == best], target[codes == best]) - auroc(
+        scores[codes == worst], target[codes == worst]
+    )
+
+
+def paired_comparison(
+    reference: dict[str, np.ndarray],
+    other: dict[str, np.ndarray],
+    names: dict[str, list[str]],
+    n_bootstrap: int,
+    seed: int,
+) -> dict[str, Any]:
+    """``other`` vs ``reference`` on the same test items: overall AUROC change and skin-tone gap change.
+
+    The gap of both models is AUROC(best group) - AUROC(worst group) with best/worst fixed by the reference
+    model on the whole test set, so it keeps its sign; resamples are drawn within skin tone x label cells and
+    shared by both models (a paired bootstrap).
+    """
+    target, codes = reference["target"], reference[SENSITIVE]
+    if not (np.array_equal(target, other["target"]) and np.array_equal(codes, other[SENSITIVE])):
+        raise ValueError(
+            "The two runs' test sets differ; a paired comparison needs the same items in the same order."
+        )
+    a, b = positive_scores(reference["logits"]), positive_scores(other["logits"])
+    per_group = [auroc(a[codes == g], target[codes == g]) for g in range(len(names[SENSITIVE]))]
+    best, worst = int(np.nanargmax(per_group)), int(np.nanargmin(per_group))
+
+    def statistics(rows: np.ndarray) -> tuple[float, float, float, float]:
+        y, c, sa, sb = target[rows], codes[rows], a[rows], b[rows]
+        return (
+            auroc(sa, y),
+            auroc(sb, y),
+            signed_gap(sa, y, c, best, worst),
+            signed_gap(sb, y, c, best, worst),
+        )
+
+    point = statistics(np.arange(len(target)))
+    samples = (
+        np.array(
+            [
+                statistics(rows)
+                for rows in bootstrap_indices(
+                    len(target), n_bootstrap, seed=seed, strata=intersect({"g": codes, "y": target})
+                )
+            ]
+        )
+        if n_bootstrap > 0
+        else np.empty((0, 4))
+    )
+
+    def interval(values: np.ndarray) -> tuple[float, float]:
+        return percentile_interval(values) if len(values) else (math.nan, math.nan)
+
+    auroc_change = samples[:, 1] - samples[:, 0] if len(samples) else samples
+    gap_change = samples[:, 3] - samples[:, 2] if len(samples) else samples
+    with np.errstate(divide="ignore", invalid="ignore"):  # a resample where LoRA's gap is 0: NaN, dropped
+        reduction = 1.0 - samples[:, 3] / samples[:, 2] if len(samples) else samples
+    return {
+        "best_group": names[SENSITIVE][best],
+        "worst_group": names[SENSITIVE][worst],
+        "reference_auroc": point[0],
+        "auroc": point[1],
+        "auroc_change": {
+            "value": point[1] - point[0],
+            **dict(zip(("low", "high"), interval(auroc_change), strict=True)),
+        },
+        "reference_gap": point[2],
+        "gap": point[3],
+        "gap_change": {
+            "value": point[3] - point[2],
+            **dict(zip(("low", "high"), interval(gap_change), strict=True)),
+        },
+        "gap_reduction": {
+            "value": 1.0 - point[3] / point[2] if point[2] else math.nan,
+            **dict(zip(("low", "high"), interval(reduction), strict=True)),
+        },
+    }
+
+
+# -- the benchmark -----------------------------------------------------------------------------------------
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument(
+        "--fair-weights",
+        nargs="+",
+        type=float,
+        default=[1.0],
+        help="fairness_weight λ of each fair_lora run (default: the config's 1.0)",
+    )
+    parser.add_argument("--epochs", type=int, default=None, help="default: each config's trainer.max_epochs")
+    parser.add_argument("--num-images", type=int, default=1200, help="size of the generated set (all splits)")
+    parser.add_argument("--image-size", type=int, default=64, help="model input size (not zero_shot's CLIP)")
+    parser.add_argument(
+        "--generated-size", type=int, default=None, help="generated PNG size (default: image size)"
+    )
+    parser.add_argument("--generation-seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed_everything of every run")
+    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of every CI")
+    parser.add_argument(
+        "--data-root", type=Path, default=None, help="where the set is generated (default: cache)"
+    )
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    parser.add_argument("--runs-dir", type=Path, default=None, help="keep runs here (default: a temp dir)")
+    parser.add_argument("--verbose", action="store_true", help="show Lightning's output")
+    args = parser.parse_args(argv)
+    if "lora" not in args.methods:
+        parser.error("--methods must include lora: every comparison is against it.")
+    args.methods = ["lora", *[m for m in dict.fromkeys(args.methods) if m != "lora"]]
+    return args
+
+
+def run_benchmark(
+    args: argparse.Namespace,
+    argv: Sequence[str],
+    root: Path,
+    progress: Callable[[dict[str, Any]], Any] | None = None,
+) -> dict[str, Any]:
+    """Every run, its analysis and the comparisons against LoRA; ``progress`` gets the partial results."""
+    results: dict[str, Any] = {
+        "command": "python " + shlex.join([SCRIPT, *argv]),
+        "argv": list(argv),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine(),
+        "settings": {
+            "methods": args.methods,
+            "fair_weights": args.fair_weights,
+            "epochs": args.epochs,
+            "num_images": args.num_images,
+            "image_size": args.image_size,
+            "generated_size": args.generated_size or args.image_size,
+            "generation_seed": args.generation_seed,
+            "seed": args.seed,
+            "bootstrap": args.bootstrap,
+        },  # fmt: skip
+        "runs": [],
+        "errors": [],
+        "complete": False,
+    }
+    outputs: dict[str, dict[str, dict[str, np.ndarray]]] = {}
+    for label, method, extra in variants(args.methods, args.fair_weights):
+        try:
+            record, run_outputs, names = train_and_collect(label, method, extra, args, root)
+            record["group_names"] = {a: names[a] for a in ATTRIBUTES}
+            record["test"] = analyse(run_outputs["test"], names, args.bootstrap, args.seed)
+            if method != "zero_shot":
+                record["calibration"] = calibration(
+                    run_outputs["val"], run_outputs["test"], names, args.bootstrap, args.seed
+                )
+            if label != "lora" and "lora" in outputs:
+                record["vs_lora"] = paired_comparison(
+                    outputs["lora"]["test"], run_outputs["test"], names, args.bootstrap, args.seed
+                )
+        except Exception as error:  # one failed run must not cost the others
+            log.error("%s failed: %s", label, error)
+            results["errors"].append(
+                {
+                    "run": label,
+                    "error": f"{type(error).__name__}: {error}",
+                    "traceback": traceback.format_exc(),
+                }
+            )
+            continue
+        outputs[label] = run_outputs
+        results["runs"].append(record)
+        test = record["test"]
+        print(
+            f"{label:16s} AUROC {test['overall']['auroc']['value']:.3f}, skin-tone gap "
+            f"{test['attributes'][SENSITIVE]['auroc_best_minus_worst']['value']:+.3f}, "
+            f"{record['trainable_percent']:.2f}% trainable, {record['wall_seconds']:.0f} s",
+            flush=True,
+        )
+        if progress is not None:
+            progress(results)
+    results["complete"] = True
+    return results
+
+
+# -- environment and report --------------------------------------------------------------------------------
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    versions = {}
+    for package in ("torch", "torchvision", "timm", "lightning", "peft", "verticals"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions[package] = importlib.metadata.version(package)
+    load = None
+    with contextlib.suppress(OSError, AttributeError):
+        load = round(os.getloadavg()[0], 2)
+    return {
+        "cpu": cpu, "cpu_count": os.cpu_count(), "usable_cores": usable, "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available(),
+        "python": platform.python_version(), "platform": platform.platform(), "versions": versions,
+        "load_average_1min_at_start": load,
+    }  # fmt: skip
+
+
+def fmt(entry: dict[str, float] | None, signed: bool = False) -> str:
+    if not entry or entry.get("value") is None or math.isnan(entry["value"]):
+        return "n/a"
+    sign = "+" if signed else ""
+    low, high = entry.get("low"), entry.get("high")
+    if low is None or high is None or math.isnan(low):
+        return f"{entry['value']:{sign}.3f}"
+    return f"{entry['value']:{sign}.3f} [{low:{sign}.3f}, {high:{sign}.3f}]"
+
+
+def excludes_zero(entry: dict[str, float]) -> str:
+    low, high = entry.get("low"), entry.get("high")
+    if low is None or high is None or math.isnan(low):
+        return "n/a"
+    return "yes" if low > 0 or high < 0 else "no"
+
+
+def render_markdown(results: dict[str, Any]) -> str:
+    env, settings = results["machine"], results["settings"]
+    runs = {run["label"]: run for run in results["runs"]}
+    lora = runs.get("lora")
+    sizes = lora["split_sizes"] if lora else next(iter(runs.values()), {}).get("split_sizes", {})
+    lines = [
+        "# Medical fairness benchmark (generated dermatology set)",
+        "",
+        f"- command: `{results['command']}`",
+        f"- date: {results['date']}",
+        f"- machine: {env['cpu']}, {env['cpu_count']} cores ({env['usable_cores']} usable), torch {env['torch']} "
+        f"({env['torch_threads']} thread(s)), CUDA {'yes' if env['cuda'] else 'no'}, Python {env['python']}, "
+        f"{env['platform']}; 1-min load average at start {env.get('load_average_1min_at_start')}",
+        f"- settings: {settings['num_images']} generated images of {settings['generated_size']} px, model input "
+        f"{settings['image_size']} px (zero-shot CLIP: its config's size), epochs "
+        f"{settings['epochs'] if settings['epochs'] is not None else 'each config'}, seed {settings['seed']}, "
+        f"{settings['bootstrap']} bootstrap resamples (95% percentile CIs, stratified by group and label)",
+        f"- splits (patient-level): {sizes}",
+        f"- status: {'complete' if results['complete'] else 'PARTIAL (written after each finished run)'}",
+        "",
+        "Each run is `verticals run <config>` (fit, then test the checkpoint selected by the config's monitor); "
+        "the table's numbers are re-measured here on the selected model's test logits. Gap = AUROC of the "
+        "best minus the worst group on the whole test set, re-measured in each resample "
+        "(`auroc_best_minus_worst` of `fairness_report`; can turn negative, so a CI above 0 means a real gap).",
+        "",
+        "## All runs",
+        "",
+        "| run | config | trainable % | test AUROC | accuracy | AUROC light | AUROC dark | skin-tone gap "
+        "| sex gap | epochs | wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for run in results["runs"]:
+        test = run["test"]
+        skin = test["attributes"][SENSITIVE]
+        lines.append(
+            f"| {run['label']} | `{run['config']}` | {run['trainable_percent']:.2f} | "
+            f"{fmt(test['overall']['auroc'])} | {fmt(test['overall']['accuracy'])} | "
+            f"{fmt(skin['groups'].get('light', {}).get('auroc'))} | {fmt(skin['groups'].get('dark', {}).get('auroc'))} | "
+            f"{fmt(skin['auroc_best_minus_worst'], True)} | "
+            f"{fmt(test['attributes'][CONTROL]['auroc_best_minus_worst'], True)} | "
+            f"{run['epochs']} | {run['wall_seconds']:.0f} |"
+        )
+    if lora:
+        lines += ["", "## (a) The planted gap, found on LoRA (real EfficientNet-Lite0 weights)", ""]
+        lines += [
+            "| attribute | worst → best | gap (best − worst) | CI excludes 0 | per-group AUROC | per-group n (pos) |",
+            "|---|---|---|---|---|---|",
+        ]
+        for attribute in ATTRIBUTES:
+            entry = lora["test"]["attributes"][attribute]
+            extremes = entry["extremes"] or {}
+            per_group = "; ".join(f"{g} {fmt(v['auroc'])}" for g, v in entry["groups"].items())
+            counts = "; ".join(f"{g} {v['count']} ({v['positives']})" for g, v in entry["groups"].items())
+            lines.append(
+                f"| {attribute}{' (negative control)' if attribute == CONTROL else ''} | "
+                f"{extremes.get('worst')} → {extremes.get('best')} | {fmt(entry['auroc_best_minus_worst'], True)} | "
+                f"{excludes_zero(entry['auroc_best_minus_worst'])} | {per_group} | {counts} |"
+            )
+        compared = [
+            run for run in results["runs"] if run["method"] in ("fair_lora", "group_dro") and "vs_lora" in run
+        ]
+        if compared:
+            lines += [
+                "", "## (b) Fairness-aware LoRA vs LoRA (paired bootstrap on the same test items)", "",
+                f"Targets: gap cut by ≥ {TARGET_GAP_REDUCTION:.0%}, overall AUROC drop ≤ {TARGET_AUROC_DROP * 100:.0f} "
+                "points. Every variant that ran is listed.", "",
+                "| run | overall AUROC | Δ AUROC vs LoRA | gap (LoRA's best − worst group) | gap change | "
+                "gap reduction | targets met |",
+                "|---|---|---|---|---|---|---|",
+                f"| lora | {lora['test']['overall']['auroc']['value']:.3f} | — | "
+                f"{compared[0]['vs_lora']['reference_gap']:+.3f} | — | — | — |",
+            ]  # fmt: skip
+            for run in compared:
+                vs = run["vs_lora"]
+                met = (
+                    vs["gap_reduction"]["value"] >= TARGET_GAP_REDUCTION,
+                    vs["auroc_change"]["value"] >= -TARGET_AUROC_DROP,
+                )
+                lines.append(
+                    f"| {run['label']} | {vs['auroc']:.3f} | {fmt(vs['auroc_change'], True)} | {vs['gap']:+.3f} | "
+                    f"{fmt(vs['gap_change'], True)} | {fmt(vs['gap_reduction'], True)} | gap {'yes' if met[0] else 'no'}, AUROC "
+                    f"{'yes' if met[1] else 'no'} |"
+                )
+        lines += [
+            "", "## (c) Temperature scaling (fit on validation logits, evaluated on test)", "",
+            f"Target: worst skin-tone-group ECE ≥ {TARGET_ECE_REDUCTION:.0%} lower than uncalibrated. ECE: 15 "
+            "equal-width bins on the predicted class's confidence.", "",
+            "| run | scaling | T (light / dark) | ECE overall | ECE light | ECE dark | worst-group ECE | reduction vs none |",
+            "|---|---|---|---|---|---|---|---|",
+        ]  # fmt: skip
+        for run in results["runs"]:
+            calib = run.get("calibration")
+            if not calib:
+                continue
+            temps = calib["group_temperatures"]
+            for kind in SCALINGS:
+                entry = calib[kind]
+                t = {
+                    "none": "1",
+                    "global": f"{calib['temperature']:.2f}",
+                    "per_group": " / ".join(f"{temps[g]:.2f}" for g in ("light", "dark") if g in temps),
+                }[kind]
+                reduction = entry.get("worst_group_ece_reduction")
+                lines.append(
+                    f"| {run['label']} | {kind} | {t} | {fmt(entry['ece'])} | {fmt(entry['groups'].get('light'))} | "
+                    f"{fmt(entry['groups'].get('dark'))} | {fmt(entry['worst_group_ece'])} | "
+                    f"{'—' if reduction is None else f'{reduction:+.0%}'} |"
+                )
+        scratch = runs.get("scratch")
+        if scratch and "vs_lora" in scratch:
+            vs = scratch["vs_lora"]
+            lines += [
+                "",
+                "## (d) LoRA on the real ImageNet weights vs the same network from scratch",
+                "",
+                "| run | trainable % | test AUROC | accuracy | wall s |",
+                "|---|---|---|---|---|",
+            ]
+            for run in (lora, scratch):
+                lines.append(
+                    f"| {run['label']} | {run['trainable_percent']:.2f} | {fmt(run['test']['overall']['auroc'])} | "
+                    f"{fmt(run['test']['overall']['accuracy'])} | {run['wall_seconds']:.0f} |"
+                )
+            lines += ["", f"Scratch − LoRA test AUROC (paired bootstrap): {fmt(vs['auroc_change'], True)}."]
+        zero = runs.get("zero_shot")
+        if zero:
+            lines += [
+                "",
+                "## Zero-shot CLIP (pipeline check only)",
+                "",
+                f"`medical/biomedclip_zero_shot` with the offline default, a tiny *random* CLIP: test AUROC "
+                f"{fmt(zero['test']['overall']['auroc'])}, accuracy {fmt(zero['test']['overall']['accuracy'])}. "
+                "It has never seen an image; chance level is expected and says nothing about BiomedCLIP.",
+            ]
+    if results["errors"]:
+        lines += ["", "## Failed runs", ""]
+        lines += [f"- {error['run']}: {error['error']}" for error in results["errors"]]
+    lines += ["", "## Commands of the runs", ""]
+    lines += [f"- {run['label']}: `{run['command']}`" for run in results["runs"]]
+    return "\n".join(lines) + "\n"
+
+
+def write_reports(results: dict[str, Any], output: Path) -> tuple[str, Path]:
+    """Write the markdown report and the raw JSON beside it; returns the markdown and the JSON path."""
+    markdown = render_markdown(results)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(markdown)
+    json_path = output.with_suffix(".json")
+    json_path.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    return markdown, json_path
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run the benchmark, write the markdown and JSON reports, print the tables; returns the results."""
+    argv = list(sys.argv[1:] if argv is None else argv)  # copied first: run_cli rewrites sys.argv
+    args = parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+    with contextlib.ExitStack() as stack:
+        if args.runs_dir is None:
+            root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="verticals-bench-medical-")))
+        else:
+            root = args.runs_dir
+            root.mkdir(parents=True, exist_ok=True)
+        results = run_benchmark(
+            args, argv, root, progress=lambda partial: write_reports(partial, args.output)
+        )
+    markdown, json_path = write_reports(results, args.output)
+    print()
+    print(markdown)
+    print(f"Wrote {args.output} and {json_path}.")
+    return results
+
+
+if __name__ == "__main__":
+    outcome = main()
+    sys.exit(1 if outcome["errors"] else 0)

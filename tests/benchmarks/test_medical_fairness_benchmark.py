@@ -1,0 +1,111 @@
+"""The medical fairness benchmark end to end at tiny scale (160 generated images of 32 px, 1 epoch)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "medical_fairness.py"
+
+
+@pytest.fixture(scope="module")
+def benchmark():
+    name = "verticals_benchmark_medical_fairness"
+    spec = importlib.util.spec_from_file_location(name, SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop(name, None)
+
+
+def _outputs(scores: np.ndarray, target: np.ndarray, tone: np.ndarray) -> dict[str, np.ndarray]:
+    logits = np.stack([np.zeros_like(scores), np.log(scores / (1 - scores))], axis=1)
+    return {"logits": logits, "target": target, "skin_tone": tone, "sex": np.zeros_like(tone)}
+
+
+def test_paired_comparison_measures_gap_reduction_and_auroc_change(benchmark) -> None:
+    rng = np.random.default_rng(0)
+    n = 400
+    target = rng.integers(0, 2, n)
+    tone = (rng.random(n) < 0.3).astype(int)  # 1 = dark
+    noise = np.where(tone == 1, 1.5, 0.3)  # dark cases ranked worse: a real gap
+    biased = 1 / (1 + np.exp(-(2 * target - 1 + noise * rng.normal(size=n))))
+    fair = 1 / (1 + np.exp(-(2 * target - 1 + 0.3 * rng.normal(size=n))))
+    names = {"skin_tone": ["light", "dark"], "sex": ["female"]}  # code 1 = dark
+    reference = _outputs(biased, target, tone)
+
+    same = benchmark.paired_comparison(reference, reference, names, n_bootstrap=50, seed=0)
+    assert same["auroc_change"]["value"] == 0 and same["gap_change"]["value"] == 0
+    assert same["gap_reduction"]["value"] == pytest.approx(0.0)
+    assert (same["best_group"], same["worst_group"]) == ("light", "dark")
+
+    fixed = benchmark.paired_comparison(
+        reference, _outputs(fair, target, tone), names, n_bootstrap=50, seed=0
+    )
+    assert fixed["reference_gap"] > 0.1 and abs(fixed["gap"]) < fixed["reference_gap"]
+    assert fixed["gap_reduction"]["value"] > 0.5 and fixed["auroc_change"]["value"] > 0
+    low, high = fixed["gap_change"]["low"], fixed["gap_change"]["high"]
+    assert low <= fixed["gap_change"]["value"] <= high
+
+    shuffled = dict(reference, target=target[::-1])
+    with pytest.raises(ValueError, match="test sets differ"):
+        benchmark.paired_comparison(reference, shuffled, names, n_bootstrap=5, seed=0)
+
+
+def test_tiny_run_writes_markdown_and_json(benchmark, tmp_path: Path) -> None:
+    output = tmp_path / "results" / "medical_fairness.md"
+    argv = [
+        "--methods", "lora", "fair_lora", "scratch",
+        "--fair-weights", "2",
+        "--num-images", "160",
+        "--image-size", "32",
+        "--epochs", "1",
+        "--bootstrap", "20",
+        "--data-root", str(tmp_path / "data"),
+        "--output", str(output),
+        "--runs-dir", str(tmp_path / "runs"),
+    ]  # fmt: skip
+    argv_before = list(sys.argv)
+    results = benchmark.main(argv)
+    assert sys.argv == argv_before, "the benchmark must restore sys.argv after run_cli"
+    assert results["errors"] == [] and results["complete"]
+
+    markdown = output.read_text()
+    assert "- command: `python benchmarks/medical_fairness.py --methods lora fair_lora scratch" in markdown
+    assert "- machine: " in markdown and "torch " in markdown
+    assert "160 generated images of 32 px" in markdown
+    for heading in ("## All runs", "## (a) The planted gap", "## (b) Fairness-aware LoRA", "## (c) Temperature",
+                    "## (d) LoRA on the real ImageNet weights"):  # fmt: skip
+        assert heading in markdown
+    assert "| fair_lora λ=2 | `medical/efficientnet_fair_lora` |" in markdown
+    assert "| sex (negative control) |" in markdown
+
+    raw = json.loads(output.with_suffix(".json").read_text())
+    assert raw["argv"] == argv
+    labels = [run["label"] for run in raw["runs"]]
+    assert labels == ["lora", "fair_lora λ=2", "scratch"]
+    lora, fair, scratch = raw["runs"]
+    assert 0 < lora["trainable_percent"] < 10 and scratch["trainable_percent"] >= 100
+    assert "--model.init_args.fairness_weight" in fair["overrides"] and fair["epochs"] == 1
+    assert "vs_lora" not in lora and {"vs_lora"} <= set(fair) and {"vs_lora"} <= set(scratch)
+    sizes = lora["split_sizes"]
+    assert sizes["val"] > 0 and sizes["test"] > 0 and fair["split_sizes"] == sizes
+    for run in raw["runs"]:
+        assert set(run["test"]["attributes"]) == {"skin_tone", "sex"}
+        assert set(run["test"]["attributes"]["skin_tone"]["groups"]) == {"dark", "light"}
+        assert 0 <= run["test"]["overall"]["accuracy"]["value"] <= 1
+        calibration = run["calibration"]
+        assert {"none", "global", "per_group"} <= set(calibration) and calibration["temperature"] > 0
+        assert run["wall_seconds"] > 0 and run["fit_seconds"] > 0
+        # The re-measured test AUROC is Lightning's own test_auroc on the same selected model.
+        assert run["test"]["overall"]["auroc"]["value"] == pytest.approx(
+            run["lightning_test_metrics"]["test_auroc"], abs=1e-4
+        )
