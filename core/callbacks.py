@@ -19,6 +19,19 @@ def run_directory(trainer: L.Trainer) -> Path:
     return Path(trainer.log_dir or trainer.default_root_dir)
 
 
+def batch_size(batch: Any) -> int:
+    """Samples in a batch: ``len(batch["x"])``, else the length of its first tensor (``input_features`` …)."""
+    if isinstance(batch, dict):
+        if "x" in batch:
+            return len(batch["x"])
+        first = next((value for value in batch.values() if isinstance(value, torch.Tensor)), None)
+        if first is not None:
+            return len(first)
+    if isinstance(batch, (list, tuple)) and batch:
+        return len(batch[0])
+    raise TypeError(f"Cannot count the samples of a {type(batch).__name__} batch: expected a dict with tensors.")
+
+
 class Timing(L.Callback):
     """Wall time and throughput of training in this process (samples/s), for the report and benchmarks.
 
@@ -36,7 +49,7 @@ class Timing(L.Callback):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        self.train_samples += len(batch["x"])
+        self.train_samples += batch_size(batch)
         self.fit_seconds = self._before + time.perf_counter() - self._start
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

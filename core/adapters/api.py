@@ -1,9 +1,9 @@
 """One entry point to adapt any ``nn.Module``: a peft config, or a method name plus options.
 
 Besides every peft method (``lora``, ``adalora``, ``ia3``, ``loha``, ``ln_tuning`` …) and the methods
-verticals registers with peft (``bottleneck`` …), two training regimes that are not adapters are accepted
-so that one config key can compare them all: ``linear_probe`` (only ``trainable`` modules train) and
-``full`` (everything trains).
+verticals registers with peft (``bottleneck``, ``s2lora`` …), three training regimes that are not adapters
+are accepted so that one config key can compare them all: ``linear_probe`` (only ``trainable`` modules
+train), ``bitfit`` (only bias terms train, Ben Zaken et al. 2022) and ``full`` (everything trains).
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
 from torch import nn
 
 from verticals.core.adapters import bottleneck as _bottleneck  # noqa: F401  (registers "bottleneck" with peft)
+from verticals.core.adapters import s2lora as _s2lora  # noqa: F401  (registers "s2lora" with peft)
 from verticals.core.adapters.targets import resolve_targets
 
-REGIMES = ("linear_probe", "full")
+REGIMES = ("linear_probe", "bitfit", "full")
 # Methods whose targets are normalisation layers rather than Linear/Conv/MHA layers.
 _TARGET_KINDS: dict[str, tuple[type, ...] | None] = {"ln_tuning": (nn.LayerNorm,), "bottleneck": (nn.Module,)}
 
@@ -30,7 +31,7 @@ class AdapterSpec:
 
     Args:
         method: a peft method name (``lora``, ``adalora``, ``ln_tuning`` …), a verticals method
-            (``bottleneck``), or a regime: ``linear_probe`` / ``full``.
+            (``bottleneck``, ``s2lora``), or a regime: ``linear_probe`` / ``bitfit`` / ``full``.
         targets: a preset (``attention``, ``qv``, ``mlp``, ``all-linear``, ``blocks``, ``layernorm``),
             a regex over module names, or a list of module names; resolved per backbone family.
         trainable: modules trained in full beside the adapter (heads, patch embeddings); saved with it.
@@ -107,7 +108,7 @@ def adapt(
     if name in REGIMES:
         if options:
             raise ValueError(f"Method {name!r} takes no options, got {sorted(options)}.")
-        _set_regime(model, name, trainable)
+        _set_regime(model, name, trainable, targets)
         return model
     config = build_peft_config(model, name, targets, trainable, **options)
     return get_peft_model(model, config, adapter_name=adapter_name)
@@ -120,14 +121,43 @@ def _config_class(method: str) -> type[PeftConfig]:
     raise ValueError(f"Unknown adapter method {method!r}. Choose one of: {', '.join(peft_methods())}.")
 
 
-def _set_regime(model: nn.Module, regime: str, trainable: Sequence[str]) -> None:
+def _set_regime(
+    model: nn.Module, regime: str, trainable: Sequence[str], targets: str | Sequence[str] | None = None
+) -> None:
     if regime == "full":
         model.requires_grad_(True)
         return
     model.requires_grad_(False)
+    if regime == "bitfit":
+        _enable_biases(model, targets)
+        for name in resolve_targets(model, list(trainable), kinds=(nn.Module,)) if trainable else []:
+            model.get_submodule(name).requires_grad_(True)
+        return
     if not trainable:
         raise ValueError(
             "Method 'linear_probe' needs `trainable` (e.g. ['head']): otherwise nothing would train."
         )
     for name in resolve_targets(model, list(trainable), kinds=(nn.Module,)):
         model.get_submodule(name).requires_grad_(True)
+
+
+def _enable_biases(model: nn.Module, targets: str | Sequence[str] | None) -> None:
+    """BitFit: train the bias terms of every module (``targets=None``) or of the ``targets`` modules only."""
+    modules = (
+        [model]
+        if targets is None
+        else [model.get_submodule(name) for name in resolve_targets(model, targets, kinds=(nn.Module,))]
+    )
+    biases = [
+        parameter
+        for module in modules
+        for name, parameter in module.named_parameters()
+        if name == "bias" or name.endswith(".bias")
+    ]
+    if not biases:
+        raise ValueError(
+            f"Method 'bitfit' found no bias parameters in {type(model).__name__} under targets {targets!r}; "
+            "choose targets whose modules have biases (or targets: null for the whole model)."
+        )
+    for parameter in biases:
+        parameter.requires_grad_(True)

@@ -44,7 +44,9 @@ def _keep_argv(monkeypatch):
     monkeypatch.setattr(sys, "argv", list(sys.argv))
 
 
-@pytest.mark.parametrize("name", sorted(packaged_configs()))
+# The tiny model arguments here are the time-series encoder's; each other domain runs its own configs in
+# tests/domains/<domain>/test_configs.py.
+@pytest.mark.parametrize("name", sorted(name for name in packaged_configs() if name.startswith("timeseries/")))
 def test_every_packaged_config_runs(tmp_path, name):
     cli = run_cli(["fit", *_tiny(name, tmp_path, "--trainer.fast_dev_run", "true")])
     assert cli.trainer.state.finished

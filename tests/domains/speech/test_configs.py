@@ -1,0 +1,95 @@
+"""Every packaged speech config runs through the CLI on a tiny random Whisper and a handful of utterances."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from verticals.core.cli import packaged_configs, run_cli
+
+SPEECH = sorted(name for name in packaged_configs() if name.startswith("speech/"))
+
+
+@pytest.fixture(autouse=True)
+def _keep_argv(monkeypatch):
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> str:
+    """One synthesis cache for the module: every config reads the same few generated utterances."""
+    return str(tmp_path_factory.mktemp("speech_cache"))
+
+
+def _tiny(name: str, root: Path, cache: str) -> list[str]:
+    return [
+        "--config",
+        name,
+        "--model.init_args.model_args",
+        json.dumps({"source": "tiny-random"}),
+        "--model.init_args.max_new_tokens",
+        "3",
+        "--model.init_args.n_bootstrap",
+        "20",
+        "--data.init_args.conditions",
+        "[clear, noisy]",
+        "--data.init_args.utterances_per_condition",
+        "2",
+        "--data.init_args.val_utterances_per_condition",
+        "1",
+        "--data.init_args.test_utterances_per_condition",
+        "1",
+        "--data.init_args.max_source_positions",
+        "250",
+        "--data.init_args.batch_size",
+        "2",
+        "--data.init_args.cache_dir",
+        cache,
+        "--trainer.default_root_dir",
+        str(root),
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.enable_model_summary",
+        "false",
+    ]
+
+
+def test_the_methods_of_the_issue_are_packaged():
+    assert [
+        f"speech/whisper_{m}"
+        for m in ("adalora", "bitfit", "lora_all_linear", "lora_qv", "s2lora", "zero_shot")
+    ] == SPEECH
+    for name in SPEECH:
+        text = packaged_configs()[name].read_text()
+        config = yaml.safe_load(text)
+        assert text.startswith("# ") and config["trainer"]["default_root_dir"] == f"runs/{name}"
+        assert config["model"]["init_args"]["model_args"]["source"] == "tiny.en"
+
+
+@pytest.mark.parametrize("name", SPEECH)
+def test_every_speech_config_runs_fit_and_test(tmp_path, cache_dir, name):
+    epochs = "0" if name.endswith("zero_shot") else "1"
+    cli = run_cli(["run", *_tiny(name, tmp_path, cache_dir), "--trainer.max_epochs", epochs])
+    assert cli.trainer.state.finished
+    metrics = cli.trainer.callback_metrics
+    assert {"test_wer", "test_wer_clear", "test_wer_noisy", "test_wer_gap"} <= set(metrics)
+    run = Path(cli.trainer.log_dir)
+    report = json.loads((run / "wer_by_group.json").read_text())
+    assert set(report["groups"]) == {"clear", "noisy"}
+    assert (
+        "test_wer_clear" in (run / "report.md").read_text() or "wer_clear" in (run / "report.md").read_text()
+    )
+    trained = cli.model.trainable_names()
+    method = cli.model.adapter_spec.method
+    if method == "bitfit":
+        assert trained and all(n.endswith(".bias") for n in trained)
+    elif method == "s2lora":
+        assert any(".s2lora_A." in n for n in trained) and all("s2lora_" in n for n in trained)
+    elif method == "adalora":
+        assert cli.model.adapter_spec.options["total_step"] >= 1
+    if name.endswith("zero_shot"):
+        assert cli.trainer.global_step == 0
