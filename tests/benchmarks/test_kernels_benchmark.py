@@ -2,27 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "adapter_kernels.py"
-
 
 @pytest.fixture(scope="module")
-def benchmark():
-    name = "verticals_benchmark_kernels"
-    spec = importlib.util.spec_from_file_location(name, SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
+def benchmark(load_script):
+    with load_script("adapter_kernels") as module:
         yield module
-    finally:
-        sys.modules.pop(name, None)
 
 
 def test_tiny_run_writes_markdown_and_json(

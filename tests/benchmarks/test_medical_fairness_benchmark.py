@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -10,20 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "medical_fairness.py"
-
 
 @pytest.fixture(scope="module")
-def benchmark():
-    name = "verticals_benchmark_medical_fairness"
-    spec = importlib.util.spec_from_file_location(name, SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
+def benchmark(load_script):
+    with load_script("medical_fairness") as module:
         yield module
-    finally:
-        sys.modules.pop(name, None)
 
 
 def _outputs(scores: np.ndarray, target: np.ndarray, tone: np.ndarray) -> dict[str, np.ndarray]:

@@ -2,55 +2,65 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "speech.py"
-
 
 @pytest.fixture(scope="module")
-def benchmark():
-    name = "verticals_benchmark_speech"
-    spec = importlib.util.spec_from_file_location(name, SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
+def benchmark(load_script):
+    with load_script("speech") as module:
         yield module
-    finally:
-        sys.modules.pop(name, None)
 
 
 def test_tiny_run_writes_markdown_and_json(benchmark, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(sys, "argv", list(sys.argv))
     output = tmp_path / "results" / "speech.md"
     argv = [
-        "--source", "tiny-random",
-        "--methods", "zero_shot", "s2lora",
-        "--train-per-condition", "1",
-        "--val-per-condition", "1",
-        "--test-per-condition", "1",
-        "--max-source-positions", "250",
-        "--batch-size", "2",
-        "--epochs", "1",
-        "--bootstrap", "10",
-        "--merge-batches", "1",
-        "--timing-repeats", "1",
-        "--throughput-steps", "1",
-        "--throughput-repeats", "1",
-        "--cache-dir", str(tmp_path / "cache"),
-        "--runs-dir", str(tmp_path / "runs"),
-        "--output", str(output),
+        "--source",
+        "tiny-random",
+        "--methods",
+        "zero_shot",
+        "s2lora",
+        "--train-per-condition",
+        "1",
+        "--val-per-condition",
+        "1",
+        "--test-per-condition",
+        "1",
+        "--max-source-positions",
+        "250",
+        "--batch-size",
+        "2",
+        "--epochs",
+        "1",
+        "--bootstrap",
+        "10",
+        "--merge-batches",
+        "1",
+        "--timing-repeats",
+        "1",
+        "--throughput-steps",
+        "1",
+        "--throughput-repeats",
+        "1",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--runs-dir",
+        str(tmp_path / "runs"),
+        "--output",
+        str(output),
     ]
     results = benchmark.main(argv)
     saved = json.loads(output.with_suffix(".json").read_text())
     assert saved["methods"].keys() == {"zero_shot", "s2lora"}
     assert set(saved["methods"]["s2lora"]["wer"]) == {"clear", "child", "accented", "noisy"}
-    assert saved["methods"]["s2lora"]["adapter_bytes"] > 0 and saved["methods"]["zero_shot"]["adapter_bytes"] == 0
+    assert (
+        saved["methods"]["s2lora"]["adapter_bytes"] > 0
+        and saved["methods"]["zero_shot"]["adapter_bytes"] == 0
+    )
     merge = saved["merge"]["s2lora"]
     assert merge["equal_transcripts"] == merge["utterances"] == 2  # one test batch of two
     assert saved["throughput"]["verticals"]["steps"] == saved["throughput"]["seq2seq_trainer"]["steps"] == 1

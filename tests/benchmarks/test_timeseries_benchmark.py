@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import sys
@@ -10,21 +9,12 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "timeseries.py"
-
 
 @pytest.fixture(scope="module")
-def benchmark():
+def benchmark(load_script):
     pytest.importorskip("sktime")
-    name = "verticals_benchmark_timeseries"
-    spec = importlib.util.spec_from_file_location(name, SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # the script passes its callback to the CLI by import path
-    try:
-        spec.loader.exec_module(module)
+    with load_script("timeseries") as module:
         yield module
-    finally:
-        sys.modules.pop(name, None)
 
 
 def test_tiny_run_writes_markdown_and_json(benchmark, tmp_path: Path) -> None:

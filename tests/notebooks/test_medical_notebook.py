@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
 import nbformat
@@ -15,22 +13,7 @@ pytest.importorskip("ipykernel")
 pytest.importorskip("open_clip")
 
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "medical_fairness.ipynb"
-KERNEL_NAME = "verticals-test-python"
 SMALL_SCALE = {"NUM_IMAGES": 80, "GENERATED_SIZE": 32, "IMAGE_SIZE": 32, "MAX_EPOCHS": 1, "N_BOOTSTRAP": 30}
-
-
-@pytest.fixture
-def kernel_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    spec_dir = tmp_path / "jupyter" / "kernels" / KERNEL_NAME
-    spec_dir.mkdir(parents=True)
-    spec = {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-            "display_name": "verticals tests", "language": "python"}
-    (spec_dir / "kernel.json").write_text(json.dumps(spec))
-    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.delenv("MPLBACKEND", raising=False)
-    monkeypatch.setenv("PYDEVD_DISABLE_FILE_VALIDATION", "1")
-    return KERNEL_NAME
 
 
 def test_committed_clean_with_parameters() -> None:
@@ -44,9 +27,12 @@ def test_committed_clean_with_parameters() -> None:
 def test_medical_fairness_notebook(tmp_path: Path, kernel_name: str) -> None:
     results_csv = tmp_path / "results.csv"
     executed = papermill.execute_notebook(
-        str(NOTEBOOK), str(tmp_path / "medical_fairness.ipynb"),
+        str(NOTEBOOK),
+        str(tmp_path / "medical_fairness.ipynb"),
         parameters={**SMALL_SCALE, "RESULTS_CSV": str(results_csv)},
-        kernel_name=kernel_name, cwd=str(tmp_path), progress_bar=False,
+        kernel_name=kernel_name,
+        cwd=str(tmp_path),
+        progress_bar=False,
     )
     results = pd.read_csv(results_csv)
     assert list(results.method) == ["zero-shot CLIP", "LoRA", "fair LoRA (CLUB)"]

@@ -8,8 +8,6 @@ into ``tmp_path`` and found first through ``JUPYTER_PATH``, so nothing is regist
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
 import nbformat
@@ -20,7 +18,6 @@ papermill = pytest.importorskip("papermill")
 pytest.importorskip("ipykernel")
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
-KERNEL_NAME = "verticals-test-python"
 
 # One entry per notebook: the parameters of its small CI scale (full-scale defaults live in the notebook).
 SMALL_SCALE: dict[str, dict[str, object]] = {
@@ -31,25 +28,6 @@ SMALL_SCALE: dict[str, dict[str, object]] = {
         "MAX_EPOCHS": 2,
     },
 }
-
-
-@pytest.fixture
-def kernel_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    """A kernel spec for this interpreter, visible only to this test."""
-    spec_dir = tmp_path / "jupyter" / "kernels" / KERNEL_NAME
-    spec_dir.mkdir(parents=True)
-    spec = {
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "verticals tests",
-        "language": "python",
-    }
-    (spec_dir / "kernel.json").write_text(json.dumps(spec))
-    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
-    monkeypatch.delenv("MPLBACKEND", raising=False)  # keep the kernel's inline backend: figures are checked
-    monkeypatch.setenv("PYDEVD_DISABLE_FILE_VALIDATION", "1")
-    return KERNEL_NAME
 
 
 @pytest.mark.parametrize("name", sorted(SMALL_SCALE))

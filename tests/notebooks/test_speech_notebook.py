@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
 import nbformat
@@ -14,7 +12,6 @@ papermill = pytest.importorskip("papermill")
 pytest.importorskip("ipykernel")
 
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "speech_whisper_lora.ipynb"
-KERNEL_NAME = "verticals-test-python"
 SMALL_SCALE = {
     "SOURCE": "tiny-random",
     "CONDITIONS": ["clear", "noisy"],
@@ -28,20 +25,6 @@ SMALL_SCALE = {
 }
 
 
-@pytest.fixture
-def kernel_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    spec_dir = tmp_path / "jupyter" / "kernels" / KERNEL_NAME
-    spec_dir.mkdir(parents=True)
-    spec = {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-            "display_name": "verticals tests", "language": "python"}
-    (spec_dir / "kernel.json").write_text(json.dumps(spec))
-    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.delenv("MPLBACKEND", raising=False)
-    monkeypatch.setenv("PYDEVD_DISABLE_FILE_VALIDATION", "1")
-    return KERNEL_NAME
-
-
 def test_committed_clean_with_parameters() -> None:
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     code = [cell for cell in notebook.cells if cell.cell_type == "code"]
@@ -53,15 +36,24 @@ def test_committed_clean_with_parameters() -> None:
 def test_speech_notebook(tmp_path: Path, kernel_name: str) -> None:
     results_csv = tmp_path / "results.csv"
     executed = papermill.execute_notebook(
-        str(NOTEBOOK), str(tmp_path / "speech_whisper_lora.ipynb"),
-        parameters={**SMALL_SCALE, "RESULTS_CSV": str(results_csv), "RUN_DIR": str(tmp_path / "runs"),
-                    "CACHE_DIR": str(tmp_path / "cache")},
-        kernel_name=kernel_name, cwd=str(tmp_path), progress_bar=False,
+        str(NOTEBOOK),
+        str(tmp_path / "speech_whisper_lora.ipynb"),
+        parameters={
+            **SMALL_SCALE,
+            "RESULTS_CSV": str(results_csv),
+            "RUN_DIR": str(tmp_path / "runs"),
+            "CACHE_DIR": str(tmp_path / "cache"),
+        },
+        kernel_name=kernel_name,
+        cwd=str(tmp_path),
+        progress_bar=False,
     )
     results = pd.read_csv(results_csv)
     assert list(results.method) == ["zero_shot", "lora_qv", "s2lora", "adalora"]
-    assert (results.loc[results.method == "s2lora", "trainable"].item()
-            < results.loc[results.method == "lora_qv", "trainable"].item())
+    assert (
+        results.loc[results.method == "s2lora", "trainable"].item()
+        < results.loc[results.method == "lora_qv", "trainable"].item()
+    )
     assert (results.low_clear <= results.wer_clear).all() and (results.wer_noisy <= results.high_noisy).all()
     assert (results.adapter_bytes[1:] > 0).all()
     outputs = [output for cell in executed.cells if cell.cell_type == "code" for output in cell.outputs]
