@@ -318,6 +318,28 @@ class ArrayClassificationDataModule(L.LightningDataModule):
         return self._loader(self.test_dataset, shuffle=False)
 
 
+class SplitDataModule(L.LightningDataModule):
+    """A datamodule whose loaders differ only by split: subclasses implement ``_loader(split, shuffle)``.
+
+    Training shuffles; validation, test and prediction (on the test split) keep their order.
+    """
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        raise NotImplementedError(f"{type(self).__name__} must implement _loader(split, shuffle).")
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+
 class EpochShuffleSampler(Sampler[int]):
     """A random order that depends only on ``(seed, epoch)``.
 

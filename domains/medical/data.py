@@ -13,7 +13,6 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import pandas as pd
 import torch
@@ -21,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms import v2
 
-from verticals.core.data import encode_labels, make_loader
+from verticals.core.data import SplitDataModule, encode_labels, make_loader
 from verticals.domains.medical.manifests import attribute_categories, read_manifest
 from verticals.domains.medical.synthetic import DermatologySpec, generate_dermatology
 
@@ -68,7 +67,9 @@ class ImageManifestDataset(Dataset):
         cache_size: int | None = None,
     ) -> None:
         if not len(paths) == len(labels) == len(groups):
-            raise ValueError(f"{len(paths)} paths, {len(labels)} labels, {len(groups)} group rows: must match.")
+            raise ValueError(
+                f"{len(paths)} paths, {len(labels)} labels, {len(groups)} group rows: must match."
+            )
         self.paths, self.transform = list(paths), transform
         self.labels = torch.tensor(np.asarray(labels, dtype=np.int64))
         self.groups = torch.tensor(np.asarray(groups, dtype=np.int64).reshape(len(paths), -1))
@@ -95,16 +96,16 @@ class ImageManifestDataset(Dataset):
         return {"x": self.transform(self.read(index)), "y": self.labels[index], "group": self.groups[index]}
 
 
-def patient_split(
-    patients: Sequence[str], fraction: float, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
+def patient_split(patients: Sequence[str], fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Seeded (keep, held_out) row indices with about ``fraction`` of the *patients* held out."""
     patients = np.asarray(patients, dtype=str)
     unique = np.unique(patients)
     if fraction <= 0:
         return np.arange(len(patients)), np.empty(0, dtype=np.int64)
     if len(unique) < 2:
-        raise ValueError(f"Cannot split {len(unique)} patient(s); need at least 2 to hold out a fraction {fraction}.")
+        raise ValueError(
+            f"Cannot split {len(unique)} patient(s); need at least 2 to hold out a fraction {fraction}."
+        )
     rng = np.random.default_rng(seed)
     held_count = min(max(1, round(fraction * len(unique))), len(unique) - 1)
     held = set(rng.permutation(unique)[:held_count])
@@ -112,7 +113,7 @@ def patient_split(
     return np.flatnonzero(~mask), np.flatnonzero(mask)
 
 
-class ManifestDataModule(L.LightningDataModule):
+class ManifestDataModule(SplitDataModule):
     """Any image manifest with sensitive attributes (``layout``: ham10000, isic2020, fitzpatrick17k,
     chexpert, generic — see :mod:`verticals.domains.medical.manifests`).
 
@@ -182,9 +183,12 @@ class ManifestDataModule(L.LightningDataModule):
             (codes,), names = encode_labels(table["label"].to_numpy())
             table["y"] = codes
             self._class_names = names
-            self._attributes = [c for c in table.columns if c not in ("path", "label", "patient", "split", "y")]
+            self._attributes = [
+                c for c in table.columns if c not in ("path", "label", "patient", "split", "y")
+            ]
             self._categories = {
-                a: attribute_categories(table, a, self.manifest_options["age_bands"]) for a in self._attributes
+                a: attribute_categories(table, a, self.manifest_options["age_bands"])
+                for a in self._attributes
             }
             table["stage"] = self._stages(table)
             self._table = table
@@ -238,7 +242,11 @@ class ManifestDataModule(L.LightningDataModule):
             table[a].map({name: code for code, name in enumerate(self._categories[a])}).to_numpy()
             for a in self.group_attributes
         ]
-        return np.stack(columns, axis=1).astype(np.int64) if columns else np.zeros((len(table), 0), dtype=np.int64)
+        return (
+            np.stack(columns, axis=1).astype(np.int64)
+            if columns
+            else np.zeros((len(table), 0), dtype=np.int64)
+        )
 
     # -- Lightning hooks --------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
@@ -248,29 +256,31 @@ class ManifestDataModule(L.LightningDataModule):
                 continue
             rows = table[table["stage"] == name]
             if name == "val" and rows.empty:
-                log.warning("No validation patients: validating on the training set (not a held-out estimate).")
+                log.warning(
+                    "No validation patients: validating on the training set (not a held-out estimate)."
+                )
                 rows = table[table["stage"] == "train"]
-            transform = image_transforms(self.image_size, self.mean, self.std, train=name == "train", flips=self.flips)
+            transform = image_transforms(
+                self.image_size, self.mean, self.std, train=name == "train", flips=self.flips
+            )
             self.datasets[name] = ImageManifestDataset(
-                rows["path"].tolist(), rows["y"].to_numpy(), self.group_codes(rows), transform,
-                cache=self.cache_images, cache_size=self.image_size if self.cache_images else None,
+                rows["path"].tolist(),
+                rows["y"].to_numpy(),
+                self.group_codes(rows),
+                transform,
+                cache=self.cache_images,
+                cache_size=self.image_size if self.cache_images else None,
             )
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
         self.setup()
-        return make_loader(self.datasets[name], self.batch_size, shuffle=shuffle, seed=self.seed, num_workers=self.num_workers)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        return make_loader(
+            self.datasets[name],
+            self.batch_size,
+            shuffle=shuffle,
+            seed=self.seed,
+            num_workers=self.num_workers,
+        )
 
 
 class GeneratedDermatologyDataModule(ManifestDataModule):

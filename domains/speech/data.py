@@ -24,13 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import lightning as L
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset
 
-from verticals.core.data import EpochShuffleSampler
+from verticals.core.data import EpochShuffleSampler, SplitDataModule
 from verticals.domains.speech.audio import (
     TARGET_SAMPLE_RATE,
     AudioCounts,
@@ -115,7 +114,7 @@ class SpeechCollator:
         }
 
 
-class SpeechDataModule(L.LightningDataModule):
+class SpeechDataModule(SplitDataModule):
     """Base: turns each split's ``UtteranceSource`` list into cached features, labels and loaders.
 
     Subclasses set ``group_attributes``/``group_names`` and implement ``_sources(split)``.
@@ -272,18 +271,6 @@ class SpeechDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
 
 
 class SyntheticSpeechDataModule(SpeechDataModule):
