@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import ctypes.util
 import logging
 import os
 import warnings
 
-import pytest
-import torch
-from torch import nn
+# Triton decides between compiling and its CPU interpreter when it is first imported (its own standard
+# library is decorated then), and any test module may import it first: without a CUDA driver, choose the
+# interpreter here, before anything imports torch or triton, so the kernel tests run the Triton code.
+if ctypes.util.find_library("cuda") is None:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
