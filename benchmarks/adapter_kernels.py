@@ -61,10 +61,20 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+STATISTICS = {"median": statistics.median, "min": min}
+
+
 def _time(
-    fns: dict[str, Callable[[], Any]], device: torch.device, warmup: int, repeats: int
+    fns: dict[str, Callable[[], Any]],
+    device: torch.device,
+    warmup: int,
+    repeats: int,
+    statistic: str = "median",
 ) -> dict[str, float]:
-    """Median seconds per call of each function, calls alternating between them (ABBA...)."""
+    """Seconds per call of each function (``statistic`` over repeats), calls alternating (ABBA...).
+
+    ``min`` is the robust choice on a machine shared with other jobs: load only ever adds time.
+    """
     names = list(fns)
     for _ in range(warmup):
         for name in names:
@@ -77,7 +87,7 @@ def _time(
             fns[name]()
             _sync(device)
             samples[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in samples.items()}
+    return {name: STATISTICS[statistic](values) for name, values in samples.items()}
 
 
 def _layer(k: int, n: int, rank: int, adapters: int, device: torch.device, dtype: torch.dtype):
@@ -119,12 +129,12 @@ def bench_shape(name: str, batch: int, args: argparse.Namespace, device: torch.d
         row["max_abs_diff"] = (fused(x) - peft_model(x)).abs().max().item()
         forward = _time({"base": lambda: base(x), "peft_merged": lambda: merged(x),
                          "peft_unmerged": lambda: peft_model(x), "verticals": lambda: fused(x)},
-                        device, args.warmup, args.repeats)  # fmt: skip
+                        device, args.warmup, args.repeats, args.statistic)  # fmt: skip
     row.update({f"forward_{key}_ms": value * 1e3 for key, value in forward.items()})
     peft_model.train()
     fused.train()
     train = _time({"peft_unmerged": _train_step(peft_model, x), "verticals": _train_step(fused, x)},
-                  device, args.warmup, args.repeats)  # fmt: skip
+                  device, args.warmup, args.repeats, args.statistic)  # fmt: skip
     row.update({f"train_{key}_ms": value * 1e3 for key, value in train.items()})
     peft_model.eval()
     fused.eval()
@@ -136,7 +146,7 @@ def bench_shape(name: str, batch: int, args: argparse.Namespace, device: torch.d
         )
         mixed = _time({"peft_mixed": lambda: peft_model(x, adapter_names=names),
                        "verticals_mixed": lambda: fused(x, adapter_names=names)},
-                      device, args.warmup, args.repeats)  # fmt: skip
+                      device, args.warmup, args.repeats, args.statistic)  # fmt: skip
     row.update({f"{key}_ms": value * 1e3 for key, value in mixed.items()})
     row["ratio_forward"] = row["forward_verticals_ms"] / row["forward_peft_unmerged_ms"]
     row["ratio_forward_vs_base"] = row["forward_verticals_ms"] / row["forward_base_ms"]
@@ -168,7 +178,7 @@ def _markdown(results: dict[str, Any]) -> str:
         f"- date: {results['date']}",
         f"- device: {results['device']}",
         f"- torch {results['torch']}, peft {results['peft']}, dtype {results['dtype']}, LoRA r={results['rank']}, "
-        f"{results['adapters']} adapters in the mixed batch; median of {results['repeats']} after "
+        f"{results['adapters']} adapters in the mixed batch; {results.get('statistic', 'median')} of {results['repeats']} after "
         f"{results['warmup']} warm-up calls",
         f"- verticals path: **{path}**"
         + (
@@ -213,6 +223,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--shapes", nargs="+", choices=sorted(SHAPES), default=list(SHAPES))
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 8, 64])
     parser.add_argument(
+        "--statistic", choices=sorted(STATISTICS), default="median",
+        help="per-call time over the repeats; min resists load from other jobs",
+    )  # fmt: skip
+    parser.add_argument(
         "--tokens", type=int, default=None, help="override tokens per sample (smaller CPU runs)"
     )
     parser.add_argument("--rank", type=int, default=16)
@@ -247,7 +261,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "backend": select_backend(probe),
         "torch": torch.__version__,
         "peft": peft.__version__,
-        **{key: getattr(args, key) for key in ("dtype", "rank", "adapters", "warmup", "repeats")},
+        **{
+            key: getattr(args, key) for key in ("dtype", "rank", "adapters", "warmup", "repeats", "statistic")
+        },
         "rows": rows,
         "summary": {
             "forward": _geomean([r["ratio_forward"] for r in rows]),
