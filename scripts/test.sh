@@ -4,5 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh dev
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONWARNINGS="ignore::DeprecationWarning"
-.venv/bin/ruff check core domains kernels tests benchmarks
+.venv/bin/ruff check core domains kernels tests benchmarks notebooks
 .venv/bin/python -m pytest -n 2 --dist loadfile -q -p no:cacheprovider tests
