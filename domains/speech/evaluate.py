@@ -3,7 +3,7 @@
     python -m verticals.domains.speech.evaluate --model tiny.en --utterances 50 --max-source-positions 500
 
 Transcripts and references are normalised with Whisper's ``EnglishTextNormalizer`` and scored with
-jiwer (corpus-level: errors summed over utterances, divided by reference words / characters).
+the core ``Seq2SeqTask``'s per-utterance counts (jiwer; corpus-level: errors summed over utterances, divided by reference words / characters).
 """
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ import os
 import time
 from dataclasses import dataclass
 
-import jiwer
+import numpy as np
 import torch
 
+from verticals.core.tasks.seq2seq import utterance_errors
 from verticals.domains.speech.data import SyntheticSpeechDataModule
 from verticals.domains.speech.models import load_whisper
 from verticals.domains.speech.text import normalize_transcript
@@ -63,10 +64,17 @@ def score_groups(
         rows = [i for i, g in enumerate(groups) if g == index]
         if not rows:
             continue
-        # an empty normalised hypothesis is scored as deleting every reference word
-        ref = [normalize_transcript(references[i]) for i in rows]
-        hyp = [normalize_transcript(hypotheses[i]) for i in rows]
-        scores.append(ConditionScore(name, len(rows), jiwer.wer(ref, hyp), jiwer.cer(ref, hyp)))
+        # the core task's per-utterance counts: an empty hypothesis deletes every reference word
+        counts = np.array(
+            [
+                utterance_errors(normalize_transcript(references[i]), normalize_transcript(hypotheses[i]))
+                for i in rows
+            ]
+        ).sum(axis=0)
+        word_errors, words, char_errors, chars = (int(value) for value in counts)
+        scores.append(
+            ConditionScore(name, len(rows), word_errors / max(words, 1), char_errors / max(chars, 1))
+        )
     return scores
 
 

@@ -8,9 +8,12 @@ errors then measure the acoustic condition, not out-of-vocabulary words.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import lru_cache
 
 import numpy as np
+
+from verticals.core.tasks.seq2seq import text_normalizer
 
 __all__ = ["normalize_transcript", "sentences"]
 
@@ -200,12 +203,11 @@ def sentences(count: int, seed: int = 0) -> list[str]:
 
 
 @lru_cache(maxsize=1)
-def _normalizer():
-    from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
-
-    return EnglishTextNormalizer({})
+def _normalizer() -> Callable[[str], str]:
+    return text_normalizer("whisper_english")
 
 
 def normalize_transcript(text: str) -> str:
-    """Whisper's ``EnglishTextNormalizer`` (lower case, no punctuation, standard spellings), for WER/CER."""
+    """Whisper's ``EnglishTextNormalizer`` (lower case, no punctuation, standard spellings), for WER/CER:
+    the ``whisper_english`` normaliser of the core's ``Seq2SeqTask``, so both score alike."""
     return _normalizer()(text)
