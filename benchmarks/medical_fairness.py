@@ -32,27 +32,21 @@ beside it, after every run (an interrupted benchmark leaves the runs it finished
 from __future__ import annotations
 
 import argparse
-import contextlib
-import importlib.metadata
-import io
-import json
 import logging
 import math
 import os
-import platform
 import shlex
 import sys
-import tempfile
 import time
 import traceback
-import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from _common import machine, quiet_run, runs_root, write_reports
 
 from verticals.core.callbacks import Timing
 from verticals.core.cli import run_cli
@@ -95,39 +89,6 @@ _NOISY_WARNINGS = (
 
 
 # -- running one packaged config ---------------------------------------------------------------------------
-@contextlib.contextmanager
-def quiet_run(log_file: Path | None) -> Iterator[None]:
-    """The run's stdout goes to ``log_file`` and Lightning's start-up info is dropped (``None``: untouched).
-
-    Either way restores ``sys.argv``, which ``run_cli`` rewrites for Lightning's launchers.
-    """
-    saved_argv = list(sys.argv)
-    quieter = (
-        {}
-        if log_file is None
-        else {"lightning.pytorch": logging.WARNING, "lightning.fabric": logging.WARNING}
-    )
-    levels = {name: logging.getLogger(name).level for name in quieter}
-    buffer = io.StringIO()
-    with warnings.catch_warnings():
-        if log_file is not None:
-            for pattern in _NOISY_WARNINGS:
-                warnings.filterwarnings("ignore", message=pattern)
-            warnings.filterwarnings("ignore", category=DeprecationWarning)
-        for name, level in quieter.items():
-            logging.getLogger(name).setLevel(level)
-        try:
-            with contextlib.redirect_stdout(buffer) if log_file is not None else contextlib.nullcontext():
-                yield
-        finally:
-            for name, level in levels.items():
-                logging.getLogger(name).setLevel(level)
-            sys.argv = saved_argv
-            if log_file is not None:
-                log_file.parent.mkdir(parents=True, exist_ok=True)
-                log_file.write_text(buffer.getvalue())
-
-
 def variants(methods: Sequence[str], fair_weights: Sequence[float]) -> list[tuple[str, str, list[str]]]:
     """``(label, method, method-specific CLI overrides)`` of every run, in order; LoRA first."""
     runs: list[tuple[str, str, list[str]]] = []
@@ -216,7 +177,7 @@ def train_and_collect(
     run_root = root / label.replace(" ", "_").replace("=", "").replace("λ", "w")
     argv = run_arguments(method, args, run_root) + list(extra)
     start = time.perf_counter()
-    with quiet_run(None if args.verbose else run_root / "stdout.log"):
+    with quiet_run(None if args.verbose else run_root / "stdout.log", _NOISY_WARNINGS):
         cli = run_cli(argv)
     trainer, task, data = cli.trainer, cli.model, cli.datamodule
     wall = time.perf_counter() - start
@@ -486,7 +447,7 @@ def run_benchmark(
         "command": "python " + shlex.join([SCRIPT, *argv]),
         "argv": list(argv),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": machine(),
+        "machine": machine(("torch", "torchvision", "timm", "lightning", "peft", "verticals")),
         "settings": {
             "methods": args.methods,
             "fair_weights": args.fair_weights,
@@ -542,32 +503,6 @@ def run_benchmark(
 
 
 # -- environment and report --------------------------------------------------------------------------------
-def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
-    versions = {}
-    for package in ("torch", "torchvision", "timm", "lightning", "peft", "verticals"):
-        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            versions[package] = importlib.metadata.version(package)
-    load = None
-    with contextlib.suppress(OSError, AttributeError):
-        load = round(os.getloadavg()[0], 2)
-    return {
-        "cpu": cpu, "cpu_count": os.cpu_count(), "usable_cores": usable, "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available(),
-        "python": platform.python_version(), "platform": platform.platform(), "versions": versions,
-        "load_average_1min_at_start": load,
-    }  # fmt: skip
-
-
 def fmt(entry: dict[str, float] | None, signed: bool = False) -> str:
     if not entry or entry.get("value") is None or math.isnan(entry["value"]):
         return "n/a"
@@ -727,16 +662,6 @@ def render_markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_reports(results: dict[str, Any], output: Path) -> tuple[str, Path]:
-    """Write the markdown report and the raw JSON beside it; returns the markdown and the JSON path."""
-    markdown = render_markdown(results)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(markdown)
-    json_path = output.with_suffix(".json")
-    json_path.write_text(json.dumps(results, indent=2, default=str) + "\n")
-    return markdown, json_path
-
-
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the benchmark, write the markdown and JSON reports, print the tables; returns the results."""
     argv = list(sys.argv[1:] if argv is None else argv)  # copied first: run_cli rewrites sys.argv
@@ -744,16 +669,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
-    with contextlib.ExitStack() as stack:
-        if args.runs_dir is None:
-            root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="verticals-bench-medical-")))
-        else:
-            root = args.runs_dir
-            root.mkdir(parents=True, exist_ok=True)
+    with runs_root(args.runs_dir, prefix="verticals-bench-medical-") as root:
         results = run_benchmark(
-            args, argv, root, progress=lambda partial: write_reports(partial, args.output)
+            args, argv, root, progress=lambda partial: write_reports(partial, args.output, render_markdown)
         )
-    markdown, json_path = write_reports(results, args.output)
+    markdown, json_path = write_reports(results, args.output, render_markdown)
     print()
     print(markdown)
     print(f"Wrote {args.output} and {json_path}.")

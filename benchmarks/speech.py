@@ -35,7 +35,6 @@ import platform
 import shlex
 import statistics
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Sequence
@@ -44,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _common import runs_root, write_reports
 
 from verticals.core.cli import run_cli
 from verticals.core.report import adapter_size_bytes
@@ -315,7 +315,9 @@ def goal_lines(methods: dict[str, Any], conditions: Sequence[str]) -> list[str]:
         row = methods.get(name)
         if base is None or row is None:
             continue
-        cuts = {c: 1 - row["wer"][c] / base["wer"][c] for c in conditions if c != "clear" and base["wer"].get(c)}
+        cuts = {
+            c: 1 - row["wer"][c] / base["wer"][c] for c in conditions if c != "clear" and base["wer"].get(c)
+        }
         clear = 100 * (row["wer"].get("clear", float("nan")) - base["wer"].get("clear", float("nan")))
         lines.append(
             f"- {name} vs zero-shot: relative WER cut on shifted conditions "
@@ -428,7 +430,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     )
     parser.add_argument("--runs-dir", default=None, help="where the runs go (default: a temporary directory)")
     parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "speech.md"))
-    parser.add_argument("--render", default=None, help="only re-render --output's markdown from this results JSON")
+    parser.add_argument(
+        "--render", default=None, help="only re-render --output's markdown from this results JSON"
+    )
     return parser.parse_args(argv)
 
 
@@ -443,8 +447,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     warnings.filterwarnings("ignore")
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     keep_argv = list(sys.argv)
-    with tempfile.TemporaryDirectory() as scratch:
-        runs = Path(args.runs_dir or scratch)
+    with runs_root(Path(args.runs_dir) if args.runs_dir else None, prefix="verticals-bench-speech-") as runs:
         results: dict[str, Any] = {
             "command": shlex.join(["python", "benchmarks/speech.py", *argv]),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -461,22 +464,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 if method in MERGEABLE:
                     results["merge"][method] = merge_check(cli, args)
                     print(f"{method} merge: {results['merge'][method]}", flush=True)
-                write_results(results, Path(args.output))  # partial results survive an interrupted run
+                write_reports(
+                    results, Path(args.output), render_markdown
+                )  # partial results survive an interrupted run
             if args.throughput_steps > 0:
                 results["throughput"] = compare_throughput(args, runs)
                 print(f"throughput: {results['throughput']}", flush=True)
         finally:
             sys.argv = keep_argv
-    write_results(results, Path(args.output))
+    write_reports(results, Path(args.output), render_markdown)
     print(render_markdown(results))
     return results
-
-
-def write_results(results: dict[str, Any], output: Path) -> None:
-    """The markdown table and the raw numbers (``.json`` beside it)."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(render_markdown(results))
-    output.with_suffix(".json").write_text(json.dumps(results, indent=2, default=str) + "\n")
 
 
 if __name__ == "__main__":

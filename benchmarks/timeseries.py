@@ -27,21 +27,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import importlib.metadata
-import io
 import json
 import logging
 import math
-import os
-import platform
 import shlex
 import statistics
 import sys
-import tempfile
 import time
 import traceback
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -51,6 +46,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
+from _common import machine, quiet_run, runs_root, write_reports
 
 from verticals.core import AdapterSpec, adapt, build_model
 from verticals.core.callbacks import Timing
@@ -174,45 +170,6 @@ def common_arguments(root: Path) -> list[str]:
     ]
 
 
-@contextlib.contextmanager
-def quiet_run(log_file: Path | None) -> Iterator[None]:
-    """Run quietly: the run's stdout (result tables) goes to ``log_file``, Lightning's start-up info and
-    known warnings are dropped. ``log_file=None`` (``--verbose``) leaves all output alone.
-
-    Either way restores ``sys.argv``, which ``run_cli`` rewrites for Lightning's launchers.
-    """
-    saved_argv = list(sys.argv)
-    # Lightning's start-up info; the datamodule's per-run note on val_fraction (the report states the rule).
-    quieter = (
-        {}
-        if log_file is None
-        else {
-            "lightning.pytorch": logging.WARNING,
-            "lightning.fabric": logging.WARNING,
-            "verticals.core.data": logging.ERROR,
-        }
-    )
-    levels = {name: logging.getLogger(name).level for name in quieter}
-    buffer = io.StringIO()
-    with warnings.catch_warnings():
-        if log_file is not None:
-            for pattern in _NOISY_WARNINGS:
-                warnings.filterwarnings("ignore", message=pattern)
-            warnings.filterwarnings("ignore", category=DeprecationWarning)
-        for name, level in quieter.items():
-            logging.getLogger(name).setLevel(level)
-        try:
-            with contextlib.redirect_stdout(buffer) if log_file is not None else contextlib.nullcontext():
-                yield
-        finally:
-            for name, level in levels.items():
-                logging.getLogger(name).setLevel(level)
-            sys.argv = saved_argv
-            if log_file is not None:
-                log_file.parent.mkdir(parents=True, exist_ok=True)
-                log_file.write_text(buffer.getvalue())
-
-
 def find_callback(trainer: L.Trainer, kind: type) -> Any:
     return next((callback for callback in trainer.callbacks if isinstance(callback, kind)), None)
 
@@ -263,7 +220,11 @@ def train_method(
         args += ["--trainer.max_epochs", str(epochs)]
     args += list(extra)
     start = time.perf_counter()
-    with quiet_run(None if verbose else run_root / "stdout.log"):
+    with quiet_run(
+        None if verbose else run_root / "stdout.log",
+        _NOISY_WARNINGS,
+        loggers={"verticals.core.data": logging.ERROR},
+    ):
         cli = run_cli(args)
     wall = time.perf_counter() - start
     trainer, task = cli.trainer, cli.model
@@ -392,7 +353,11 @@ def verticals_fit(
         *common_arguments(root),
         *encoder_arguments(setup["config"], encoder),
     ]
-    with quiet_run(None if verbose else root / "stdout.log"):
+    with quiet_run(
+        None if verbose else root / "stdout.log",
+        _NOISY_WARNINGS,
+        loggers={"verticals.core.data": logging.ERROR},
+    ):
         cli = run_cli(args)
     window = find_callback(cli.trainer, TrainWindow)
     timing = find_callback(cli.trainer, Timing)
@@ -514,34 +479,6 @@ def measure_overhead(
 
 
 # -- environment and report ------------------------------------------------------------------------------
-def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
-    versions = {}
-    for package in ("torch", "lightning", "peft", "transformers", "sktime", "numba", "verticals"):
-        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            versions[package] = importlib.metadata.version(package)
-    return {
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "usable_cores": usable,
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "cuda": torch.cuda.is_available(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "versions": versions,
-    }
-
-
 def _accuracy_cell(values: Sequence[float]) -> str:
     if not values:
         return "—"
@@ -878,7 +815,7 @@ def run_benchmark(
         "command": shlex.join(["python", SCRIPT, *argv]),
         "argv": list(argv),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine(),
+        "machine": machine(("torch", "lightning", "peft", "transformers", "sktime", "numba", "verticals")),
         "settings": {
             "datasets": list(args.datasets),
             "methods": list(args.methods),
@@ -972,32 +909,17 @@ def run_benchmark(
     return results
 
 
-def write_reports(results: dict[str, Any], output: Path) -> tuple[str, Path]:
-    """Write the markdown report and the raw JSON beside it; returns the markdown and the JSON path."""
-    markdown = render_markdown(results)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(markdown)
-    json_path = output.with_suffix(".json")
-    json_path.write_text(json.dumps(results, indent=2, default=str) + "\n")
-    return markdown, json_path
-
-
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the benchmark, write the markdown and JSON reports, print the tables; returns the results."""
     argv = list(sys.argv[1:] if argv is None else argv)  # copied first: run_cli rewrites sys.argv
     args = parse_args(argv)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
-    with contextlib.ExitStack() as stack:
-        if args.runs_dir is None:
-            root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="verticals-bench-ts-")))
-        else:
-            root = args.runs_dir
-            root.mkdir(parents=True, exist_ok=True)
+    with runs_root(args.runs_dir, prefix="verticals-bench-ts-") as root:
         results = run_benchmark(
-            args, argv, root, progress=lambda partial: write_reports(partial, args.output)
+            args, argv, root, progress=lambda partial: write_reports(partial, args.output, render_markdown)
         )
-    markdown, json_path = write_reports(results, args.output)
+    markdown, json_path = write_reports(results, args.output, render_markdown)
     print()
     print(markdown)
     print(f"Wrote {args.output} and {json_path}.")

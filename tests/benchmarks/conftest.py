@@ -18,6 +18,8 @@ BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 def _load_script(name: str) -> Iterator[ModuleType]:
     """The script as a module, registered in ``sys.modules`` while in use (scripts pass their callbacks
     to the CLI by import path)."""
+    if str(BENCHMARKS) not in sys.path:  # scripts import their shared helpers (``_common``) from this folder
+        sys.path.append(str(BENCHMARKS))
     module_name = f"verticals_benchmark_{name}"
     spec = importlib.util.spec_from_file_location(module_name, BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
