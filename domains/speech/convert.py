@@ -106,6 +106,17 @@ def _split_projection(
     return out
 
 
+def _self_attention_and_ffn(model: CT2Model, src: str, dst: str) -> dict[str, torch.Tensor]:
+    """The parts every encoder and decoder layer has: fused-QKV self-attention, the feed-forward block."""
+    sd = _split_projection(model, f"{src}/self_attention/linear_0", f"{dst}.self_attn", ("q", "k", "v"))
+    sd.update(_linear(model, f"{src}/self_attention/linear_1", f"{dst}.self_attn.out_proj"))
+    sd.update(_norm(model, f"{src}/self_attention/layer_norm", f"{dst}.self_attn_layer_norm"))
+    sd.update(_linear(model, f"{src}/ffn/linear_0", f"{dst}.fc1"))
+    sd.update(_linear(model, f"{src}/ffn/linear_1", f"{dst}.fc2"))
+    sd.update(_norm(model, f"{src}/ffn/layer_norm", f"{dst}.final_layer_norm"))
+    return sd
+
+
 def ct2_to_hf_state_dict(model: CT2Model, config: WhisperConfig) -> dict[str, torch.Tensor]:
     """HF parameter name → fp32 tensor for every parameter of ``WhisperForConditionalGeneration``."""
     sd: dict[str, torch.Tensor] = {}
@@ -115,32 +126,17 @@ def ct2_to_hf_state_dict(model: CT2Model, config: WhisperConfig) -> dict[str, to
     sd[f"{enc}.embed_positions.weight"] = model.get("encoder/position_encodings/encodings")
     sd.update(_norm(model, "encoder/layer_norm", f"{enc}.layer_norm"))
     for i in range(config.encoder_layers):
-        src, dst = f"encoder/layer_{i}", f"{enc}.layers.{i}"
-        sd.update(
-            _split_projection(model, f"{src}/self_attention/linear_0", f"{dst}.self_attn", ("q", "k", "v"))
-        )
-        sd.update(_linear(model, f"{src}/self_attention/linear_1", f"{dst}.self_attn.out_proj"))
-        sd.update(_norm(model, f"{src}/self_attention/layer_norm", f"{dst}.self_attn_layer_norm"))
-        sd.update(_linear(model, f"{src}/ffn/linear_0", f"{dst}.fc1"))
-        sd.update(_linear(model, f"{src}/ffn/linear_1", f"{dst}.fc2"))
-        sd.update(_norm(model, f"{src}/ffn/layer_norm", f"{dst}.final_layer_norm"))
+        sd.update(_self_attention_and_ffn(model, f"encoder/layer_{i}", f"{enc}.layers.{i}"))
     sd[f"{dec}.embed_tokens.weight"] = model.get("decoder/embeddings/weight")
     sd[f"{dec}.embed_positions.weight"] = model.get("decoder/position_encodings/encodings")
     sd.update(_norm(model, "decoder/layer_norm", f"{dec}.layer_norm"))
     for i in range(config.decoder_layers):
         src, dst = f"decoder/layer_{i}", f"{dec}.layers.{i}"
-        sd.update(
-            _split_projection(model, f"{src}/self_attention/linear_0", f"{dst}.self_attn", ("q", "k", "v"))
-        )
-        sd.update(_linear(model, f"{src}/self_attention/linear_1", f"{dst}.self_attn.out_proj"))
-        sd.update(_norm(model, f"{src}/self_attention/layer_norm", f"{dst}.self_attn_layer_norm"))
+        sd.update(_self_attention_and_ffn(model, src, dst))
         sd.update(_linear(model, f"{src}/attention/linear_0", f"{dst}.encoder_attn.q_proj"))
         sd.update(_split_projection(model, f"{src}/attention/linear_1", f"{dst}.encoder_attn", ("k", "v")))
         sd.update(_linear(model, f"{src}/attention/linear_2", f"{dst}.encoder_attn.out_proj"))
         sd.update(_norm(model, f"{src}/attention/layer_norm", f"{dst}.encoder_attn_layer_norm"))
-        sd.update(_linear(model, f"{src}/ffn/linear_0", f"{dst}.fc1"))
-        sd.update(_linear(model, f"{src}/ffn/linear_1", f"{dst}.fc2"))
-        sd.update(_norm(model, f"{src}/ffn/layer_norm", f"{dst}.final_layer_norm"))
     projection = model.get("decoder/projection/weight")
     if not torch.equal(projection, sd[f"{dec}.embed_tokens.weight"]):
         raise ValueError(
