@@ -14,7 +14,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import jiwer
 import numpy as np
 import torch
 from peft import PeftModel
@@ -69,6 +68,8 @@ def utterance_errors(reference: str, hypothesis: str) -> tuple[int, int, int, in
         return len(hyp_words), 0, len(hypothesis), 0
     if not hyp_words:
         return len(ref_words), len(ref_words), len(reference), len(reference)
+    import jiwer  # the speech extra's; the core imports without it
+
     words = jiwer.process_words(reference, hypothesis)
     chars = jiwer.process_characters(reference, hypothesis)
     word_errors = words.substitutions + words.deletions + words.insertions
