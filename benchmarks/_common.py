@@ -1,5 +1,5 @@
-"""What every benchmark script shares: the machine record, quiet in-process runs, the report files and the
-runs directory. Not a benchmark itself (the leading underscore); scripts import it from this folder.
+"""What every benchmark script shares: the machine record, quiet in-process runs, the timed training window,
+the report files and the runs directory. Not a benchmark itself (the leading underscore); scripts import it from this folder.
 """
 
 from __future__ import annotations
@@ -13,12 +13,16 @@ import os
 import platform
 import sys
 import tempfile
+import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
+
+from verticals.core.callbacks import batch_size
 
 
 def machine(packages: Sequence[str]) -> dict[str, Any]:
@@ -52,6 +56,17 @@ def machine(packages: Sequence[str]) -> dict[str, Any]:
         "versions": versions,
         "load_average_1min_at_start": load,
     }
+
+
+def machine_line(env: Mapping[str, Any]) -> str:
+    """One readable line of a :func:`machine` record, for the reports' headers."""
+    versions = ", ".join(f"{name} {version}" for name, version in env.get("versions", {}).items())
+    return (
+        f"{env['cpu']}, {env['cpu_count']} cores ({env['usable_cores']} usable), torch {env['torch']} "
+        f"({env['torch_threads']} thread(s)), CUDA {'yes' if env['cuda'] else 'no'}, Python {env['python']}, "
+        f"{env['platform']}{'; ' + versions if versions else ''}; "
+        f"1-min load average at start {env.get('load_average_1min_at_start')}"
+    )
 
 
 @contextlib.contextmanager
@@ -112,3 +127,82 @@ def runs_root(runs_dir: Path | None, prefix: str) -> Iterator[Path]:
         return
     with tempfile.TemporaryDirectory(prefix=prefix) as scratch:
         yield Path(scratch)
+
+
+class TrainWindow(L.Callback):
+    """Wall time of Lightning's training window (``on_train_start`` → ``on_train_end``), its samples and
+    the end time of every step.
+
+    ``elapsed`` is the whole window; ``seconds`` leaves out the time spent in ``trainer.save_checkpoint``
+    inside it. ``steady_samples_per_second`` counts from the end of the first step to the end of the last
+    (no warm-up step, no end-of-epoch work), the window a steady-state throughput comparison needs.
+    Added to runs with ``--trainer.callbacks+=``, so they are otherwise unchanged. Unlike
+    ``verticals.core.callbacks.Timing`` it keeps no checkpoint state, so ``verticals run`` restoring the
+    best checkpoint for testing does not reset it.
+    """
+
+    def __init__(self) -> None:
+        self.elapsed = 0.0
+        self.seconds = 0.0
+        self.checkpoint_seconds = 0.0
+        self.checkpoint_saves = 0
+        self.samples = 0
+        self.step_ends: list[float] = []
+        self.step_samples: list[int] = []
+        self._start = 0.0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        original = trainer.save_checkpoint
+
+        def timed_save(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.checkpoint_seconds += time.perf_counter() - start
+                self.checkpoint_saves += 1
+
+        trainer.save_checkpoint = timed_save  # instance attribute: shadows the method during the window only
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        size = batch_size(batch)
+        self.samples += size
+        self.step_samples.append(size)
+        self.step_ends.append(time.perf_counter())
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.elapsed = time.perf_counter() - self._start
+        with contextlib.suppress(AttributeError):
+            del trainer.save_checkpoint
+        self.seconds = self.elapsed - self.checkpoint_seconds
+
+    @property
+    def steady_samples_per_second(self) -> float:
+        return steady_throughput(self.step_ends, self.step_samples)
+
+
+def steady_throughput(step_ends: Sequence[float], step_samples: Sequence[int]) -> float:
+    """Samples per second from the end of the first step to the end of the last (the first, warm-up step
+    and whatever runs before it are left out); NaN with fewer than two steps."""
+    if len(step_ends) < 2:
+        return float("nan")
+    return sum(step_samples[1:]) / (step_ends[-1] - step_ends[0])
+
+
+def find_callback(trainer: L.Trainer, kind: type) -> Any:
+    """The trainer's first callback of type ``kind``, or None."""
+    return next((callback for callback in trainer.callbacks if isinstance(callback, kind)), None)
+
+
+def callback_class_path(kind: type) -> str:
+    """Import path of a callback class, for ``--trainer.callbacks`` (works as a script or a module)."""
+    module = sys.modules.get(kind.__module__)
+    if module is None or getattr(module, kind.__name__, None) is not kind:
+        raise RuntimeError(
+            f"{kind.__name__} must be importable as {kind.__module__}.{kind.__name__} to pass it to the CLI; "
+            "import its file as a registered module (sys.modules) or run it as a script."
+        )
+    return f"{kind.__module__}.{kind.__qualname__}"

@@ -41,12 +41,20 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
-from _common import machine, quiet_run, runs_root, write_reports
+from _common import (
+    TrainWindow,
+    callback_class_path,
+    find_callback,
+    machine,
+    machine_line,
+    quiet_run,
+    runs_root,
+    write_reports,
+)
 
 from verticals.core import AdapterSpec, adapt, build_model
 from verticals.core.callbacks import Timing
@@ -92,50 +100,6 @@ _NOISY_WARNINGS = (
 )
 
 
-# -- the timed window inside `verticals fit` ------------------------------------------------------------
-class TrainWindow(L.Callback):
-    """Wall time of Lightning's training window (``on_train_start`` → ``on_train_end``) and its samples.
-
-    ``elapsed`` is the whole window; ``seconds`` leaves out the time spent in ``trainer.save_checkpoint``
-    inside it. Added to the runs with ``--trainer.callbacks+=``, so they are otherwise unchanged. Unlike
-    ``verticals.core.callbacks.Timing`` it keeps no checkpoint state, so ``verticals run`` restoring the
-    best checkpoint for testing does not reset it.
-    """
-
-    def __init__(self) -> None:
-        self.elapsed = 0.0
-        self.seconds = 0.0
-        self.checkpoint_seconds = 0.0
-        self.checkpoint_saves = 0
-        self.samples = 0
-        self._start = 0.0
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        original = trainer.save_checkpoint
-
-        def timed_save(*args: Any, **kwargs: Any) -> Any:
-            start = time.perf_counter()
-            try:
-                return original(*args, **kwargs)
-            finally:
-                self.checkpoint_seconds += time.perf_counter() - start
-                self.checkpoint_saves += 1
-
-        trainer.save_checkpoint = timed_save  # instance attribute: shadows the method during the window only
-        self._start = time.perf_counter()
-
-    def on_train_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        self.samples += len(batch["x"])
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.elapsed = time.perf_counter() - self._start
-        with contextlib.suppress(AttributeError):
-            del trainer.save_checkpoint
-        self.seconds = self.elapsed - self.checkpoint_seconds
-
-
 # -- helpers ---------------------------------------------------------------------------------------------
 def load_config(name: str) -> dict[str, Any]:
     """The parsed YAML of a packaged config (``timeseries/gunpoint_lora``)."""
@@ -168,21 +132,6 @@ def common_arguments(root: Path) -> list[str]:
         "--trainer.enable_model_summary",
         "false",
     ]
-
-
-def find_callback(trainer: L.Trainer, kind: type) -> Any:
-    return next((callback for callback in trainer.callbacks if isinstance(callback, kind)), None)
-
-
-def callback_class_path(kind: type) -> str:
-    """Import path of a callback defined here, for ``--trainer.callbacks`` (works as a script or a module)."""
-    module = sys.modules.get(kind.__module__)
-    if module is None or getattr(module, kind.__name__, None) is not kind:
-        raise RuntimeError(
-            f"{kind.__name__} must be importable as {kind.__module__}.{kind.__name__} to pass it to the CLI; "
-            "import this file as a registered module (sys.modules) or run it as a script."
-        )
-    return f"{kind.__module__}.{kind.__qualname__}"
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -654,10 +603,7 @@ def render_markdown(results: dict[str, Any]) -> str:
             else ["- **partial**: written while the benchmark was running; later runs are missing."]
         ),
         f"- date: {results['date']}",
-        f"- machine: {env['cpu']}, {env['cpu_count']} cores ({env['usable_cores']} usable), "
-        f"torch {env['torch']} "
-        f"({env['torch_threads']} threads{', CUDA' if env['cuda'] else ', CPU'}), Python {env['python']}, "
-        f"{env['platform']}",
+        f"- machine: {machine_line(env)}",
         f"- encoder: `{settings['encoder'] or 'minilm (from the configs)'}`; epochs: {epochs}; "
         f"seeds: {', '.join(map(str, settings['seeds']))}",
         "- runs: `verticals run timeseries/gunpoint_<method> --data.init_args.dataset <dataset>`; "

@@ -40,7 +40,7 @@ from verticals.domains.speech.audio import (
     prepare_waveform,
     read_audio,
 )
-from verticals.domains.speech.conditions import CONDITIONS, render
+from verticals.domains.speech.conditions import CONDITIONS, Condition, render
 from verticals.domains.speech.models import cache_root, whisper_tokenizer, window_feature_extractor
 from verticals.domains.speech.synthesis import espeak_version
 from verticals.domains.speech.text import sentences
@@ -278,11 +278,13 @@ class SyntheticSpeechDataModule(SpeechDataModule):
 
     Each split has its own sentences (``text.sentences`` with a split-specific seed); within a split
     every condition speaks the same sentences, so per-condition WERs are paired comparisons.
+    ``conditions`` are names of the packaged ones or your own ``Condition`` objects (another voice, room
+    or noise level); the audio cache is keyed on everything that changes the sound.
     """
 
     def __init__(
         self,
-        conditions: Sequence[str] = ("clear", "child", "accented", "noisy"),
+        conditions: Sequence[str | Condition] = ("clear", "child", "accented", "noisy"),
         utterances_per_condition: int = 100,
         val_utterances_per_condition: int = 20,
         test_utterances_per_condition: int = 50,
@@ -301,25 +303,28 @@ class SyntheticSpeechDataModule(SpeechDataModule):
             seed=seed,
             num_workers=num_workers,
         )
-        conditions = list(conditions)
-        unknown = [c for c in conditions if c not in CONDITIONS]
-        if unknown or not conditions or len(set(conditions)) != len(conditions):
+        unknown = [c for c in conditions if not isinstance(c, Condition) and c not in CONDITIONS]
+        resolved = [c if isinstance(c, Condition) else CONDITIONS[c] for c in conditions if c not in unknown]
+        names = [c.name for c in resolved]
+        if unknown or not names or len(set(names)) != len(names):
             raise ValueError(
-                f"`conditions` must be distinct names from {sorted(CONDITIONS)}, got {conditions}."
+                f"`conditions` must be distinct names from {sorted(CONDITIONS)} or `Condition`s with distinct "
+                f"names, got {list(conditions)}."
             )
         counts = (utterances_per_condition, val_utterances_per_condition, test_utterances_per_condition)
         if min(counts) < 1:
             raise ValueError(f"Utterances per condition must be >= 1 for train/val/test, got {counts}.")
-        self.conditions = conditions
+        self.conditions = names
+        self._condition_specs = dict(zip(names, resolved))
         self.counts = dict(zip(SPLITS, counts))
-        self.group_names = {"condition": list(conditions)}
+        self.group_names = {"condition": names}
 
     def _sources(self, split: str) -> list[UtteranceSource]:
         texts = sentences(self.counts[split], seed=self.seed * 3 + SPLITS.index(split))
         version = espeak_version()
         out = []
         for name in self.conditions:
-            condition = CONDITIONS[name]
+            condition = self._condition_specs[name]
             for index, text in enumerate(texts):
                 key = f"synthetic/{version}/{condition.key()}/{self.seed}/{split}/{index}/{text}"
 

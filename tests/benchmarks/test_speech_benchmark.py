@@ -43,7 +43,7 @@ def test_tiny_run_writes_markdown_and_json(benchmark, tmp_path: Path, monkeypatc
         "--timing-repeats",
         "1",
         "--throughput-steps",
-        "1",
+        "2",
         "--throughput-repeats",
         "1",
         "--cache-dir",
@@ -63,8 +63,12 @@ def test_tiny_run_writes_markdown_and_json(benchmark, tmp_path: Path, monkeypatc
     )
     merge = saved["merge"]["s2lora"]
     assert merge["equal_transcripts"] == merge["utterances"] == 2  # one test batch of two
-    assert saved["throughput"]["verticals"]["steps"] == saved["throughput"]["seq2seq_trainer"]["steps"] == 1
-    assert results["throughput"]["ratio"] > 0
+    throughput = saved["throughput"]
+    assert throughput["verticals"]["steps"] == throughput["seq2seq_trainer"]["steps"] == 2
+    assert throughput["verticals"]["utterances"] == throughput["seq2seq_trainer"]["utterances"] == 4
+    for route in ("verticals", "seq2seq_trainer"):  # steady state: step 2 only, so below the whole window
+        assert 0 < throughput[route]["steady_utterances_per_s"] < float("inf")
+    assert results["throughput"]["ratio"] > 0 and results["throughput"]["ratio_whole_window"] > 0
     benchmark.main(["--render", str(output.with_suffix(".json")), "--output", str(tmp_path / "again.md")])
     assert (tmp_path / "again.md").read_text() == output.read_text()
     text = output.read_text()

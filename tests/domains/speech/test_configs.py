@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from verticals.core.cli import packaged_configs, run_cli
@@ -93,3 +94,38 @@ def test_every_speech_config_runs_fit_and_test(tmp_path, cache_dir, name):
         assert cli.model.adapter_spec.options["total_step"] >= 1
     if name.endswith("zero_shot"):
         assert cli.trainer.global_step == 0
+
+
+def _trainable_on_tiny_en_shapes(name: str) -> int:
+    """Trainable parameters of a packaged config's adapter on a randomly initialised tiny.en-shaped Whisper."""
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    from verticals.core import AdapterSpec, adapt
+
+    torch.manual_seed(0)
+    shapes = WhisperConfig(
+        vocab_size=51864,
+        num_mel_bins=80,
+        d_model=384,
+        encoder_layers=4,
+        decoder_layers=4,
+        encoder_attention_heads=6,
+        decoder_attention_heads=6,
+        encoder_ffn_dim=1536,
+        decoder_ffn_dim=1536,
+        max_source_positions=500,
+    )
+    adapter = yaml.safe_load(packaged_configs()[name].read_text())["model"]["init_args"]["adapter"]
+    model = adapt(WhisperForConditionalGeneration(shapes), AdapterSpec(**adapter))
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def test_s2lora_config_stays_within_a_quarter_of_lora_qv_parameters():
+    """The issue's budget: S2-LoRA at most 1/4 of LoRA q/v's trainable parameters (tiny.en's shapes)."""
+    s2lora, lora = _trainable_on_tiny_en_shapes("speech/whisper_s2lora"), _trainable_on_tiny_en_shapes(
+        "speech/whisper_lora_qv"
+    )
+    assert lora == 147_456  # r=8 on q and v of 24 attention blocks: 24 * 8 * (384 + 384)
+    # one shared pair per shape (384x384, fc1 1536x384, fc2 384x1536) + 7 coefficients per adapted linear
+    assert s2lora == 7 * (384 + 384) + 2 * 7 * (384 + 1536) + 64 * 7
+    assert s2lora <= lora / 4

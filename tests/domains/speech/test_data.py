@@ -72,6 +72,20 @@ def test_synthetic_features_are_cached_and_reused(tmp_path, monkeypatch):
     assert torch.allclose(expanded[:, :100], features[:, :100], atol=1e-3)  # the same speech at its start
 
 
+def test_synthetic_accepts_user_defined_conditions(tmp_path):
+    from verticals.domains.speech.conditions import Condition
+    from verticals.domains.speech.synthesis import Voice
+
+    slow = Condition("slow", (Voice("en-us+m3", rate=110),), pitch_jitter=0, rate_jitter=0)
+    datamodule = _synthetic(tmp_path, conditions=["clear", slow])
+    assert datamodule.group_names == {"condition": ["clear", "slow"]}
+    clear, slow_item = datamodule.dataset("test")
+    assert clear.text == slow_item.text and slow_item.group == 1
+    assert clear.features.shape != slow_item.features.shape or not torch.equal(clear.features, slow_item.features)  # another voice, other audio
+    with pytest.raises(ValueError, match="distinct names"):
+        _synthetic(tmp_path, conditions=["clear", Condition("clear", (Voice("en-us+m5"),))])
+
+
 def test_synthetic_rejects_unknown_conditions(tmp_path):
     with pytest.raises(ValueError, match="conditions"):
         _synthetic(tmp_path, conditions=["clear", "martian"])

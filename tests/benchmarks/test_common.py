@@ -1,0 +1,59 @@
+"""The helpers every benchmark script shares (``benchmarks/_common.py``): the timed window and throughput."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+
+@pytest.fixture(scope="module")
+def common(load_script):
+    with load_script("_common") as module:
+        yield module
+
+
+def test_steady_throughput_leaves_out_the_first_step(common):
+    # steps end at 10 s (warm-up), 11 s, 13 s: 2 later steps of 4 and 2 samples in 3 s
+    assert common.steady_throughput([10.0, 11.0, 13.0], [8, 4, 2]) == pytest.approx(6 / 3)
+    assert math.isnan(common.steady_throughput([10.0], [8]))
+
+
+class _Regression(L.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(3, 1)
+
+    def training_step(self, batch, batch_idx):
+        return torch.nn.functional.mse_loss(self.layer(batch["x"]), batch["y"])
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_train_window_counts_samples_steps_and_checkpoint_time(common, tmp_path):
+    data = [{"x": torch.randn(3), "y": torch.randn(1)} for _ in range(10)]
+    window = common.TrainWindow()
+    trainer = L.Trainer(
+        max_epochs=2,
+        default_root_dir=tmp_path,
+        callbacks=[window],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(_Regression(), DataLoader(data, batch_size=4))
+    assert window.samples == 20 and window.step_samples == [4, 4, 2, 4, 4, 2]
+    assert window.checkpoint_saves >= 1 and 0 < window.seconds <= window.elapsed
+    assert window.steady_samples_per_second > 0
+    assert common.find_callback(trainer, common.TrainWindow) is window
+    assert "save_checkpoint" not in vars(trainer)  # the timed wrapper is removed after the window
+    assert common.callback_class_path(common.TrainWindow).endswith("TrainWindow")
+
+
+def test_machine_line_reads_the_machine_record(common):
+    line = common.machine_line(common.machine(["torch"]))
+    assert "cores" in line and "torch" in line and "load average" in line
