@@ -25,12 +25,28 @@ def fingerprint(module: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def trainable_state(
-    state_dict: Mapping[str, torch.Tensor], trainable_names: Iterable[str]
-) -> dict[str, torch.Tensor]:
-    """The entries of ``state_dict`` that belong to trainable parameters."""
-    keep = set(trainable_names)
+def trainable_state(state_dict: Mapping[str, torch.Tensor], names: Iterable[str]) -> dict[str, torch.Tensor]:
+    """The entries of ``state_dict`` named in ``names``: what training changed (trainable parameters and
+    running statistics), not the frozen backbone."""
+    keep = set(names)
     return {name: tensor for name, tensor in state_dict.items() if name in keep}
+
+
+def statistics_buffer_names(module: nn.Module) -> list[str]:
+    """Names (in ``module.state_dict()``) of the running statistics that training updates without a gradient:
+    BatchNorm / InstanceNorm ``running_mean``, ``running_var`` and ``num_batches_tracked``.
+
+    They are not trainable parameters, but a checkpoint without them restores a fully trained (or
+    un-frozen BatchNorm) model with the wrong statistics: the last epoch's instead of the checkpoint's,
+    or the initial ones when resuming. They are small (two vectors per norm layer).
+    """
+    names = []
+    for prefix, child in module.named_modules():
+        if isinstance(child, nn.modules.batchnorm._NormBase) and child.track_running_stats:
+            for buffer_name, buffer in child.named_buffers(recurse=False):
+                if buffer is not None:
+                    names.append(f"{prefix}.{buffer_name}" if prefix else buffer_name)
+    return names
 
 
 def check_backbone(

@@ -19,7 +19,7 @@ from torchmetrics import MetricCollection
 
 from verticals.core.adapters.api import AdapterSpec, adapt
 from verticals.core.adapters.summary import ParameterSummary, parameter_summary
-from verticals.core.checkpoint import check_backbone, fingerprint, trainable_state
+from verticals.core.checkpoint import check_backbone, fingerprint, statistics_buffer_names, trainable_state
 from verticals.core.registry import build_model
 
 
@@ -207,8 +207,12 @@ class AdapterTask(L.LightningModule):
     def trainable_names(self) -> list[str]:
         return [name for name, parameter in self.named_parameters() if parameter.requires_grad]
 
+    def checkpoint_names(self) -> list[str]:
+        """What a checkpoint keeps: the trainable parameters and the norm layers' running statistics."""
+        return [*self.trainable_names(), *statistics_buffer_names(self)]
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["state_dict"] = trainable_state(checkpoint["state_dict"], self.trainable_names())
+        checkpoint["state_dict"] = trainable_state(checkpoint["state_dict"], self.checkpoint_names())
         checkpoint["verticals"] = {
             "backbone": dict(self.backbone_reference),
             "trainable": self.trainable_names(),

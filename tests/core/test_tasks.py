@@ -179,3 +179,24 @@ def test_registry():
         build_model("nope")
     with pytest.raises(KeyError, match="already registered"):
         register_model(name="timeseries.patch_transformer", builder=lambda **_: None)
+
+
+def test_checkpoint_keeps_batchnorm_statistics_of_a_full_fine_tune(tmp_path):
+    """Running statistics change without gradients: a checkpoint without them would restore the wrong ones."""
+    from torch import nn
+
+    def network() -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv1d(1, 4, 5), nn.BatchNorm1d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 146, 2))
+
+    task = ClassificationTask(model=network(), adapter={"method": "full"}, num_classes=2)
+    _trainer(tmp_path, limit_val_batches=0).fit(task, UCRDataModule("GunPoint", batch_size=8))
+    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    statistics = {name for name in checkpoint["state_dict"] if "running_" in name or "num_batches" in name}
+    assert len(statistics) == 3 and set(checkpoint["state_dict"]) == set(task.trainable_names()) | statistics
+    fresh = ClassificationTask(model=network(), adapter={"method": "full"}, num_classes=2)
+    fresh.on_load_checkpoint(checkpoint)
+    fresh.load_state_dict(checkpoint["state_dict"], strict=False)
+    trained_mean = next(v for k, v in task.state_dict().items() if k.endswith("running_mean"))
+    restored_mean = next(v for k, v in fresh.state_dict().items() if k.endswith("running_mean"))
+    assert not torch.equal(restored_mean, torch.zeros(4)) and torch.equal(restored_mean, trained_mean)
