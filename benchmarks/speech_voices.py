@@ -31,8 +31,7 @@ from typing import Any
 from _common import machine, machine_line, write_reports
 
 from verticals.domains.speech.conditions import CONDITIONS, Condition
-from verticals.domains.speech.data import SyntheticSpeechDataModule
-from verticals.domains.speech.evaluate import zero_shot_scores
+from verticals.domains.speech.evaluate import evaluation_set, zero_shot_scores
 from verticals.domains.speech.models import load_whisper
 from verticals.domains.speech.synthesis import Voice
 
@@ -78,15 +77,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     for name in args.voices:
         for rate in args.rates:
             condition = voice_condition(name, rate)
-            data = SyntheticSpeechDataModule(
-                conditions=[condition],
-                utterances_per_condition=1,
-                val_utterances_per_condition=1,
-                test_utterances_per_condition=args.sentences,
-                seed=args.seed,
-                max_source_positions=args.max_source_positions,
-                batch_size=args.batch_size,
-                cache_dir=args.cache_dir,
+            data = evaluation_set(
+                [condition], args.sentences, args.seed, args.max_source_positions, args.batch_size, args.cache_dir
             )
             start = time.perf_counter()
             (score,) = zero_shot_scores(model, processor.tokenizer, data)

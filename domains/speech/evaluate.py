@@ -11,12 +11,14 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from verticals.core.tasks.seq2seq import utterance_errors
+from verticals.domains.speech.conditions import Condition
 from verticals.domains.speech.data import SyntheticSpeechDataModule
 from verticals.domains.speech.models import load_whisper
 from verticals.domains.speech.text import normalize_transcript
@@ -30,6 +32,28 @@ class ConditionScore:
     utterances: int
     wer: float
     cer: float
+
+
+def evaluation_set(
+    conditions: Sequence[str | Condition],
+    utterances: int,
+    seed: int = 0,
+    max_source_positions: int | None = None,
+    batch_size: int = 16,
+    cache_dir: str | None = None,
+) -> SyntheticSpeechDataModule:
+    """The generated set with only a test split worth the name: ``utterances`` per condition (train and
+    validation get one each, unused), for zero-shot scoring."""
+    return SyntheticSpeechDataModule(
+        conditions=conditions,
+        utterances_per_condition=1,
+        val_utterances_per_condition=1,
+        test_utterances_per_condition=utterances,
+        seed=seed,
+        batch_size=batch_size,
+        max_source_positions=max_source_positions,
+        cache_dir=cache_dir,
+    )
 
 
 def transcribe_split(
@@ -125,14 +149,8 @@ def main(argv: list[str] | None = None) -> None:
     model, processor = load_whisper(
         args.model, max_source_positions=args.max_source_positions, max_new_tokens=args.max_new_tokens
     )
-    datamodule = SyntheticSpeechDataModule(
-        conditions=args.conditions,
-        utterances_per_condition=1,
-        val_utterances_per_condition=1,
-        test_utterances_per_condition=args.utterances,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        max_source_positions=args.max_source_positions,
+    datamodule = evaluation_set(
+        args.conditions, args.utterances, args.seed, args.max_source_positions, args.batch_size
     )
     start = time.perf_counter()
     datamodule.dataset("test")

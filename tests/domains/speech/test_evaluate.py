@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from verticals.domains.speech.data import SyntheticSpeechDataModule
-from verticals.domains.speech.evaluate import main, score_groups, transcribe_split, zero_shot_scores
+from verticals.domains.speech.evaluate import (
+    evaluation_set,
+    main,
+    score_groups,
+    transcribe_split,
+    zero_shot_scores,
+)
 from verticals.domains.speech.models import load_whisper
 
 
@@ -23,14 +28,8 @@ def test_score_groups_is_corpus_wer_after_normalisation():
 
 def test_transcripts_and_scores_come_in_group_order(tmp_path):
     model, processor = load_whisper("tiny-random", max_source_positions=300, max_new_tokens=2)
-    datamodule = SyntheticSpeechDataModule(
-        conditions=["noisy", "clear"],
-        utterances_per_condition=1,
-        val_utterances_per_condition=1,
-        test_utterances_per_condition=1,
-        cache_dir=str(tmp_path),
-        max_source_positions=300,
-    )
+    datamodule = evaluation_set(["noisy", "clear"], 1, max_source_positions=300, cache_dir=str(tmp_path))
+    assert datamodule.counts == {"train": 1, "val": 1, "test": 1}
     hypotheses, references, groups = transcribe_split(model, processor.tokenizer, datamodule)
     assert groups == [0, 1] and references[0] == references[1] and len(hypotheses) == 2
     scores = zero_shot_scores(model, processor.tokenizer, datamodule)
