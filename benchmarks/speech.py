@@ -43,6 +43,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from _common import (
     TrainWindow,
@@ -56,6 +57,7 @@ from _common import (
 )
 
 from verticals.core.cli import run_cli
+from verticals.core.metrics import bootstrap_indices, percentile_interval
 from verticals.core.report import adapter_size_bytes
 
 METHODS = ("zero_shot", "lora_qv", "lora_all_linear", "s2lora", "adalora", "bitfit")
@@ -122,7 +124,60 @@ def run_method(method: str, args: argparse.Namespace, runs: Path) -> tuple[dict[
         "adapter_bytes": adapter_size_bytes(directory / "adapter") if method != "zero_shot" else 0,
         "fit_seconds": timing.fit_seconds if timing else None,
         "wall_seconds": wall,
+        "utterances": utterance_counts(task),
     }, cli
+
+
+def utterance_counts(task: Any) -> dict[str, list[Any]] | None:
+    """The test set's per-utterance word errors and reference words with each utterance's condition, in
+    test-loader order (the same order for every method: paired comparisons)."""
+    counts = getattr(task, "test_counts", None)
+    if counts is None:
+        return None
+    names = task.hparams.get("group_names") or ["all"]
+    return {
+        "condition": [names[int(code)] for code in counts["groups"]],
+        "word_errors": [int(v) for v in counts["word_errors"]],
+        "words": [int(v) for v in counts["words"]],
+    }
+
+
+def shifted_wer_of_counts(errors: np.ndarray, words: np.ndarray, conditions: np.ndarray) -> float:
+    """Mean over the shifted (non-clear) conditions of each condition's pooled WER."""
+    rates = [
+        errors[conditions == c].sum() / words[conditions == c].sum() for c in np.unique(conditions) if c != "clear"
+    ]
+    return float(np.mean(rates)) if rates else float("nan")
+
+
+def paired_ratio(
+    numerator: dict[str, list[Any]], denominator: dict[str, list[Any]], n_bootstrap: int, seed: int = 0
+) -> dict[str, float]:
+    """Shifted-condition WER of one method over another's on the same test utterances, with a paired
+    bootstrap CI (utterances resampled within condition, the same draw for both methods)."""
+    if numerator["condition"] != denominator["condition"] or numerator["words"] != denominator["words"]:
+        raise ValueError("The two runs did not score the same test utterances in the same order; cannot pair them.")
+    conditions = np.asarray(numerator["condition"])
+    words = np.asarray(numerator["words"])
+    top, bottom = np.asarray(numerator["word_errors"]), np.asarray(denominator["word_errors"])
+    value = shifted_wer_of_counts(top, words, conditions) / shifted_wer_of_counts(bottom, words, conditions)
+    draws = [
+        shifted_wer_of_counts(top[i], words[i], conditions[i]) / shifted_wer_of_counts(bottom[i], words[i], conditions[i])
+        for i in bootstrap_indices(len(words), max(n_bootstrap, 1), seed=seed, strata=conditions)
+    ]
+    low, high = percentile_interval(np.asarray(draws))
+    return {"ratio": value, "low": low, "high": high}
+
+
+def paired_comparisons(methods: dict[str, Any], n_bootstrap: int) -> dict[str, Any]:
+    """S2-LoRA over each LoRA on the shifted conditions (the issue's 'within 10%' target), paired."""
+    out = {}
+    s2 = methods.get("s2lora", {}).get("utterances")
+    for name in ("lora_qv", "lora_all_linear"):
+        other = methods.get(name, {}).get("utterances")
+        if s2 and other:
+            out[f"s2lora_over_{name}"] = paired_ratio(s2, other, n_bootstrap)
+    return out
 
 
 def test_batches(cli: Any, limit: int) -> list[torch.Tensor]:
@@ -333,7 +388,9 @@ def shifted_wer(row: dict[str, Any], conditions: Sequence[str]) -> float:
     return sum(shifted) / len(shifted) if shifted else float("nan")
 
 
-def goal_lines(methods: dict[str, Any], conditions: Sequence[str]) -> list[str]:
+def goal_lines(
+    methods: dict[str, Any], conditions: Sequence[str], paired: dict[str, Any] | None = None
+) -> list[str]:
     """The issue's targets, computed from the table: LoRA vs zero-shot, S2-LoRA vs LoRA."""
     base = methods.get("zero_shot")
     lines = ["", "## Against the issue's targets", ""]
@@ -356,10 +413,14 @@ def goal_lines(methods: dict[str, Any], conditions: Sequence[str]) -> list[str]:
         if s2 is None or row is None:
             continue
         ratio = shifted_wer(s2, conditions) / shifted_wer(row, conditions)
+        ci = (paired or {}).get(f"s2lora_over_{name}")
+        interval = (
+            f", paired bootstrap 95% CI of the ratio [{ci['low']:.3f}, {ci['high']:.3f}]" if ci else ""
+        )
         lines.append(
             f"- s2lora vs {name}: shifted-condition mean WER {shifted_wer(s2, conditions):.3f} vs "
-            f"{shifted_wer(row, conditions):.3f} ({100 * (ratio - 1):+.1f}% relative; target within +10%) with "
-            f"{s2['trainable']:,} vs {row['trainable']:,} trainable parameters "
+            f"{shifted_wer(row, conditions):.3f} (ratio {ratio:.3f}, {100 * (ratio - 1):+.1f}% relative{interval}; "
+            f"target within +10%) with {s2['trainable']:,} vs {row['trainable']:,} trainable parameters "
             f"({s2['trainable'] / row['trainable']:.3f}x; target <= 0.25x)."
         )
     return lines if len(lines) > 3 else []
@@ -404,7 +465,7 @@ def render_markdown(results: dict[str, Any]) -> str:
             + f" | {summary.get('worst_group')} {summary.get('worst', float('nan')):.3f} | {summary.get('gap', float('nan')):.3f}"
             + f" | {trainable_cell(name, row)} | {row['adapter_bytes']:,} | {fit if fit is None else round(fit, 1)} |"
         )
-    lines += goal_lines(methods, conditions)
+    lines += goal_lines(methods, conditions, results.get("paired"))
     if results.get("merge"):
         lines += [
             "",
@@ -509,6 +570,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 write_reports(
                     results, Path(args.output), render_markdown
                 )  # partial results survive an interrupted run
+            results["paired"] = paired_comparisons(results["methods"], args.bootstrap)
             if args.throughput_steps > 0:
                 results["throughput"] = compare_throughput(args, runs)
                 print(f"throughput: {results['throughput']}", flush=True)

@@ -235,6 +235,7 @@ class Seq2SeqTask(AdapterTask):
             kwargs["monitor"], kwargs["monitor_mode"] = "val_loss", "min"
         self.tokenizer: Any = None
         self.group_report: dict[str, Any] | None = None
+        self.test_counts: dict[str, np.ndarray] | None = None
         super().__init__(*args, **kwargs)
 
     # -- model ---------------------------------------------------------------------------
@@ -354,6 +355,7 @@ class Seq2SeqTask(AdapterTask):
     def on_test_epoch_end(self) -> None:
         counts = self._log_error_rates("test")
         names = self.hparams.get("group_names") or ["all"]
+        self.test_counts = counts
         if counts is not None and len(counts["words"]):
             self.group_report = group_wer_report(
                 counts, names, n_bootstrap=self.hparams["n_bootstrap"], confidence=self.hparams["ci_confidence"]
@@ -393,6 +395,15 @@ class Seq2SeqTask(AdapterTask):
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "wer_by_group.json").write_text(json.dumps(self.group_report, indent=2, default=float) + "\n")
         (directory / "wer_by_group.md").write_text(group_report_markdown(self.group_report))
+        if self.test_counts is not None:  # per utterance, in test-loader order: paired comparisons between runs
+            names = self.hparams.get("group_names") or ["all"]
+            rows = ["utterance,group,word_errors,words,char_errors,chars"]
+            for index, (code, *values) in enumerate(
+                zip(*(self.test_counts[k] for k in ("groups", "word_errors", "words", "char_errors", "chars")))
+            ):
+                group = names[int(code)] if int(code) < len(names) else str(int(code))
+                rows.append(",".join([str(index), group, *(str(int(v)) for v in values)]))
+            (directory / "test_utterance_errors.csv").write_text("\n".join(rows) + "\n")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[str]:
         return self.transcribe(batch["input_features"])

@@ -56,6 +56,8 @@ def test_tiny_run_writes_markdown_and_json(benchmark, tmp_path: Path, monkeypatc
     results = benchmark.main(argv)
     saved = json.loads(output.with_suffix(".json").read_text())
     assert saved["methods"].keys() == {"zero_shot", "s2lora"}
+    per_utterance = saved["methods"]["s2lora"]["utterances"]
+    assert per_utterance["condition"] == ["clear", "child", "accented", "noisy"] and len(per_utterance["words"]) == 4
     assert set(saved["methods"]["s2lora"]["wer"]) == {"clear", "child", "accented", "noisy"}
     assert (
         saved["methods"]["s2lora"]["adapter_bytes"] > 0
@@ -73,3 +75,20 @@ def test_tiny_run_writes_markdown_and_json(benchmark, tmp_path: Path, monkeypatc
     assert (tmp_path / "again.md").read_text() == output.read_text()
     text = output.read_text()
     assert "python benchmarks/speech.py" in text and "| s2lora |" in text and "Seq2SeqTrainer" in text
+
+
+def test_paired_ratio_of_shifted_wer_with_a_bootstrap_ci(benchmark) -> None:
+    conditions = ["clear"] * 3 + ["child"] * 3 + ["noisy"] * 3
+    words = [5] * 9
+    lora = {"condition": conditions, "words": words, "word_errors": [0, 1, 0, 2, 2, 2, 1, 1, 1]}
+    half = {"condition": conditions, "words": words, "word_errors": [0, 0, 0, 1, 1, 1, 0, 1, 0]}
+    result = benchmark.paired_ratio(half, lora, n_bootstrap=200)
+    # shifted WER: lora (6/15 + 3/15) / 2 = 0.3, half (3/15 + 1/15) / 2 = 2/15
+    assert result["ratio"] == pytest.approx((2 / 15) / 0.3)
+    assert result["low"] <= result["ratio"] <= result["high"]
+    same = benchmark.paired_ratio(lora, lora, n_bootstrap=50)
+    assert same == {"ratio": 1.0, "low": 1.0, "high": 1.0}  # paired: the same draw for both sides
+    with pytest.raises(ValueError, match="same test utterances"):
+        benchmark.paired_ratio(half, {**lora, "words": [4] * 9}, n_bootstrap=10)
+    methods = {"s2lora": {"utterances": half}, "lora_qv": {"utterances": lora}, "zero_shot": {"utterances": None}}
+    assert set(benchmark.paired_comparisons(methods, 20)) == {"s2lora_over_lora_qv"}

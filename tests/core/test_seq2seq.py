@@ -139,6 +139,16 @@ def test_test_writes_wer_per_group_with_cis(tmp_path):
         assert trainer.callback_metrics[f"test_wer_{name}"].item() == pytest.approx(row["wer"])
     assert report["summary"]["worst_group"] in {"clear", "noisy"}
     assert "| clear |" in (tmp_path / "wer_by_group.md").read_text()
+    rows = (tmp_path / "test_utterance_errors.csv").read_text().splitlines()
+    assert rows[0] == "utterance,group,word_errors,words,char_errors,chars" and len(rows) == 1 + len(data.items)
+    per_group: dict[str, list[int]] = {}
+    for row in rows[1:]:
+        _, group, errors, words, *_ = row.split(",")
+        per_group.setdefault(group, [0, 0])
+        per_group[group] = [per_group[group][0] + int(errors), per_group[group][1] + int(words)]
+    for name, (errors, words) in per_group.items():  # the file adds up to the report's WER
+        assert errors / words == pytest.approx(report["groups"][name]["wer"])
+    assert len(task.test_counts["words"]) == len(data.items)
     transcripts = task.predict_step(data.collate(data.items[:2]), 0)
     assert len(transcripts) == 2 and all(isinstance(t, str) for t in transcripts)
 
