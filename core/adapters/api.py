@@ -18,6 +18,7 @@ from torch import nn
 
 from verticals.core.adapters import bottleneck as _bottleneck  # noqa: F401  (registers "bottleneck" with peft)
 from verticals.core.adapters import s2lora as _s2lora  # noqa: F401  (registers "s2lora" with peft)
+from verticals.core.adapters.modules_to_save import restrict_modules_to_save
 from verticals.core.adapters.targets import resolve_targets
 
 REGIMES = ("linear_probe", "bitfit", "full")
@@ -102,7 +103,7 @@ def adapt(
                 model, config.target_modules, kinds=_TARGET_KINDS.get(str(config.peft_type.value).lower())
             )
             config = dataclasses.replace(config, target_modules=resolved)
-        return get_peft_model(model, config, adapter_name=adapter_name)
+        return _peft_model(model, config, adapter_name)
 
     name = method.lower()
     if name in REGIMES:
@@ -111,7 +112,14 @@ def adapt(
         _set_regime(model, name, trainable, targets)
         return model
     config = build_peft_config(model, name, targets, trainable, **options)
-    return get_peft_model(model, config, adapter_name=adapter_name)
+    return _peft_model(model, config, adapter_name)
+
+
+def _peft_model(model: nn.Module, config: PeftConfig, adapter_name: str) -> nn.Module:
+    """``get_peft_model``, with ``modules_to_save`` kept to the modules named (see ``modules_to_save.py``)."""
+    peft_model = get_peft_model(model, config, adapter_name=adapter_name)
+    restrict_modules_to_save(peft_model)
+    return peft_model
 
 
 def _config_class(method: str) -> type[PeftConfig]:

@@ -14,6 +14,8 @@ from peft import PeftModel
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from verticals.core.adapters.modules_to_save import restrict_modules_to_save
+
 COMBINATIONS = (
     "cat",
     "linear",
@@ -54,7 +56,9 @@ def load_adapter(model: nn.Module, directory: str | Path, *, is_trainable: bool 
     """Load what ``save_adapter`` wrote onto a freshly built ``model`` (the same backbone)."""
     directory = Path(directory)
     if (directory / "adapter_config.json").is_file():
-        return PeftModel.from_pretrained(model, str(directory), is_trainable=is_trainable)
+        loaded = PeftModel.from_pretrained(model, str(directory), is_trainable=is_trainable)
+        restrict_modules_to_save(loaded)  # as when it was trained: only the modules named train
+        return loaded
     trainable_file = directory / "trainable.safetensors"
     if not trainable_file.is_file():
         raise FileNotFoundError(

@@ -201,3 +201,38 @@ def test_parameter_summary_counts(make_backbone):
     assert summary.trainable == lora
     assert summary.ignored == 3 * 16 * 16 + 16
     assert "trainable %" in str(summary) and summary.as_dict()["trainable_percent"] > 0
+
+
+class _HeadAndConvHead(torch.nn.Module):
+    """timm-style names: peft's suffix match of ``head`` also catches ``conv_head``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = torch.nn.Linear(4, 4)
+        self.conv_head = torch.nn.Linear(4, 4)
+        self.head = torch.nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.conv_head(self.fc(x)))
+
+
+def test_trainable_modules_are_exactly_the_named_ones(tmp_path):
+    from safetensors.torch import load_file
+
+    model = adapt(_HeadAndConvHead(), AdapterSpec(method="lora", targets=["fc"], trainable=["head"], options={"r": 2}))
+    trained = [name for name, parameter in model.named_parameters() if parameter.requires_grad]
+    assert not any("conv_head" in name for name in trained) and any(".head.modules_to_save." in n for n in trained)
+    with torch.no_grad():
+        model.base_model.model.head.modules_to_save["default"].weight.add_(1.0)
+        model.base_model.model.fc.lora_B["default"].weight.add_(0.1)
+    save_adapter(model, tmp_path)
+    saved = load_file(str(tmp_path / "adapter_model.safetensors"))  # conv_head's copy, unchanged, for stock peft
+    torch.testing.assert_close(saved["base_model.model.conv_head.weight"], model.base_model.model.conv_head.weight)
+    x = torch.randn(3, 4)
+    reloaded = load_adapter(_HeadAndConvHead(), tmp_path, is_trainable=True)
+    assert not any("conv_head" in n for n, p in reloaded.named_parameters() if p.requires_grad)
+    stock = PeftModel.from_pretrained(_HeadAndConvHead(), str(tmp_path))  # peft alone: same outputs
+    model.eval()
+    torch.testing.assert_close(reloaded(x), model(x))
+    torch.testing.assert_close(stock(x), model(x))
