@@ -190,16 +190,18 @@ def test_batches(cli: Any, limit: int) -> list[torch.Tensor]:
     return batches
 
 
-def _generate_seconds(model: torch.nn.Module, batches: list[torch.Tensor], max_new_tokens: int) -> float:
+def _generate_seconds(model: torch.nn.Module, batches: list[torch.Tensor], new_tokens: int) -> float:
+    """Greedy decoding of exactly ``new_tokens`` tokens per utterance (end-of-text suppressed until then), so
+    two models that would stop at different lengths still do the same work."""
     started = time.perf_counter()
     with torch.inference_mode():
         for features in batches:
-            model.generate(input_features=features, max_new_tokens=max_new_tokens)
+            model.generate(input_features=features, max_new_tokens=new_tokens, min_new_tokens=new_tokens)
     return time.perf_counter() - started
 
 
 def merge_check(cli: Any, args: argparse.Namespace) -> dict[str, Any]:
-    """Transcripts equal before/after merging; merged generate time vs the base model's."""
+    """Transcripts equal before/after merging; merged vs base model time to decode the same number of tokens."""
     from verticals.domains.speech.models import load_whisper
 
     task = cli.model
@@ -471,7 +473,11 @@ def render_markdown(results: dict[str, Any]) -> str:
             "",
             "## Merging",
             "",
-            "| method | utterances | equal transcripts | merged / base generate time |",
+            "Time: greedy decoding of the same test batches for exactly the config's `max_new_tokens` tokens each "
+            "(end of text suppressed until then), merged-and-unloaded model vs the base model, alternating "
+            "repeats, medians.",
+            "",
+            "| method | utterances | equal transcripts | merged / base decode time |",
             "|---|---|---|---|",
         ]
         for name, row in results["merge"].items():
