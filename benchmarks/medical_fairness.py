@@ -7,11 +7,13 @@ effect and is the negative control):
 (a) the AUROC gap between skin-tone groups of LoRA on the real EfficientNet-Lite0 ImageNet weights
     (``medical/efficientnet_lora``), as ``auroc_best_minus_worst`` of :func:`fairness_report` with its
     bootstrap CI, and the same statistic for ``sex``;
-(b) fairness-aware LoRA (``medical/efficientnet_fair_lora``, CLUB penalty, one run per ``--fair-weights``
-    value) and group-DRO (the same config with the penalty off and ``group_dro: true``) vs LoRA: the
-    reduction of the skin-tone gap and the change of overall AUROC, each with a paired bootstrap CI;
-(c) temperature scaling fitted on the validation logits, overall or one temperature per skin-tone group,
-    vs none: test ECE per group and the worst-group ECE with CIs;
+(b) fairness-aware LoRA (``medical/efficientnet_fair_lora``: CLUB bound of I(logits; skin tone | label)
+    with its own q optimiser and a λ warm-up, one run per ``--fair-weights`` value) and group-DRO (the same
+    config with the penalty off and ``group_dro: true``) vs LoRA: the reduction of the skin-tone gap and
+    the change of overall AUROC, each with a paired bootstrap CI;
+(c) temperature scaling fitted on the validation logits, overall or one temperature per skin-tone group
+    (shrunk toward the overall one; also unshrunk, and with a per-group logit offset), vs none: test ECE
+    per group and the worst-group ECE with CIs;
 (d) the same network from scratch (``medical/efficientnet_scratch``) vs LoRA: test AUROC / accuracy;
 plus the zero-shot tiny random CLIP (``medical/biomedclip_zero_shot``): chance level, a pipeline check only.
 
@@ -46,7 +48,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _common import machine, quiet_run, runs_root, write_reports
+from _common import machine, machine_line, quiet_run, runs_root, write_reports
 
 from verticals.core.callbacks import Timing
 from verticals.core.cli import run_cli
@@ -57,6 +59,7 @@ from verticals.core.metrics import (
     fairness_report,
     percentile_interval,
 )
+from verticals.core.metrics.calibration import GROUP_PRIOR_PRECISION
 from verticals.core.metrics.groups import intersect
 
 METHODS = ("lora", "fair_lora", "group_dro", "scratch", "zero_shot")
@@ -70,7 +73,7 @@ CONFIGS = {
 SENSITIVE = "skin_tone"
 CONTROL = "sex"
 ATTRIBUTES = (SENSITIVE, CONTROL)
-SCALINGS = ("none", "global", "per_group")
+SCALINGS = ("none", "global", "per_group", "per_group_mle", "per_group_bias")
 SCRIPT = "benchmarks/medical_fairness.py"
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "medical_fairness.md"
 TARGET_GAP_REDUCTION = 0.5
@@ -170,6 +173,21 @@ def collect(task: torch.nn.Module, loader: Any, attributes: Sequence[str]) -> di
     }
 
 
+def save_outputs(outputs: dict[str, dict[str, np.ndarray]], path: Path) -> None:
+    """The selected model's val/test logits, labels and group codes (``<split>.<name>``), for re-analysis."""
+    from safetensors.numpy import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(
+        {
+            f"{split}.{name}": np.ascontiguousarray(v)
+            for split, values in outputs.items()
+            for name, v in values.items()
+        },
+        str(path),
+    )
+
+
 def train_and_collect(
     label: str, method: str, extra: Sequence[str], args: argparse.Namespace, root: Path
 ) -> tuple[dict[str, Any], dict[str, dict[str, np.ndarray]], dict[str, list[str]]]:
@@ -189,6 +207,7 @@ def train_and_collect(
         split: collect(task, loader, attributes)
         for split, loader in (("val", data.val_dataloader()), ("test", data.test_dataloader()))
     }
+    save_outputs(outputs, run_root / "outputs.safetensors")
     summary = task.parameter_summary()
     timing = next((c for c in trainer.callbacks if isinstance(c, Timing)), None)
     checkpoint = trainer.checkpoint_callback
@@ -281,20 +300,49 @@ def calibration(
     n_bootstrap: int,
     seed: int,
 ) -> dict[str, Any]:
-    """Test ECE per skin-tone group without scaling, with one temperature, with one per group (fit on val)."""
+    """Test ECE per skin-tone group without scaling, with one temperature, with one per group (fit on val).
+
+    ``per_group`` shrinks each group's log T toward the overall one (``GROUP_PRIOR_PRECISION``);
+    ``per_group_mle`` fits each group alone (prior precision 0), to show what the shrinkage buys;
+    ``per_group_bias`` adds a shrunk per-group logit offset (``TemperatureScaler(group_bias=True)``), which
+    corrects a group whose mean prediction is off, something no temperature can do.
+    """
+    val_logits, val_target = torch.from_numpy(val["logits"]), torch.from_numpy(val["target"])
+    val_groups = torch.from_numpy(val[SENSITIVE])
     scaler = TemperatureScaler().fit(
-        torch.from_numpy(val["logits"]), torch.from_numpy(val["target"]), torch.from_numpy(val[SENSITIVE])
+        val_logits, val_target, val_groups, prior_precision=GROUP_PRIOR_PRECISION
     )
-    logits = torch.from_numpy(test["logits"])
+    unshrunk = TemperatureScaler().fit(val_logits, val_target, val_groups, prior_precision=0.0)
+    offsets = TemperatureScaler(group_bias=True).fit(
+        val_logits, val_target, val_groups, prior_precision=GROUP_PRIOR_PRECISION
+    )
+    logits, test_groups = torch.from_numpy(test["logits"]), torch.from_numpy(test[SENSITIVE])
     scaled = {
         "none": logits,
         "global": scaler.transform(logits),
-        "per_group": scaler.transform(logits, torch.from_numpy(test[SENSITIVE])),
+        "per_group": scaler.transform(logits, test_groups),
+        "per_group_mle": unshrunk.transform(logits, test_groups),
+        "per_group_bias": offsets.transform(logits, test_groups),
     }
     tone = np.asarray(names[SENSITIVE], dtype=str)[test[SENSITIVE]]
     result: dict[str, Any] = {
         "temperature": float(scaler.temperature),
+        "prior_precision": GROUP_PRIOR_PRECISION,
         "group_temperatures": dict(zip(names[SENSITIVE], scaler.group_temperatures.tolist(), strict=False)),
+        "group_temperatures_mle": dict(
+            zip(names[SENSITIVE], unshrunk.group_temperatures.tolist(), strict=False)
+        ),
+        "group_temperatures_bias": dict(
+            zip(names[SENSITIVE], offsets.group_temperatures.tolist(), strict=False)
+        ),
+        # Offset of the malignant-vs-benign logit difference per group (b_1 - b_0).
+        "group_logit_offsets": dict(
+            zip(
+                names[SENSITIVE],
+                (offsets.group_biases[:, 1] - offsets.group_biases[:, 0]).tolist(),
+                strict=False,
+            )
+        ),
     }
     for kind, values in scaled.items():
         report = fairness_report(
@@ -316,7 +364,7 @@ def calibration(
             },
         }
     base = result["none"]["worst_group_ece"]["value"]
-    for kind in ("global", "per_group"):
+    for kind in SCALINGS[1:]:
         value = result[kind]["worst_group_ece"]["value"]
         result[kind]["worst_group_ece_reduction"] = 1.0 - value / base if base > 0 else math.nan
     return result
@@ -415,7 +463,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         help="fairness_weight λ of each fair_lora run (default: the config's 1.0)",
     )
     parser.add_argument("--epochs", type=int, default=None, help="default: each config's trainer.max_epochs")
-    parser.add_argument("--num-images", type=int, default=1200, help="size of the generated set (all splits)")
+    parser.add_argument("--num-images", type=int, default=2000, help="size of the generated set (all splits)")
     parser.add_argument("--image-size", type=int, default=64, help="model input size (not zero_shot's CLIP)")
     parser.add_argument(
         "--generated-size", type=int, default=None, help="generated PNG size (default: image size)"
@@ -530,9 +578,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         "",
         f"- command: `{results['command']}`",
         f"- date: {results['date']}",
-        f"- machine: {env['cpu']}, {env['cpu_count']} cores ({env['usable_cores']} usable), torch {env['torch']} "
-        f"({env['torch_threads']} thread(s)), CUDA {'yes' if env['cuda'] else 'no'}, Python {env['python']}, "
-        f"{env['platform']}; 1-min load average at start {env.get('load_average_1min_at_start')}",
+        f"- machine: {machine_line(env)}",
         f"- settings: {settings['num_images']} generated images of {settings['generated_size']} px, model input "
         f"{settings['image_size']} px (zero-shot CLIP: its config's size), epochs "
         f"{settings['epochs'] if settings['epochs'] is not None else 'each config'}, seed {settings['seed']}, "
@@ -606,7 +652,12 @@ def render_markdown(results: dict[str, Any]) -> str:
         lines += [
             "", "## (c) Temperature scaling (fit on validation logits, evaluated on test)", "",
             f"Target: worst skin-tone-group ECE ≥ {TARGET_ECE_REDUCTION:.0%} lower than uncalibrated. ECE: 15 "
-            "equal-width bins on the predicted class's confidence.", "",
+            "equal-width bins on the predicted class's confidence. `per_group`: each group's log T shrunk toward "
+            f"the overall one (Gaussian prior, precision {GROUP_PRIOR_PRECISION:g} in summed-NLL units; "
+            "`TemperatureScaler.fit`'s default); `per_group_mle`: each group fitted alone (precision 0); "
+            "`per_group_bias`: per-group T plus a logit offset b (malignant − benign shown), same prior — "
+            "Platt-style, not temperature scaling, listed because a temperature cannot move a group's mean "
+            "prediction. Every |log T| ≤ 3.", "",
             "| run | scaling | T (light / dark) | ECE overall | ECE light | ECE dark | worst-group ECE | reduction vs none |",
             "|---|---|---|---|---|---|---|---|",
         ]  # fmt: skip
@@ -614,13 +665,20 @@ def render_markdown(results: dict[str, Any]) -> str:
             calib = run.get("calibration")
             if not calib:
                 continue
-            temps = calib["group_temperatures"]
+            temps, mle = calib["group_temperatures"], calib.get("group_temperatures_mle", {})
+            with_bias, shift = calib.get("group_temperatures_bias", {}), calib.get("group_logit_offsets", {})
             for kind in SCALINGS:
-                entry = calib[kind]
+                entry = calib.get(kind)
+                if entry is None:
+                    continue
                 t = {
                     "none": "1",
                     "global": f"{calib['temperature']:.2f}",
                     "per_group": " / ".join(f"{temps[g]:.2f}" for g in ("light", "dark") if g in temps),
+                    "per_group_mle": " / ".join(f"{mle[g]:.2f}" for g in ("light", "dark") if g in mle),
+                    "per_group_bias": " / ".join(
+                        f"{with_bias[g]:.2f} (b {shift[g]:+.2f})" for g in ("light", "dark") if g in with_bias
+                    ),
                 }[kind]
                 reduction = entry.get("worst_group_ece_reduction")
                 lines.append(

@@ -1,13 +1,24 @@
-"""Fairness-aware classification: task loss + λ · I(features; sensitive attribute), and/or group-DRO.
+"""Fairness-aware classification: task loss + λ · I(z; sensitive attribute [| label]), and/or group-DRO.
 
-The mutual information between the pooled features (``model.forward_features``) and the sensitive
-attribute is estimated by either
+``z`` is the pooled features (``model.forward_features``) or, with ``penalty_on: logits``, the class
+logits. The mutual information between ``z`` and the sensitive attribute ``a`` is estimated by either
 - ``club``: the CLUB upper bound (Cheng et al. 2020). A variational net q(a|z) learns ``log q(a|z)`` on
   detached features (its own loss); the penalty ``E[log q(a_i|z_i)] - E_i E_j[log q(a_j|z_i)]`` is taken
   through a frozen copy of q, so only the encoder (adapter) is pushed to forget the attribute; the
   penalty is clamped at 0, since a negative estimate means q lags, not that information is gone;
-- ``adversarial``: a classifier on the features behind a gradient-reversal layer (Ganin & Lempitsky
-  2015) — it learns to predict the attribute while the encoder gets the reversed gradient scaled by λ.
+- ``adversarial``: a classifier on ``z`` behind a gradient-reversal layer (Ganin & Lempitsky 2015) — it
+  learns to predict the attribute while the encoder gets the reversed gradient scaled by λ.
+
+Why the unconditional feature penalty can collapse a model (skin tone is visible in every image, so
+``I(features; a) = 0`` asks the encoder to destroy what it sees, and a lagging q is easier to fool than
+the attribute is to forget), and the options against it:
+- ``fairness_conditional``: penalise ``I(z; a | y)`` (the equalised-odds form, Zhang et al. 2018): q
+  also sees the label, and CLUB's negative pairs are drawn within the same class. On logits this asks
+  for equal class-conditional score distributions across groups, i.e. equal per-group AUROC;
+- ``auxiliary_steps`` k >= 1: q / the adversary gets its own Adam optimiser (``auxiliary_learning_rate``)
+  and takes k steps on the batch's detached ``z`` before every encoder step, so the estimate tracks
+  the encoder instead of lagging behind it (0: trained jointly in the task's optimiser);
+- ``fairness_warmup_epochs``: λ ramps linearly from 0 over these epochs, so the task features form first.
 Online group-DRO (Sagawa et al. 2020) replaces the mean loss by ``Σ_g q_g L_g`` with ``q_g ∝ q_g ·
 exp(η L_g)`` over sensitive groups (or intersectional, or group × label cells).
 
@@ -29,6 +40,7 @@ from verticals.core.metrics.streaming import SubgroupMetrics
 from verticals.core.tasks.classification import ClassificationTask
 
 Penalty = Literal["none", "club", "adversarial"]
+PenaltyOn = Literal["features", "logits"]
 DROGroups = Literal["sensitive", "intersectional", "sensitive_label"]
 _MAX_MODES = ("auroc", "accuracy", "f1")
 
@@ -49,15 +61,26 @@ def reverse_gradient(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
     return _ReverseGradient.apply(x, scale)
 
 
-def club_upper_bound(log_q: torch.Tensor, attribute: torch.Tensor) -> torch.Tensor:
-    """CLUB estimate of I(z; a) for a categorical ``a`` from ``log q(·|z_i)`` rows ``[N, G]``.
+def club_upper_bound(
+    log_q: torch.Tensor, attribute: torch.Tensor, condition: torch.Tensor | None = None
+) -> torch.Tensor:
+    """CLUB estimate of I(z; a) (or of I(z; a | c)) for a categorical ``a`` from ``log q(·|z_i)`` rows ``[N, G]``.
 
     Positive pairs ``log q(a_i|z_i)`` minus all pairs ``log q(a_j|z_i)``; the all-pairs mean is taken
-    against the batch's attribute frequencies, which equals the mean over every (i, j).
+    against the batch's attribute frequencies, which equals the mean over every (i, j). With
+    ``condition`` (e.g. the label), the pairs ``j`` are only those with ``c_j = c_i``: frequencies per
+    condition value, which bounds the conditional mutual information.
     """
     positive = log_q.gather(1, attribute[:, None]).mean()
-    frequencies = torch.bincount(attribute, minlength=log_q.shape[1]).to(log_q) / len(attribute)
-    return positive - (log_q @ frequencies).mean()
+    groups = log_q.shape[1]
+    if condition is None:
+        frequencies = torch.bincount(attribute, minlength=groups).to(log_q) / len(attribute)
+        return positive - (log_q @ frequencies).mean()
+    cells = condition * groups + attribute
+    width = int(condition.max()) + 1
+    counts = torch.bincount(cells, minlength=width * groups).to(log_q).reshape(width, groups)
+    per_condition = counts / counts.sum(dim=1, keepdim=True).clamp_min(1.0)
+    return positive - (log_q * per_condition[condition]).sum(dim=1).mean()
 
 
 def pool_features(features: torch.Tensor) -> torch.Tensor:
@@ -80,6 +103,11 @@ class FairClassificationTask(ClassificationTask):
         sensitive_attribute: the attribute the penalty and DRO act on (default: the first one).
         fairness_penalty: ``none`` | ``club`` | ``adversarial``.
         fairness_weight: λ, the weight of the penalty (for ``adversarial``, the gradient-reversal scale).
+        penalty_on: ``features`` (pooled ``forward_features``) or ``logits`` (the head's output).
+        fairness_conditional: penalise I(z; a | y) instead of I(z; a) (q / the adversary see the label).
+        fairness_warmup_epochs: epochs over which λ ramps linearly from 0 (0: full λ from the start).
+        auxiliary_steps: k >= 1 gives q / the adversary their own Adam optimiser and k steps per batch
+            (at ``auxiliary_learning_rate``) before the encoder's step; 0 trains them in the task's optimiser.
         group_dro: reweight the loss online towards the worst group; ``dro_step_size`` is η.
         dro_groups: ``sensitive`` (the attribute's groups), ``intersectional`` (all attributes crossed)
             or ``sensitive_label`` (attribute × class, Sagawa et al.'s setting).
@@ -102,6 +130,11 @@ class FairClassificationTask(ClassificationTask):
         sensitive_attribute: str | None = None,
         fairness_penalty: Penalty = "none",
         fairness_weight: float = 1.0,
+        penalty_on: PenaltyOn = "features",
+        fairness_conditional: bool = False,
+        fairness_warmup_epochs: float = 0.0,
+        auxiliary_steps: int = 0,
+        auxiliary_learning_rate: float = 1e-3,
         group_dro: bool = False,
         dro_step_size: float = 0.01,
         dro_groups: DROGroups = "sensitive",
@@ -120,10 +153,17 @@ class FairClassificationTask(ClassificationTask):
             raise ValueError(
                 f"`dro_groups` must be 'sensitive', 'intersectional' or 'sensitive_label', got {dro_groups!r}."
             )
+        if penalty_on not in ("features", "logits"):
+            raise ValueError(f"`penalty_on` must be 'features' or 'logits', got {penalty_on!r}.")
         if fairness_weight < 0 or dro_step_size <= 0 or auxiliary_hidden < 1:
             raise ValueError(
                 "Expected fairness_weight >= 0, dro_step_size > 0 and auxiliary_hidden >= 1; got "
                 f"{fairness_weight}, {dro_step_size}, {auxiliary_hidden}."
+            )
+        if fairness_warmup_epochs < 0 or auxiliary_steps < 0 or auxiliary_learning_rate <= 0:
+            raise ValueError(
+                "Expected fairness_warmup_epochs >= 0, auxiliary_steps >= 0 and auxiliary_learning_rate > 0; "
+                f"got {fairness_warmup_epochs}, {auxiliary_steps}, {auxiliary_learning_rate}."
             )
         if kwargs.get("monitor") and kwargs.get("monitor_mode") is None:
             name = str(kwargs["monitor"])
@@ -207,7 +247,14 @@ class FairClassificationTask(ClassificationTask):
         self.val_subgroups = SubgroupMetrics(names)
         self.test_subgroups = SubgroupMetrics(names)
         if self.hparams["fairness_penalty"] != "none":
-            width, hidden = self._feature_dim(), self.hparams["auxiliary_hidden"]
+            hidden = self.hparams["auxiliary_hidden"]
+            if self.hparams["penalty_on"] == "logits":
+                width = int(self.hparams["num_classes"])
+                self._check_feature_split(self._base_network())
+            else:
+                width = self._feature_dim()
+            if self.hparams["fairness_conditional"]:
+                width += int(self.hparams["num_classes"])  # the label, one-hot
             self.attribute_net = nn.Sequential(
                 nn.Linear(width, hidden), nn.ReLU(), nn.Linear(hidden, len(names))
             )
@@ -243,31 +290,102 @@ class FairClassificationTask(ClassificationTask):
                 "timm split (forward(x) = forward_head(forward_features(x)))."
             )
 
+    def configure_optimizers(self) -> Any:
+        """The task's optimiser; without the auxiliary net when it has its own (``auxiliary_steps`` >= 1)."""
+        net = getattr(self, "attribute_net", None)
+        if net is None or not self.hparams["auxiliary_steps"]:
+            return super().configure_optimizers()
+        net.requires_grad_(False)
+        try:
+            return super().configure_optimizers()
+        finally:
+            net.requires_grad_(True)
+
     # -- training ------------------------------------------------------------------------
     def _features_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
         if self.hparams["fairness_penalty"] == "none":
             return None, self(x)
         features = self.model.forward_features(x)
-        return pool_features(features), self.model.forward_head(features)
+        logits = self.model.forward_head(features)
+        return (logits if self.hparams["penalty_on"] == "logits" else pool_features(features)), logits
 
-    def _penalty(self, features: torch.Tensor, attribute: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(term added to the loss, mutual-information estimate in nats)."""
-        net, weight = self.attribute_net, self.hparams["fairness_weight"]
+    def penalty_weight(self) -> float:
+        """λ, ramped linearly from 0 over ``fairness_warmup_epochs`` of training (full λ outside a fit)."""
+        weight, warmup = float(self.hparams["fairness_weight"]), float(self.hparams["fairness_warmup_epochs"])
+        trainer = self._trainer
+        if warmup <= 0 or trainer is None:
+            return weight
+        batches = trainer.num_training_batches
+        per_epoch = batches if isinstance(batches, int) and batches > 0 else 1
+        progress = (self.global_step / per_epoch) / warmup
+        return weight * min(max(progress, 0.0), 1.0)
+
+    def _auxiliary_input(self, z: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
+        if not self.hparams["fairness_conditional"]:
+            return z
+        if target is None:
+            raise ValueError("`fairness_conditional` needs the labels of the batch (I(z; a | y)).")
+        return torch.cat([z, F.one_hot(target, int(self.hparams["num_classes"])).to(z)], dim=1)
+
+    def _train_auxiliary(self, inputs: torch.Tensor, attribute: torch.Tensor) -> None:
+        """``auxiliary_steps`` Adam steps of q / the adversary on detached inputs, with its own optimiser."""
+        optimizer = getattr(self, "_auxiliary_optimizer", None)
+        if optimizer is None:
+            optimizer = torch.optim.Adam(
+                self.attribute_net.parameters(), lr=self.hparams["auxiliary_learning_rate"]
+            )
+            self._auxiliary_optimizer = optimizer
+        inputs = inputs.detach()
+        with torch.enable_grad():
+            for _ in range(self.hparams["auxiliary_steps"]):
+                optimizer.zero_grad(set_to_none=True)
+                F.cross_entropy(self.attribute_net(inputs), attribute).backward()
+                optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def _penalty(
+        self, features: torch.Tensor, attribute: torch.Tensor, target: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(term added to the loss, mutual-information estimate in nats).
+
+        ``target`` (the labels) is needed with ``fairness_conditional``; the estimate is then of I(z; a | y).
+        """
+        net, weight = self.attribute_net, self.penalty_weight()
+        inputs = self._auxiliary_input(features, target)
+        separate = self.hparams["auxiliary_steps"] > 0
+        if separate and self.training and torch.is_grad_enabled():
+            self._train_auxiliary(inputs, attribute)
+        frozen = {name: parameter.detach() for name, parameter in net.named_parameters()}
+        condition = target if self.hparams["fairness_conditional"] else None
         if self.hparams["fairness_penalty"] == "club":
-            own_loss = F.cross_entropy(net(features.detach()), attribute)  # q(a|z) learns on its own loss
-            frozen = {name: parameter.detach() for name, parameter in net.named_parameters()}
-            log_q = torch.func.functional_call(net, frozen, (features,)).log_softmax(dim=-1)
-            estimate = club_upper_bound(log_q, attribute)
+            # q(a|z) learns on its own loss (detached inputs), here or in _train_auxiliary.
+            own_loss = inputs.new_zeros(()) if separate else F.cross_entropy(net(inputs.detach()), attribute)
+            log_q = torch.func.functional_call(net, frozen, (inputs,)).log_softmax(dim=-1)
+            estimate = club_upper_bound(log_q, attribute, condition)
             # I(z; a) >= 0: a negative estimate only says q lags behind the encoder, and following its
             # gradient lets the encoder fool q (features collapse) instead of removing the attribute.
             return own_loss + weight * estimate.clamp_min(0.0), estimate.detach()
-        adversary_loss = F.cross_entropy(net(reverse_gradient(features, weight)), attribute)
-        frequencies = torch.bincount(attribute, minlength=len(self.sensitive_names())).float() / len(
-            attribute
+        reversed_inputs = self._auxiliary_input(reverse_gradient(features, weight), target)
+        # Trained apart, the adversary is applied frozen: the encoder alone gets the reversed gradient.
+        predicted = (
+            torch.func.functional_call(net, frozen, (reversed_inputs,)) if separate else net(reversed_inputs)
         )
-        marginal_entropy = -(frequencies * frequencies.clamp_min(1e-12).log()).sum()
-        # H(a) - CE(adversary) is a variational lower bound on I(z; a).
-        return adversary_loss, (marginal_entropy - adversary_loss).detach()
+        adversary_loss = F.cross_entropy(predicted, attribute)
+        # H(a [| y]) - CE(adversary) is a variational lower bound on I(z; a [| y]).
+        entropy = self._attribute_entropy(attribute, condition)
+        return adversary_loss, (entropy - adversary_loss).detach()
+
+    def _attribute_entropy(self, attribute: torch.Tensor, condition: torch.Tensor | None) -> torch.Tensor:
+        """H(a) of the batch, or H(a | c) averaged over the batch's condition values."""
+        groups = len(self.sensitive_names())
+        if condition is None:
+            condition = torch.zeros_like(attribute)
+        width = int(condition.max()) + 1
+        counts = torch.bincount(condition * groups + attribute, minlength=width * groups).float()
+        counts = counts.reshape(width, groups)
+        frequencies = counts / counts.sum(dim=1, keepdim=True).clamp_min(1.0)
+        entropies = -(frequencies * frequencies.clamp_min(1e-12).log()).sum(dim=1)
+        return (entropies * counts.sum(dim=1)).sum() / len(attribute)
 
     def _dro_loss(self, per_sample: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         count = len(self.dro_weights)
@@ -304,7 +422,7 @@ class FairClassificationTask(ClassificationTask):
         loss = task_loss
         size = len(logits)
         if features is not None and groups is not None:
-            added, estimate = self._penalty(features, groups[:, self.sensitive_index])
+            added, estimate = self._penalty(features, groups[:, self.sensitive_index], y)
             if stage == "train":
                 loss = loss + added
             self.log(f"{stage}_mi_estimate", estimate, on_step=False, on_epoch=True, batch_size=size)

@@ -293,7 +293,7 @@ class GeneratedDermatologyDataModule(ManifestDataModule):
 
     def __init__(
         self,
-        num_images: int = 1200,
+        num_images: int = 2000,
         generated_size: int = 64,
         generation_seed: int = 0,
         root: str = DEFAULT_CACHE,

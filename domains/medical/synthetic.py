@@ -3,12 +3,20 @@
 Each image is a pigmented lesion on skin.  Malignant lesions have irregular borders and variegated
 colour (blue-grey / dark-brown patches); benign ones are rounder and evenly brown.  The two classes
 overlap (irregularity and variegation are drawn from overlapping distributions), so the task is not
-trivially separable.  Sensitive attributes and what is planted:
+trivially separable.  Sensitive attributes and what is planted (every strength is a ``DermatologySpec``
+field):
 
-- ``skin_tone`` (light 70% / dark 30%): dark-skin images have **lower lesion contrast** (pigment on dark
-  skin), an **acquisition shift** (global contrast x0.6, a warm colour cast, a slight blur) and a
-  **lower malignancy prevalence** (20% vs 40%).  Classifiers therefore rank dark-skin cases worse: a
-  real, known AUROC gap in favour of light skin.
+- ``skin_tone``: dark skin is **under-represented** (``dark_fraction``) and has a **lower malignancy
+  prevalence** (``prevalence_dark``), so the training set holds few dark malignant lesions.  Dark-skin
+  images also come from a different **acquisition** (global contrast ``dark_contrast``, a warm cast, a
+  Gaussian blur of ``dark_blur`` px), and the malignant colour variegation shows in **another palette**
+  (pale and near-black patches instead of blue-grey and dark-brown, ``dark_palette``): cues learned on
+  the many light-skin images do not carry across, and the few dark-skin ones must teach them.
+  And some information is **genuinely lost**: the pigment contrasts less with dark skin
+  (``dark_lesion_opacity``), its colour variegation is less visible (``dark_variegation``) and the
+  under-exposed images carry more per-image sensor noise (``dark_noise`` vs ``light_noise``, each
+  image's sigma drawn around it), so even a perfect model ranks dark-skin cases worse.  Together: a
+  real AUROC gap in favour of light skin that an adapted pretrained model still shows.
 - ``sex``: no effect at all (a negative control: its gap's CI should include zero).
 - ``age``: older patients (60+) have a higher prevalence (+10 points) but images look the same.
 
@@ -18,36 +26,78 @@ Generation is deterministic in ``seed`` (numpy ``default_rng``); images are writ
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
+from PIL import Image, ImageFilter
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 
 @dataclass(frozen=True)
 class DermatologySpec:
-    """Everything that defines one generated set (its cache key)."""
+    """Everything that defines one generated set (its cache key).
 
-    num_images: int = 1200
+    Attributes:
+        num_images / image_size / seed / test_fraction: size, resolution, randomness, per-patient test share.
+        dark_fraction: share of dark-skin patients (under-representation).
+        prevalence_light / prevalence_dark: malignancy prevalence per skin tone (before the age effect).
+        dark_lesion_opacity: pigment opacity on dark skin (light skin: 0.9); lower = less lesion contrast.
+        dark_variegation: share of the malignant colour variegation visible on dark skin (1 = all).
+        dark_palette: how far the variegation's colours move, on dark skin, from blue-grey / dark-brown to
+            pale (depigmented) / near-black patches (0 = same colours as on light skin, 1 = the other palette).
+        dark_contrast: global contrast factor of the dark-skin acquisition (1 = none).
+        dark_blur: Gaussian blur sigma in pixels (at 64 px; scaled with ``image_size``) of that acquisition.
+        light_noise / dark_noise: mean per-image sensor-noise sigma (pixel values in [0, 1]).
+    """
+
+    num_images: int = 2000
     image_size: int = 64
     seed: int = 0
     dark_fraction: float = 0.3
     prevalence_light: float = 0.4
-    prevalence_dark: float = 0.2
+    prevalence_dark: float = 0.25
+    dark_lesion_opacity: float = 0.5
+    dark_variegation: float = 0.7
+    dark_palette: float = 1.0
     dark_contrast: float = 0.6
+    dark_blur: float = 0.8
+    light_noise: float = 0.02
+    dark_noise: float = 0.03
     test_fraction: float = 0.3
     version: int = GENERATOR_VERSION
 
     def key(self) -> str:
-        return (
-            f"derm_v{self.version}_n{self.num_images}_s{self.image_size}_seed{self.seed}"
-            f"_d{self.dark_fraction:g}_p{self.prevalence_light:g}-{self.prevalence_dark:g}_c{self.dark_contrast:g}"
+        """Directory name: readable size/seed plus a digest of every field (any change regenerates)."""
+        digest = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
+        return f"derm_v{self.version}_n{self.num_images}_s{self.image_size}_seed{self.seed}_{digest}"
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first out-of-range field."""
+        fractions = ("dark_fraction", "test_fraction")
+        unit = (
+            "dark_palette",
+            "prevalence_light",
+            "prevalence_dark",
+            "dark_lesion_opacity",
+            "dark_variegation",
+            "dark_contrast",
         )
+        for name in fractions:
+            if not 0 < getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be in (0, 1), got {getattr(self, name)}.")
+        for name in unit:
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"`{name}` must be in [0, 1], got {getattr(self, name)}.")
+        for name in ("dark_blur", "light_noise", "dark_noise"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}.")
+        if self.num_images < 8:
+            raise ValueError(f"`num_images` must be >= 8, got {self.num_images}.")
 
 
 def _smooth_noise(rng: np.random.Generator, size: int, scale: int) -> np.ndarray:
@@ -58,8 +108,6 @@ def _smooth_noise(rng: np.random.Generator, size: int, scale: int) -> np.ndarray
 
 
 def _blur(image: np.ndarray, sigma: float) -> np.ndarray:
-    from PIL import ImageFilter
-
     pil = Image.fromarray((np.clip(image, 0, 1) * 255).astype(np.uint8))
     return np.asarray(pil.filter(ImageFilter.GaussianBlur(sigma)), dtype=np.float32) / 255.0
 
@@ -81,25 +129,34 @@ def render_lesion(
     irregularity = abs(rng.normal(0.17, 0.06)) if malignant else abs(rng.normal(0.06, 0.04))
     border = np.ones_like(theta)
     for k in range(2, 7):
-        border += irregularity * rng.normal(0, 1) / np.sqrt(k - 1) * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
+        border += (
+            irregularity * rng.normal(0, 1) / np.sqrt(k - 1) * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
+        )
     inside = np.clip((base * border - radius_px) / 1.5 + 0.5, 0, 1)  # soft edge
 
     brown = np.array([0.42, 0.25, 0.16]) * rng.uniform(0.85, 1.15)
     variegation = rng.uniform(0.35, 1.0) if malignant else rng.uniform(0.0, 0.45)
+    if dark:  # blue-grey / dark-brown patches hardly stand out from dark skin: part of the cue is lost
+        variegation *= spec.dark_variegation
     patches = _smooth_noise(rng, size, 4)
     blue_grey, dark_brown = np.array([0.30, 0.30, 0.40]), np.array([0.18, 0.10, 0.07])
+    if dark:  # on dark skin the variegation shows as pale (depigmented) and near-black patches instead
+        blue_grey = (1 - spec.dark_palette) * blue_grey + spec.dark_palette * np.array([0.66, 0.56, 0.56])
+        dark_brown = (1 - spec.dark_palette) * dark_brown + spec.dark_palette * np.array([0.07, 0.04, 0.04])
     mix = np.clip((patches - 0.5) * 3 * variegation + 0.5, 0, 1)[..., None]
     pigment = brown * (1 - variegation) + variegation * (mix * blue_grey + (1 - mix) * dark_brown)
-    opacity = 0.9 if not dark else 0.5  # pigment contrasts less with dark skin
+    opacity = spec.dark_lesion_opacity if dark else 0.9  # pigment contrasts less with dark skin
     alpha = (inside * opacity)[..., None]
     image = image * (1 - alpha) + pigment * alpha
 
-    if dark:  # acquisition shift: lower contrast, warm colour cast, slight blur
+    if dark:  # acquisition shift: lower contrast, warm colour cast, blur
         mean = image.mean(axis=(0, 1), keepdims=True)
         image = mean + spec.dark_contrast * (image - mean)
         image = image * np.array([1.06, 1.0, 0.88]) + np.array([0.02, 0.01, 0.0])
-        image = _blur(image, 0.8)
-    image = image + rng.normal(0, 0.02, size=image.shape)
+        if spec.dark_blur > 0:
+            image = _blur(image, spec.dark_blur * size / 64)
+    sigma = (spec.dark_noise if dark else spec.light_noise) * rng.uniform(0.5, 1.5)  # per-image sensor noise
+    image = image + rng.normal(0, sigma, size=image.shape)
     return np.clip(image, 0, 1)
 
 
@@ -113,10 +170,7 @@ def generate_dermatology(root: str | Path, spec: DermatologySpec = DermatologySp
     done = directory / "generation.json"
     if manifest.is_file() and done.is_file() and json.loads(done.read_text()) == asdict(spec):
         return manifest
-    if not 0 < spec.dark_fraction < 1 or spec.num_images < 8:
-        raise ValueError(
-            f"Need 0 < dark_fraction < 1 and num_images >= 8, got {spec.dark_fraction} and {spec.num_images}."
-        )
+    spec.validate()
     (directory / "images").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(spec.seed)
     rows = []

@@ -78,6 +78,10 @@ def test_tiny_run_writes_markdown_and_json(benchmark, tmp_path: Path) -> None:
     assert "| fair_lora λ=2 | `medical/efficientnet_fair_lora` |" in markdown
     assert "| sex (negative control) |" in markdown
 
+    from safetensors.numpy import load_file
+
+    saved = load_file(str(tmp_path / "runs" / "lora" / "outputs.safetensors"))
+    assert saved["val.logits"].shape[1] == 2 and len(saved["test.target"]) == len(saved["test.skin_tone"])
     raw = json.loads(output.with_suffix(".json").read_text())
     assert raw["argv"] == argv
     labels = [run["label"] for run in raw["runs"]]
@@ -93,7 +97,13 @@ def test_tiny_run_writes_markdown_and_json(benchmark, tmp_path: Path) -> None:
         assert set(run["test"]["attributes"]["skin_tone"]["groups"]) == {"dark", "light"}
         assert 0 <= run["test"]["overall"]["accuracy"]["value"] <= 1
         calibration = run["calibration"]
-        assert {"none", "global", "per_group"} <= set(calibration) and calibration["temperature"] > 0
+        assert {"none", "global", "per_group", "per_group_mle", "per_group_bias"} <= set(calibration)
+        assert calibration["temperature"] > 0 and calibration["prior_precision"] > 0
+        temperatures = [
+            *calibration["group_temperatures"].values(),
+            *calibration["group_temperatures_mle"].values(),
+        ]
+        assert all(np.exp(-3) * 0.999 <= t <= np.exp(3) * 1.001 for t in temperatures)  # |log T| <= 3
         assert run["wall_seconds"] > 0 and run["fit_seconds"] > 0
         # The re-measured test AUROC is Lightning's own test_auroc on the same selected model.
         assert run["test"]["overall"]["auroc"]["value"] == pytest.approx(

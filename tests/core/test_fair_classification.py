@@ -261,3 +261,50 @@ def test_club_penalty_is_clamped_at_zero_so_the_encoder_cannot_fool_a_lagging_q(
     loss, estimate = task._penalty(informative, attribute)
     loss.backward()
     assert float(estimate) > 0 and torch.count_nonzero(informative.grad) > 0
+
+
+def test_conditional_club_ignores_what_the_label_explains():
+    attribute = torch.tensor([0, 0, 1, 1, 0, 1])
+    log_q = torch.log(torch.tensor([[0.99, 0.01], [0.01, 0.99]]))[attribute]  # q knows a perfectly
+    assert float(club_upper_bound(log_q, attribute)) > 0.6
+    # a equals the label: given y nothing is left to know, so I(z; a | y) = 0 ...
+    assert float(club_upper_bound(log_q, attribute, attribute)) == pytest.approx(0.0, abs=1e-6)
+    # ... while with a label independent of a, the conditional bound is the unconditional one.
+    attribute, label = torch.tensor([0, 1, 0, 1]), torch.tensor([0, 0, 1, 1])
+    log_q = torch.log(torch.tensor([[0.99, 0.01], [0.01, 0.99]]))[attribute]
+    assert float(club_upper_bound(log_q, attribute, label)) == pytest.approx(
+        float(club_upper_bound(log_q, attribute)), abs=1e-6
+    )
+
+
+@pytest.mark.parametrize("penalty", ["club", "adversarial"])
+def test_separate_auxiliary_optimiser_conditional_logit_penalty_and_warmup(tmp_path, penalty):
+    task = _task(
+        fairness_penalty=penalty,
+        fairness_weight=2.0,
+        penalty_on="logits",
+        fairness_conditional=True,
+        fairness_warmup_epochs=4,
+        auxiliary_steps=3,
+        auxiliary_learning_rate=0.01,
+        group_attributes=ATTRIBUTES,
+        group_names=NAMES,
+    )
+    trainer = _trainer(tmp_path, max_epochs=2)
+    data = GroupedData()
+    task.configure_model()
+    assert task.attribute_net[0].in_features == 2 + 2  # two logits + the one-hot label
+    before = task.attribute_net[0].weight.detach().clone()
+    trainer.fit(task, data)
+    optimised = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
+    assert not {id(p) for p in task.attribute_net.parameters()} & optimised  # it has its own optimiser
+    assert optimised and not torch.equal(task.attribute_net[0].weight, before)  # ... and it was trained
+    assert task.global_step == 6 and task.penalty_weight() == pytest.approx(2.0 * (6 / 3) / 4)
+    assert torch.isfinite(trainer.callback_metrics["val_mi_estimate"])
+    assert all(parameter.requires_grad for parameter in task.attribute_net.parameters())  # restored
+    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert any(name.startswith("attribute_net.") for name in checkpoint["state_dict"])
+    with pytest.raises(ValueError, match="penalty_on"):
+        _task(fairness_penalty=penalty, penalty_on="pixels")
+    with pytest.raises(ValueError, match="auxiliary_steps"):
+        _task(fairness_penalty=penalty, auxiliary_steps=-1)

@@ -52,3 +52,62 @@ def test_state_dict_round_trip_and_errors():
         TemperatureScaler().fit(logits, target).transform(logits, torch.zeros(500, dtype=torch.long))
     with pytest.raises(ValueError, match="rows"):
         TemperatureScaler().fit(logits, target[:10])
+
+
+def test_small_group_is_shrunk_to_the_overall_temperature():
+    logits, target = _calibrated(4005, 2, 3)
+    margin = logits[:, 1] - logits[:, 0]
+    groups = (torch.arange(len(margin)) >= 4000).long()  # group 1: five items
+    planted = torch.where(groups == 0, 2.0, 0.3).double()
+    shrunk = TemperatureScaler().fit(margin * planted, target, groups, min_group_size=1)
+    overall = float(shrunk.temperature)
+    assert overall == pytest.approx(2.0, rel=0.1)
+    assert float(shrunk.group_temperatures[1]) == pytest.approx(overall, rel=0.15)
+    assert float(shrunk.group_temperatures[0]) == pytest.approx(2.0, rel=0.1)  # a large group keeps its own
+    free = TemperatureScaler().fit(margin * planted, target, groups, min_group_size=1, prior_precision=0.0)
+    assert abs(float(free.group_temperatures[1]) - overall) > 0.3 * overall  # 5 items alone: far from it
+
+
+def test_temperatures_stay_inside_the_bounds():
+    generator = torch.Generator().manual_seed(4)
+    noise = torch.randn(400, generator=generator, dtype=torch.float64)
+    target = (torch.arange(400) % 2).long()
+    collapsed = TemperatureScaler().fit(50.0 * noise, target)  # logits unrelated to the label: T -> infinity
+    assert float(collapsed.temperature) == pytest.approx(torch.e**3, rel=1e-3)
+    separable = TemperatureScaler(max_log_temperature=2.0).fit(
+        (2.0 * target - 1.0) * (1.0 + noise.abs()), target, target, min_group_size=1
+    )  # perfectly separable: T -> 0, for the whole set and for each group
+    assert float(separable.temperature) == pytest.approx(torch.e**-2, rel=1e-3)
+    assert separable.group_temperatures.tolist() == pytest.approx([torch.e**-2] * 2, rel=5e-3)
+    with pytest.raises(ValueError, match="max_log_temperature"):
+        TemperatureScaler(max_log_temperature=0.0)
+    with pytest.raises(ValueError, match="prior_precision"):
+        TemperatureScaler().fit(noise, target, target, prior_precision=-1.0)
+
+
+def test_group_bias_corrects_a_per_group_offset_that_a_temperature_cannot():
+    logits, target = _calibrated(12000, 2, 5)
+    groups = torch.arange(len(target)) % 2
+    shifted = logits.clone()
+    shifted[groups == 1, 1] += 1.5  # group 1: class 1 over-predicted by a constant logit offset
+    plain = TemperatureScaler().fit(shifted, target, groups)
+    biased = TemperatureScaler(group_bias=True).fit(shifted, target, groups)
+    offset = biased.group_biases[1, 1] - biased.group_biases[1, 0]
+    assert float(offset) == pytest.approx(-1.5, abs=0.15) and float(
+        biased.group_temperatures[1]
+    ) == pytest.approx(1.0, rel=0.1)
+    rows = groups == 1
+    ece = {
+        name: expected_calibration_error(scaler.transform(shifted, groups)[rows].softmax(-1), target[rows])
+        for name, scaler in (("plain", plain), ("biased", biased))
+    }
+    assert ece["biased"] < 0.5 * ece["plain"]
+    copy = TemperatureScaler(group_bias=True)
+    copy.load_state_dict(biased.state_dict())  # buffers take the saved shapes
+    torch.testing.assert_close(copy.transform(shifted, groups), biased.transform(shifted, groups))
+    older = {k: v for k, v in plain.state_dict().items() if k != "group_biases"}  # saved before biases
+    legacy = TemperatureScaler()
+    legacy.load_state_dict(older)
+    torch.testing.assert_close(legacy.transform(shifted, groups), plain.transform(shifted, groups))
+    unseen = biased.transform(torch.zeros(1, 2), torch.tensor([5]))  # unknown group: no offset
+    torch.testing.assert_close(unseen, torch.zeros(1, 2))

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from verticals.domains.medical.data import GeneratedDermatologyDataModule, ManifestDataModule, patient_split
-from verticals.domains.medical.synthetic import DermatologySpec, generate_dermatology
+from verticals.domains.medical.synthetic import DermatologySpec, generate_dermatology, render_lesion
 
 
 def test_generated_set_is_deterministic_and_cached(tmp_path: Path) -> None:
@@ -43,8 +43,31 @@ def test_generated_set_plants_prevalence_and_contrast_gap(tmp_path: Path) -> Non
     assert set(table.groupby("patient").split.nunique()) == {1}  # a patient's lesions share a split
 
 
+def test_planted_strengths_are_spec_fields_and_change_the_cache_key(tmp_path: Path) -> None:
+    def draw(**fields: float) -> np.ndarray:  # the same random draws, only the named strengths differ
+        return render_lesion(np.random.default_rng(3), 64, True, True, DermatologySpec(**fields))
+
+    clean = draw(dark_noise=0.0)
+    noise = draw(dark_noise=0.05) - clean
+    assert 0.02 < float(noise.std()) < 0.08  # per-image sigma: 0.05 x U(0.5, 1.5), a little clipped
+    assert np.array_equal(clean, draw(dark_noise=0.0))
+    assert float(np.abs(draw(dark_noise=0.0, dark_variegation=1.0) - clean).max()) > 0.01
+    faint = draw(dark_noise=0.0, dark_lesion_opacity=0.2)
+    assert float(faint.std()) < float(clean.std())  # a fainter lesion: less contrast in the image
+    default = DermatologySpec()
+    assert (
+        DermatologySpec(dark_noise=0.04).key() != default.key() and default.key() == DermatologySpec().key()
+    )
+    with pytest.raises(ValueError, match="dark_fraction"):
+        generate_dermatology(tmp_path, DermatologySpec(num_images=10, dark_fraction=1.5))
+    with pytest.raises(ValueError, match="dark_noise"):
+        generate_dermatology(tmp_path, DermatologySpec(num_images=10, dark_noise=-0.1))
+
+
 def test_generated_datamodule_batches(tmp_path: Path) -> None:
-    dm = GeneratedDermatologyDataModule(num_images=40, generated_size=32, root=str(tmp_path), image_size=32, batch_size=8)
+    dm = GeneratedDermatologyDataModule(
+        num_images=40, generated_size=32, root=str(tmp_path), image_size=32, batch_size=8
+    )
     assert dm.num_classes == 2 and dm.class_names == ["benign", "malignant"] and dm.input_shape == (3, 32, 32)
     assert dm.group_attributes == ["skin_tone", "sex", "age_band"]
     assert dm.group_names["skin_tone"] == ["dark", "light"] and dm.group_names["age_band"] == ["<60", "60+"]
@@ -67,10 +90,14 @@ def test_manifest_datamodule_splits_by_patient(tmp_path: Path) -> None:
         path = tmp_path / "img" / f"{i}.png"
         path.parent.mkdir(exist_ok=True)
         Image.fromarray(np.full((12, 10, 3), i * 8, dtype=np.uint8)).save(path)
-        rows.append({"image": f"img/{i}.png", "label": "ab"[i % 2], "patient": f"p{i // 3}", "site": "xy"[i % 2]})
+        rows.append(
+            {"image": f"img/{i}.png", "label": "ab"[i % 2], "patient": f"p{i // 3}", "site": "xy"[i % 2]}
+        )
     csv = tmp_path / "manifest.csv"
     pd.DataFrame(rows).to_csv(csv, index=False)
-    dm = ManifestDataModule(str(csv), attributes=["site"], image_size=16, batch_size=4, test_fraction=0.3, val_fraction=0.2)
+    dm = ManifestDataModule(
+        str(csv), attributes=["site"], image_size=16, batch_size=4, test_fraction=0.3, val_fraction=0.2
+    )
     table = dm.table
     for patient, stages in table.groupby("patient").stage.unique().items():
         assert len(stages) == 1, patient
