@@ -12,16 +12,26 @@ field):
   Gaussian blur of ``dark_blur`` px), and the malignant colour variegation shows in **another palette**
   (pale and near-black patches instead of blue-grey and dark-brown, ``dark_palette``): cues learned on
   the many light-skin images do not carry across, and the few dark-skin ones must teach them.
-  And some information is **genuinely lost**: the pigment contrasts less with dark skin
-  (``dark_lesion_opacity``), its colour variegation is less visible (``dark_variegation``) and the
-  under-exposed images carry more per-image sensor noise (``dark_noise`` vs ``light_noise``, each
-  image's sigma drawn around it), so even a perfect model ranks dark-skin cases worse.  Together: a
-  real AUROC gap in favour of light skin that an adapted pretrained model still shows.
+  Some information is **genuinely lost**: the pigment contrasts less with dark skin
+  (``dark_lesion_opacity``) and the acquisition lowers contrast and blurs; two more knobs, off by
+  default, hide part of the colour variegation (``dark_variegation``) and add sensor noise
+  (``dark_noise`` vs ``light_noise``, each image's sigma drawn around it).
+  Finally a **shortcut whose meaning differs by group**: a purple surgical-ink mark beside the lesion.
+  In the light-skin images (the main clinic) lesions booked for excision are marked, so a mark goes
+  with malignancy (``marker_light_malignant`` vs ``marker_light_benign``); in the dark-skin images (the
+  other clinic) benign lesions photographed for follow-up are marked instead (``marker_dark_malignant``
+  vs ``marker_dark_benign``).  Skin markings really do raise CNN melanoma scores (Winkler et al., JAMA
+  Dermatol. 2019).  A model trained on the pooled data learns "mark = malignant" from the majority and
+  misranks marked benign dark-skin lesions; a fairness-aware method that weighs the groups (group-DRO)
+  or penalises what the score says about skin tone within a class can unlearn it.  Together: a real
+  AUROC gap in favour of light skin that an adapted pretrained model shows, part irreducible (the lost
+  information) and part closable (the shortcut, the shift and the under-representation).
 - ``sex``: no effect at all (a negative control: its gap's CI should include zero).
 - ``age``: older patients (60+) have a higher prevalence (+10 points) but images look the same.
 
 Generation is deterministic in ``seed`` (numpy ``default_rng``); images are written as PNGs with a
-``manifest.csv`` (``image, label, patient, skin_tone, sex, age, split``) read by the generic loader.
+``manifest.csv`` (``image, label, patient, skin_tone, sex, age, marker, split``) read by the generic loader;
+``marker`` (0/1) is there for analysis, not as a model input.
 """
 
 from __future__ import annotations
@@ -35,7 +45,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageFilter
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -53,6 +63,8 @@ class DermatologySpec:
         dark_contrast: global contrast factor of the dark-skin acquisition (1 = none).
         dark_blur: Gaussian blur sigma in pixels (at 64 px; scaled with ``image_size``) of that acquisition.
         light_noise / dark_noise: mean per-image sensor-noise sigma (pixel values in [0, 1]).
+        marker_light_malignant / marker_light_benign / marker_dark_malignant / marker_dark_benign: chance
+            of a surgical-ink mark beside the lesion, per skin tone and class (the group-dependent shortcut).
     """
 
     num_images: int = 2000
@@ -62,12 +74,16 @@ class DermatologySpec:
     prevalence_light: float = 0.4
     prevalence_dark: float = 0.25
     dark_lesion_opacity: float = 0.5
-    dark_variegation: float = 0.7
+    dark_variegation: float = 1.0
     dark_palette: float = 1.0
     dark_contrast: float = 0.6
     dark_blur: float = 0.8
     light_noise: float = 0.02
-    dark_noise: float = 0.03
+    dark_noise: float = 0.02
+    marker_light_malignant: float = 0.75
+    marker_light_benign: float = 0.05
+    marker_dark_malignant: float = 0.05
+    marker_dark_benign: float = 0.6
     test_fraction: float = 0.3
     version: int = GENERATOR_VERSION
 
@@ -86,6 +102,10 @@ class DermatologySpec:
             "dark_lesion_opacity",
             "dark_variegation",
             "dark_contrast",
+            "marker_light_malignant",
+            "marker_light_benign",
+            "marker_dark_malignant",
+            "marker_dark_benign",
         )
         for name in fractions:
             if not 0 < getattr(self, name) < 1:
@@ -113,9 +133,9 @@ def _blur(image: np.ndarray, sigma: float) -> np.ndarray:
 
 
 def render_lesion(
-    rng: np.random.Generator, size: int, malignant: bool, dark: bool, spec: DermatologySpec
+    rng: np.random.Generator, size: int, malignant: bool, dark: bool, spec: DermatologySpec, marker: bool = False
 ) -> np.ndarray:
-    """One ``[size, size, 3]`` float image in [0, 1]."""
+    """One ``[size, size, 3]`` float image in [0, 1]; ``marker`` adds a surgical-ink mark beside the lesion."""
     skin = np.array([0.86, 0.70, 0.60]) if not dark else np.array([0.46, 0.31, 0.23])
     skin = skin * rng.uniform(0.93, 1.07, size=3)
     texture = _smooth_noise(rng, size, 6)[..., None] - 0.5
@@ -148,6 +168,13 @@ def render_lesion(
     opacity = spec.dark_lesion_opacity if dark else 0.9  # pigment contrasts less with dark skin
     alpha = (inside * opacity)[..., None]
     image = image * (1 - alpha) + pigment * alpha
+    if marker:  # a short purple ink arc outside the lesion, at a random angle
+        angle, distance = rng.uniform(0, 2 * np.pi), base * rng.uniform(1.5, 1.9)
+        arc = np.abs(np.angle(np.exp(1j * (theta - angle)))) < rng.uniform(0.35, 0.6)
+        ring = np.abs(radius_px - distance) < size * 0.025
+        ink = np.array([0.42, 0.16, 0.55]) * rng.uniform(0.9, 1.1)
+        stroke = (arc & ring).astype(np.float32)[..., None] * 0.85
+        image = image * (1 - stroke) + ink * stroke
 
     if dark:  # acquisition shift: lower contrast, warm colour cast, blur
         mean = image.mean(axis=(0, 1), keepdims=True)
@@ -185,7 +212,14 @@ def generate_dermatology(root: str | Path, spec: DermatologySpec = DermatologySp
             if len(rows) == spec.num_images:
                 break
             malignant = bool(rng.random() < prevalence)
-            image = render_lesion(rng, spec.image_size, malignant, dark, spec)
+            marked = {
+                (False, True): spec.marker_light_malignant,
+                (False, False): spec.marker_light_benign,
+                (True, True): spec.marker_dark_malignant,
+                (True, False): spec.marker_dark_benign,
+            }[(dark, malignant)]
+            marker = bool(rng.random() < marked)
+            image = render_lesion(rng, spec.image_size, malignant, dark, spec, marker)
             name = f"images/lesion_{len(rows):05d}.png"
             Image.fromarray((image * 255).round().astype(np.uint8)).save(directory / name)
             rows.append(
@@ -196,6 +230,7 @@ def generate_dermatology(root: str | Path, spec: DermatologySpec = DermatologySp
                     "skin_tone": "dark" if dark else "light",
                     "sex": sex,
                     "age": age,
+                    "marker": int(marker),
                     "split": split,
                 }
             )

@@ -1,12 +1,18 @@
-"""The Jupyter kernel every notebook test runs in: this interpreter, registered for the test only."""
+"""What every notebook test shares: the Jupyter kernel (this interpreter, registered for the test only),
+the committed-clean check and the papermill run."""
 
 from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
+import nbformat
 import pytest
+
+NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 
 KERNEL_NAME = "verticals-test-python"
 
@@ -28,3 +34,42 @@ def kernel_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.delenv("MPLBACKEND", raising=False)  # keep the kernel's inline backend: figures are checked
     monkeypatch.setenv("PYDEVD_DISABLE_FILE_VALIDATION", "1")
     return KERNEL_NAME
+
+
+def _assert_committed_clean(name: str, parameter_names: Iterable[str]) -> None:
+    notebook_path = NOTEBOOKS / name
+    notebook = nbformat.read(notebook_path, as_version=4)
+    nbformat.validate(notebook)
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    clean = all(not cell.outputs and cell.execution_count is None for cell in code)
+    assert clean, f"clear the outputs of {notebook_path.name} before committing it (see notebooks/README.md)"
+    tagged = [cell for cell in code if "parameters" in cell.metadata.get("tags", [])]
+    assert len(tagged) == 1, f"{notebook_path.name} needs exactly one cell tagged 'parameters' (papermill)"
+    for name in parameter_names:
+        assert f"{name} =" in tagged[0].source, f"{notebook_path.name}: the parameters cell lacks {name}"
+
+
+@pytest.fixture
+def assert_committed_clean() -> Callable[[str, Iterable[str]], None]:
+    """``assert_committed_clean("name.ipynb", names)``: ``notebooks/name.ipynb`` is valid, committed without
+    outputs, and has one ``parameters`` cell that sets every small-scale name."""
+    return _assert_committed_clean
+
+
+@pytest.fixture
+def run_notebook(tmp_path: Path, kernel_name: str) -> Callable[[str, dict[str, Any]], Any]:
+    """``run_notebook("name.ipynb", parameters)``: papermill runs ``notebooks/name.ipynb`` in the test's kernel
+    with ``tmp_path`` as its working directory; returns the executed notebook."""
+    import papermill
+
+    def run(name: str, parameters: dict[str, Any]) -> Any:
+        return papermill.execute_notebook(
+            str(NOTEBOOKS / name),
+            str(tmp_path / name),
+            parameters=parameters,
+            kernel_name=kernel_name,
+            cwd=str(tmp_path),
+            progress_bar=False,
+        )
+
+    return run

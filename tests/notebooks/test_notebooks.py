@@ -10,14 +10,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import nbformat
 import pandas as pd
 import pytest
 
-papermill = pytest.importorskip("papermill")
+pytest.importorskip("papermill")
 pytest.importorskip("ipykernel")
-
-NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 
 # One entry per notebook: the parameters of its small CI scale (full-scale defaults live in the notebook).
 SMALL_SCALE: dict[str, dict[str, object]] = {
@@ -31,29 +28,14 @@ SMALL_SCALE: dict[str, dict[str, object]] = {
 
 
 @pytest.mark.parametrize("name", sorted(SMALL_SCALE))
-def test_notebook_is_committed_clean(name: str) -> None:
-    notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
-    nbformat.validate(notebook)
-    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
-    clean = all(not cell.outputs and cell.execution_count is None for cell in code)
-    assert clean, f"clear the outputs of {name} before committing it (see notebooks/README.md)"
-    tagged = [cell for cell in code if "parameters" in cell.metadata.get("tags", [])]
-    assert len(tagged) == 1, f"{name} needs exactly one cell tagged 'parameters' (papermill)"
-    for parameter in SMALL_SCALE[name]:
-        assert f"{parameter} =" in tagged[0].source, f"{name}: the parameters cell lacks {parameter}"
+def test_notebook_is_committed_clean(name: str, assert_committed_clean) -> None:
+    assert_committed_clean(name, SMALL_SCALE[name])
 
 
-def test_timeseries_adaptation(tmp_path: Path, kernel_name: str) -> None:
+def test_timeseries_adaptation(tmp_path: Path, run_notebook) -> None:
     results_csv = tmp_path / "results.csv"
     parameters = {**SMALL_SCALE["timeseries_adaptation.ipynb"], "RESULTS_CSV": str(results_csv)}
-    executed = papermill.execute_notebook(
-        str(NOTEBOOKS / "timeseries_adaptation.ipynb"),
-        str(tmp_path / "timeseries_adaptation.ipynb"),
-        parameters=parameters,
-        kernel_name=kernel_name,
-        cwd=str(tmp_path),
-        progress_bar=False,
-    )
+    executed = run_notebook("timeseries_adaptation.ipynb", parameters)
 
     results = pd.read_csv(results_csv)
     expected = {(d, m) for d in parameters["DATASETS"] for m in [*parameters["METHODS"], "dtw"]}

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import nbformat
 import pandas as pd
 import pytest
 
-papermill = pytest.importorskip("papermill")
+pytest.importorskip("papermill")
 pytest.importorskip("ipykernel")
 
-NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "speech_whisper_lora.ipynb"
+NAME = "speech_whisper_lora.ipynb"
 SMALL_SCALE = {
     "SOURCE": "tiny-random",
     "CONDITIONS": ["clear", "noisy"],
@@ -25,29 +24,19 @@ SMALL_SCALE = {
 }
 
 
-def test_committed_clean_with_parameters() -> None:
-    notebook = nbformat.read(NOTEBOOK, as_version=4)
-    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
-    assert all(not cell.outputs and cell.execution_count is None for cell in code)
-    tagged = [cell for cell in code if "parameters" in cell.metadata.get("tags", [])]
-    assert len(tagged) == 1 and all(f"{name} =" in tagged[0].source for name in SMALL_SCALE)
+def test_committed_clean_with_parameters(assert_committed_clean) -> None:
+    assert_committed_clean(NAME, SMALL_SCALE)
 
 
-def test_speech_notebook(tmp_path: Path, kernel_name: str) -> None:
+def test_speech_notebook(tmp_path: Path, run_notebook) -> None:
     results_csv = tmp_path / "results.csv"
-    executed = papermill.execute_notebook(
-        str(NOTEBOOK),
-        str(tmp_path / "speech_whisper_lora.ipynb"),
-        parameters={
-            **SMALL_SCALE,
-            "RESULTS_CSV": str(results_csv),
-            "RUN_DIR": str(tmp_path / "runs"),
-            "CACHE_DIR": str(tmp_path / "cache"),
-        },
-        kernel_name=kernel_name,
-        cwd=str(tmp_path),
-        progress_bar=False,
-    )
+    parameters = {
+        **SMALL_SCALE,
+        "RESULTS_CSV": str(results_csv),
+        "RUN_DIR": str(tmp_path / "runs"),
+        "CACHE_DIR": str(tmp_path / "cache"),
+    }
+    executed = run_notebook(NAME, parameters)
     results = pd.read_csv(results_csv)
     assert list(results.method) == ["zero_shot", "lora_qv", "s2lora", "adalora"]
     assert (

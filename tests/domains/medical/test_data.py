@@ -43,6 +43,20 @@ def test_generated_set_plants_prevalence_and_contrast_gap(tmp_path: Path) -> Non
     assert set(table.groupby("patient").split.nunique()) == {1}  # a patient's lesions share a split
 
 
+def test_ink_marker_is_a_group_dependent_shortcut(tmp_path: Path) -> None:
+    spec = DermatologySpec(num_images=400, image_size=32, seed=1)
+    table = pd.read_csv(generate_dermatology(tmp_path, spec))
+    rate = table.groupby(["skin_tone", "label"]).marker.mean()
+    assert rate["light", "malignant"] > 0.6 and rate["light", "benign"] < 0.15  # light: mark means malignant
+    assert rate["dark", "benign"] > 0.4 and rate["dark", "malignant"] < 0.2  # dark: mark means follow-up
+    plain = render_lesion(np.random.default_rng(4), 64, True, False, spec)
+    marked = render_lesion(np.random.default_rng(4), 64, True, False, spec, marker=True)
+    purple = (marked[..., 2] > marked[..., 1] + 0.2) & (marked[..., 0] > marked[..., 1] + 0.1)
+    assert purple.sum() > 10 and not ((plain[..., 2] > plain[..., 1] + 0.2) & (plain[..., 0] > plain[..., 1] + 0.1)).any()
+    with pytest.raises(ValueError, match="marker_dark_benign"):
+        generate_dermatology(tmp_path, DermatologySpec(num_images=10, marker_dark_benign=1.2))
+
+
 def test_planted_strengths_are_spec_fields_and_change_the_cache_key(tmp_path: Path) -> None:
     def draw(**fields: float) -> np.ndarray:  # the same random draws, only the named strengths differ
         return render_lesion(np.random.default_rng(3), 64, True, True, DermatologySpec(**fields))
@@ -51,9 +65,11 @@ def test_planted_strengths_are_spec_fields_and_change_the_cache_key(tmp_path: Pa
     noise = draw(dark_noise=0.05) - clean
     assert 0.02 < float(noise.std()) < 0.08  # per-image sigma: 0.05 x U(0.5, 1.5), a little clipped
     assert np.array_equal(clean, draw(dark_noise=0.0))
-    assert float(np.abs(draw(dark_noise=0.0, dark_variegation=1.0) - clean).max()) > 0.01
-    faint = draw(dark_noise=0.0, dark_lesion_opacity=0.2)
-    assert float(faint.std()) < float(clean.std())  # a fainter lesion: less contrast in the image
+    assert float(np.abs(draw(dark_noise=0.0, dark_variegation=0.5) - clean).max()) > 0.01
+    def benign(**fields: float) -> np.ndarray:  # evenly brown pigment: opacity alone sets its contrast
+        return render_lesion(np.random.default_rng(3), 64, False, True, DermatologySpec(dark_noise=0.0, **fields))
+
+    assert float(benign(dark_lesion_opacity=0.2).std()) < float(benign().std())  # fainter: less contrast
     default = DermatologySpec()
     assert (
         DermatologySpec(dark_noise=0.04).key() != default.key() and default.key() == DermatologySpec().key()
