@@ -13,8 +13,8 @@ field):
   (pale and near-black patches instead of blue-grey and dark-brown, ``dark_palette``): cues learned on
   the many light-skin images do not carry across, and the few dark-skin ones must teach them.
   Some information is **genuinely lost**: the pigment contrasts less with dark skin
-  (``dark_lesion_opacity``) and the acquisition lowers contrast and blurs; two more knobs, off by
-  default, hide part of the colour variegation (``dark_variegation``) and add sensor noise
+  (``dark_lesion_opacity``), part of its colour variegation is hidden (``dark_variegation``), the
+  acquisition lowers contrast and blurs, and the under-exposed images carry more per-image sensor noise
   (``dark_noise`` vs ``light_noise``, each image's sigma drawn around it).
   Finally a **shortcut whose meaning differs by group**: a purple surgical-ink mark beside the lesion.
   In the light-skin images (the main clinic) lesions booked for excision are marked, so a mark goes
@@ -74,16 +74,16 @@ class DermatologySpec:
     prevalence_light: float = 0.4
     prevalence_dark: float = 0.25
     dark_lesion_opacity: float = 0.5
-    dark_variegation: float = 1.0
+    dark_variegation: float = 0.85
     dark_palette: float = 1.0
     dark_contrast: float = 0.6
     dark_blur: float = 0.8
     light_noise: float = 0.02
-    dark_noise: float = 0.02
-    marker_light_malignant: float = 0.75
+    dark_noise: float = 0.025
+    marker_light_malignant: float = 0.7
     marker_light_benign: float = 0.05
     marker_dark_malignant: float = 0.05
-    marker_dark_benign: float = 0.6
+    marker_dark_benign: float = 0.5
     test_fraction: float = 0.3
     version: int = GENERATOR_VERSION
 
