@@ -192,6 +192,24 @@ def steady_throughput(step_ends: Sequence[float], step_samples: Sequence[int]) -
     return sum(step_samples[1:]) / (step_ends[-1] - step_ends[0])
 
 
+def alternate(
+    runners: Mapping[str, Callable[[int], Any]],
+    repeats: int,
+    on_result: Callable[[str, int, Any], None] | None = None,
+) -> dict[str, list[Any]]:
+    """Call every runner once per repeat (with the repeat's index) in ABBA order: the given order on even
+    repeats, reversed on odd ones, so drifting machine load and warm-up hit every runner alike. Returns each
+    runner's results in repeat order; ``on_result(name, repeat, result)`` sees each as it comes (progress)."""
+    results: dict[str, list[Any]] = {name: [] for name in runners}
+    names = list(runners)
+    for repeat in range(repeats):
+        for name in names if repeat % 2 == 0 else reversed(names):
+            results[name].append(runners[name](repeat))
+            if on_result is not None:
+                on_result(name, repeat, results[name][-1])
+    return results
+
+
 def find_callback(trainer: L.Trainer, kind: type) -> Any:
     """The trainer's first callback of type ``kind``, or None."""
     return next((callback for callback in trainer.callbacks if isinstance(callback, kind)), None)

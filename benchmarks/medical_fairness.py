@@ -325,24 +325,18 @@ def calibration(
         "per_group_bias": offsets.transform(logits, test_groups),
     }
     tone = np.asarray(names[SENSITIVE], dtype=str)[test[SENSITIVE]]
+
+    def per_tone(values: torch.Tensor) -> dict[str, float]:
+        return dict(zip(names[SENSITIVE], values.tolist(), strict=False))
+
     result: dict[str, Any] = {
         "temperature": float(scaler.temperature),
         "prior_precision": GROUP_PRIOR_PRECISION,
-        "group_temperatures": dict(zip(names[SENSITIVE], scaler.group_temperatures.tolist(), strict=False)),
-        "group_temperatures_mle": dict(
-            zip(names[SENSITIVE], unshrunk.group_temperatures.tolist(), strict=False)
-        ),
-        "group_temperatures_bias": dict(
-            zip(names[SENSITIVE], offsets.group_temperatures.tolist(), strict=False)
-        ),
+        "group_temperatures": per_tone(scaler.group_temperatures),
+        "group_temperatures_mle": per_tone(unshrunk.group_temperatures),
+        "group_temperatures_bias": per_tone(offsets.group_temperatures),
         # Offset of the malignant-vs-benign logit difference per group (b_1 - b_0).
-        "group_logit_offsets": dict(
-            zip(
-                names[SENSITIVE],
-                (offsets.group_biases[:, 1] - offsets.group_biases[:, 0]).tolist(),
-                strict=False,
-            )
-        ),
+        "group_logit_offsets": per_tone(offsets.group_biases[:, 1] - offsets.group_biases[:, 0]),
     }
     for kind, values in scaled.items():
         report = fairness_report(

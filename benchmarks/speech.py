@@ -47,6 +47,7 @@ import numpy as np
 import torch
 from _common import (
     TrainWindow,
+    alternate,
     callback_class_path,
     find_callback,
     machine,
@@ -131,14 +132,13 @@ def run_method(method: str, args: argparse.Namespace, runs: Path) -> tuple[dict[
 def utterance_counts(task: Any) -> dict[str, list[Any]] | None:
     """The test set's per-utterance word errors and reference words with each utterance's condition, in
     test-loader order (the same order for every method: paired comparisons)."""
-    counts = getattr(task, "test_counts", None)
-    if counts is None:
+    rows = task.test_utterance_rows()
+    if not rows:
         return None
-    names = task.hparams.get("group_names") or ["all"]
     return {
-        "condition": [names[int(code)] for code in counts["groups"]],
-        "word_errors": [int(v) for v in counts["word_errors"]],
-        "words": [int(v) for v in counts["words"]],
+        "condition": [row["group"] for row in rows],
+        "word_errors": [row["word_errors"] for row in rows],
+        "words": [row["words"] for row in rows],
     }
 
 
@@ -359,14 +359,13 @@ def compare_throughput(args: argparse.Namespace, runs: Path) -> dict[str, Any]:
     whole-window ratio (train begin → train end, which on the verticals side includes Lightning's
     end-of-epoch checkpoint save) is reported beside it.
     """
-    ours, theirs = [], []
-    for repeat in range(args.throughput_repeats):  # ABBA order: neither route always runs first
-        routes = ["verticals", "hf"] if repeat % 2 == 0 else ["hf", "verticals"]
-        for route in routes:
-            if route == "verticals":
-                ours.append(verticals_throughput(args, runs / f"throughput_verticals_{repeat}"))
-            else:
-                theirs.append(trainer_throughput(args, runs / f"throughput_hf_{repeat}"))
+    rows = alternate(
+        {
+            "verticals": lambda repeat: verticals_throughput(args, runs / f"throughput_verticals_{repeat}"),
+            "hf": lambda repeat: trainer_throughput(args, runs / f"throughput_hf_{repeat}"),
+        },
+        args.throughput_repeats,
+    )
 
     def median_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
         row = dict(rows[0])
@@ -375,7 +374,7 @@ def compare_throughput(args: argparse.Namespace, runs: Path) -> dict[str, Any]:
             row[f"repeats_{key}"] = [r[key] for r in rows]
         return row
 
-    ours_row, theirs_row = median_row(ours), median_row(theirs)
+    ours_row, theirs_row = median_row(rows["verticals"]), median_row(rows["hf"])
     return {
         "verticals": ours_row,
         "seq2seq_trainer": theirs_row,

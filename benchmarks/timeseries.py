@@ -47,6 +47,7 @@ import torch.nn.functional as F
 import yaml
 from _common import (
     TrainWindow,
+    alternate,
     callback_class_path,
     find_callback,
     machine,
@@ -389,16 +390,20 @@ def measure_overhead(
     setup = _overhead_setup(encoder)
     verticals_fit(setup, 1, encoder, root / "warmup", verbose)
     plain_fit(setup, 1)
-    runs: list[dict[str, Any]] = []
-    for repeat in range(repeats):
-        order = ("verticals", "plain") if repeat % 2 == 0 else ("plain", "verticals")
-        for loop in order:
-            if loop == "verticals":
-                result = verticals_fit(setup, epochs, encoder, root / f"repeat{repeat}", verbose)
-            else:
-                result = plain_fit(setup, epochs)
-            runs.append({"repeat": repeat, **result})
-            log.info("overhead repeat %d %-9s %.1f samples/s", repeat, loop, result["samples_per_second"])
+    runs: list[dict[str, Any]] = []  # in the order they ran
+
+    def record(loop: str, repeat: int, result: dict[str, Any]) -> None:
+        runs.append({"repeat": repeat, **result})
+        log.info("overhead repeat %d %-9s %.1f samples/s", repeat, loop, result["samples_per_second"])
+
+    alternate(
+        {
+            "verticals": lambda repeat: verticals_fit(setup, epochs, encoder, root / f"repeat{repeat}", verbose),
+            "plain": lambda repeat: plain_fit(setup, epochs),
+        },
+        repeats,
+        on_result=record,
+    )
     medians = {
         loop: {
             "samples_per_second": statistics.median(

