@@ -119,6 +119,8 @@ def run_arguments(method: str, args: argparse.Namespace, root: Path) -> list[str
         "--data.init_args.num_images", str(args.num_images),
         "--data.init_args.generated_size", str(args.generated_size or args.image_size),
         "--data.init_args.generation_seed", str(args.generation_seed),
+        "--data.init_args.test_fraction", f"{args.test_fraction:g}",
+        "--data.init_args.val_fraction", f"{args.val_fraction:g}",
     ]  # fmt: skip
     if args.data_root is not None:
         data += ["--data.init_args.root", str(args.data_root)]
@@ -457,7 +459,15 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         help="fairness_weight λ of each fair_lora run (default: the config's 1.0)",
     )
     parser.add_argument("--epochs", type=int, default=None, help="default: each config's trainer.max_epochs")
-    parser.add_argument("--num-images", type=int, default=2000, help="size of the generated set (all splits)")
+    parser.add_argument("--num-images", type=int, default=4000, help="size of the generated set (all splits)")
+    parser.add_argument(
+        "--test-fraction", type=float, default=0.5,
+        help="per-patient test share of the generated set (large: the dark group's ECE needs hundreds of items)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--val-fraction", type=float, default=0.4,
+        help="validation share of the remaining patients (fits the temperatures and selects checkpoints)",
+    )  # fmt: skip
     parser.add_argument("--image-size", type=int, default=64, help="model input size (not zero_shot's CLIP)")
     parser.add_argument(
         "--generated-size", type=int, default=None, help="generated PNG size (default: image size)"
@@ -495,6 +505,8 @@ def run_benchmark(
             "fair_weights": args.fair_weights,
             "epochs": args.epochs,
             "num_images": args.num_images,
+            "test_fraction": args.test_fraction,
+            "val_fraction": args.val_fraction,
             "image_size": args.image_size,
             "generated_size": args.generated_size or args.image_size,
             "generation_seed": args.generation_seed,
@@ -575,7 +587,9 @@ def render_markdown(results: dict[str, Any]) -> str:
         f"- machine: {machine_line(env)}",
         f"- settings: {settings['num_images']} generated images of {settings['generated_size']} px, model input "
         f"{settings['image_size']} px (zero-shot CLIP: its config's size), epochs "
-        f"{settings['epochs'] if settings['epochs'] is not None else 'each config'}, seed {settings['seed']}, "
+        f"{settings['epochs'] if settings['epochs'] is not None else 'each config'}, seed {settings['seed']} "
+        f"(generation seed {settings['generation_seed']}), test share {settings.get('test_fraction', 0.3):g} of the "
+        f"patients, validation share {settings.get('val_fraction', 0.2):g} of the rest, "
         f"{settings['bootstrap']} bootstrap resamples (95% percentile CIs, stratified by group and label)",
         f"- splits (patient-level): {sizes}",
         f"- status: {'complete' if results['complete'] else 'PARTIAL (written after each finished run)'}",

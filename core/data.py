@@ -364,11 +364,17 @@ class EpochShuffleSampler(Sampler[int]):
 def make_loader(
     dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0, num_workers: int = 0
 ) -> DataLoader:
-    """The DataLoader every verticals datamodule uses: epoch-seeded shuffling, persistent workers."""
+    """The DataLoader every verticals datamodule uses: epoch-seeded shuffling, persistent workers.
+
+    A shuffled (training) loader drops a last batch of exactly one sample: BatchNorm cannot normalise a
+    batch of one in training mode and stops the run; with shuffling it is a different sample each epoch.
+    """
+    size = len(dataset)
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        sampler=EpochShuffleSampler(len(dataset), seed) if shuffle else None,
+        sampler=EpochShuffleSampler(size, seed) if shuffle else None,
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
+        drop_last=shuffle and size > 1 and size % batch_size == 1,
     )

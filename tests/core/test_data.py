@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from verticals.core.data import ArrayClassificationDataModule, ArrayDataset, encode_labels, stratified_split
+from verticals.core.data import (
+    ArrayClassificationDataModule,
+    ArrayDataset,
+    encode_labels,
+    make_loader,
+    stratified_split,
+)
 
 
 class ToyDataModule(ArrayClassificationDataModule):
@@ -243,3 +249,14 @@ def test_properties_link_into_model_arguments_through_lightning_cli(monkeypatch)
     assert cli.model.hparams.num_classes == 3
     assert tuple(cli.model.hparams.input_shape) == (2, 7)
     assert cli.model.layer.in_features == 14
+
+
+def test_training_loader_drops_a_last_batch_of_one_sample_only():
+    def sizes(count: int, shuffle: bool) -> list[int]:
+        dataset = torch.utils.data.TensorDataset(torch.arange(count))
+        return [len(batch[0]) for batch in make_loader(dataset, 4, shuffle=shuffle)]
+
+    assert sizes(9, shuffle=True) == [4, 4]  # BatchNorm cannot train on the lone ninth sample
+    assert sizes(9, shuffle=False) == [4, 4, 1]  # evaluation keeps every sample
+    assert sizes(10, shuffle=True) == [4, 4, 2]
+    assert sizes(1, shuffle=True) == [1]

@@ -1,0 +1,364 @@
+"""The medical fairness benchmark over several seeds: each seed is a new generated set *and* new training runs.
+
+One seed's figures move a lot: the dark-skin group is small, and two seeds of the same LoRA config have shown
+skin-tone gaps of 0.118 and 0.100. This script runs ``benchmarks/medical_fairness.py`` once per seed
+(``--seed s --generation-seed s``; every other argument after ``--`` is passed through), ``--jobs`` at a
+time as separate processes, each writing ``results/medical_fairness/seed_<s>.md`` and ``.json``. A seed whose
+JSON is complete and was made with the same arguments is not run again, so an interrupted sweep resumes.
+It then writes the across-seed summary of the issue's targets: per seed and seed-averaged.
+
+Seed-averaged means: the mean over seeds of each run's statistic; a reduction (gap, ECE) is computed from
+the seed-averaged values (``1 - mean(method) / mean(LoRA)``), which is steadier than a mean of per-seed ratios
+(both are shown).
+
+Usage (from the repository root)::
+
+    python benchmarks/medical_fairness_seeds.py --seeds 0 1 2 --jobs 2            # CPU: ~45 min
+    python benchmarks/medical_fairness_seeds.py --seeds 0 1 --jobs 1 -- --num-images 96 --epochs 1  # smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shlex
+import subprocess
+import sys
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from _common import machine, machine_line, write_reports
+
+SCRIPT = "benchmarks/medical_fairness_seeds.py"
+BENCHMARK = Path(__file__).resolve().parent / "medical_fairness.py"
+RESULTS = Path(__file__).resolve().parent / "results"
+DEFAULT_OUTPUT = RESULTS / "medical_fairness_seeds.md"
+# The per-seed benchmark's own targets and names, read from it so the two cannot disagree.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import medical_fairness as single  # noqa: E402
+
+OWN_ARGUMENTS = ("--seed", "--generation-seed", "--output", "--runs-dir")
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    argv = list(argv)
+    passthrough: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, passthrough = argv[:cut], argv[cut + 1 :]
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--jobs", type=int, default=2, help="seeds run at the same time (one process each)")
+    parser.add_argument(
+        "--seed-dir", type=Path, default=RESULTS / "medical_fairness", help="per-seed reports go here"
+    )
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    parser.add_argument(
+        "--runs-dir", type=Path, default=None, help="keep each seed's runs under <dir>/seed_<s>"
+    )
+    args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error(f"--jobs must be >= 1, got {args.jobs}.")
+    if len(set(args.seeds)) != len(args.seeds):
+        parser.error(f"--seeds must be distinct, got {args.seeds}.")
+    clash = [a for a in passthrough if a.split("=")[0] in OWN_ARGUMENTS]
+    if clash:
+        parser.error(f"{clash} are set per seed by this script; leave them out of the arguments after --.")
+    args.passthrough = passthrough
+    return args
+
+
+def seed_output(args: argparse.Namespace, seed: int) -> Path:
+    return args.seed_dir / f"seed_{seed}.md"
+
+
+def seed_command(args: argparse.Namespace, seed: int) -> list[str]:
+    """The per-seed benchmark's arguments (without the interpreter and script)."""
+    command = [
+        "--seed", str(seed), "--generation-seed", str(seed), "--output", str(seed_output(args, seed)),
+        *args.passthrough,
+    ]  # fmt: skip
+    if args.runs_dir is not None:
+        command += ["--runs-dir", str(args.runs_dir / f"seed_{seed}")]
+    return command
+
+
+def finished(args: argparse.Namespace, seed: int) -> dict[str, Any] | None:
+    """The seed's results if its JSON is complete, error-free and made with the same benchmark arguments."""
+    path = seed_output(args, seed).with_suffix(".json")
+    if not path.is_file():
+        return None
+    results = json.loads(path.read_text())
+    wanted = single.parse_args(seed_command(args, seed))
+    made = single.parse_args(results.get("argv", []))
+    same = {k: v for k, v in vars(made).items() if k not in ("output", "runs_dir", "verbose")} == {
+        k: v for k, v in vars(wanted).items() if k not in ("output", "runs_dir", "verbose")
+    }
+    return results if results.get("complete") and not results.get("errors") and same else None
+
+
+def run_seed(args: argparse.Namespace, seed: int, threads: int) -> int:
+    """One seed's benchmark as a child process (its output to ``<seed report>.log``); the exit code."""
+    output = seed_output(args, seed)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    environment = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", str(threads)))
+    with open(output.with_suffix(".log"), "w") as log:
+        return subprocess.call(
+            [sys.executable, str(BENCHMARK), *seed_command(args, seed)],
+            stdout=log, stderr=subprocess.STDOUT, env=environment,
+        )  # fmt: skip
+
+
+# -- aggregation -------------------------------------------------------------------------------------------
+def _value(entry: dict[str, float] | None) -> float:
+    return math.nan if not entry or entry.get("value") is None else float(entry["value"])
+
+
+def seed_summary(results: dict[str, Any]) -> dict[str, Any]:
+    """One seed's headline numbers per run: AUROC, gaps, the paired comparison with LoRA, worst-group ECE."""
+    runs: dict[str, Any] = {}
+    for run in results["runs"]:
+        test, skin = run["test"], run["test"]["attributes"][single.SENSITIVE]
+        entry: dict[str, Any] = {
+            "method": run["method"],
+            "auroc": _value(test["overall"]["auroc"]),
+            "gap": _value(skin["auroc_best_minus_worst"]),
+            "gap_ci": skin["auroc_best_minus_worst"],
+            "control_gap": _value(test["attributes"][single.CONTROL]["auroc_best_minus_worst"]),
+            "groups": {g: v["count"] for g, v in skin["groups"].items()},
+        }
+        if "vs_lora" in run:
+            vs = run["vs_lora"]
+            entry["vs_lora"] = {
+                "reference_gap": vs["reference_gap"],
+                "gap": vs["gap"],
+                "gap_reduction": _value(vs["gap_reduction"]),
+                "auroc_change": _value(vs["auroc_change"]),
+            }
+        if "calibration" in run:
+            entry["worst_group_ece"] = {
+                kind: _value(run["calibration"][kind]["worst_group_ece"])
+                for kind in single.SCALINGS
+                if kind in run["calibration"]
+            }
+        runs[run["label"]] = entry
+    return runs
+
+
+def reduction(before: float, after: float) -> float:
+    return 1.0 - after / before if before and not math.isnan(before) else math.nan
+
+
+def aggregate(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """Across-seed means, spreads and target checks of every run that every seed has."""
+    summaries = {seed: seed_summary(results) for seed, results in per_seed.items()}
+    labels = [label for label in next(iter(summaries.values()))]
+    labels = [label for label in labels if all(label in s for s in summaries.values())]
+
+    def stats(values: list[float]) -> dict[str, Any]:
+        array = np.asarray(values, dtype=float)
+        return {
+            "values": [float(v) for v in array],
+            "mean": float(np.nanmean(array)) if np.isfinite(array).any() else math.nan,
+            "sd": float(np.nanstd(array, ddof=1)) if np.isfinite(array).sum() > 1 else math.nan,
+        }
+
+    seeds = sorted(summaries)
+    out: dict[str, Any] = {"seeds": seeds, "runs": {}}
+    for label in labels:
+        rows = [summaries[s][label] for s in seeds]
+        entry: dict[str, Any] = {
+            "method": rows[0]["method"],
+            "auroc": stats([r["auroc"] for r in rows]),
+            "gap": stats([r["gap"] for r in rows]),
+            "gap_ci_excludes_zero": [bool(r["gap_ci"].get("low", math.nan) > 0) for r in rows],
+            "control_gap": stats([r["control_gap"] for r in rows]),
+            "dark_count": stats([float(r["groups"].get("dark", math.nan)) for r in rows]),
+        }
+        if all("vs_lora" in r for r in rows):
+            vs = [r["vs_lora"] for r in rows]
+            reference, gap = stats([v["reference_gap"] for v in vs]), stats([v["gap"] for v in vs])
+            change = stats([v["auroc_change"] for v in vs])
+            per_seed_reduction = stats([v["gap_reduction"] for v in vs])
+            averaged = reduction(reference["mean"], gap["mean"])
+            entry["vs_lora"] = {
+                "reference_gap": reference,
+                "gap": gap,
+                "gap_reduction": per_seed_reduction,
+                "gap_reduction_of_means": averaged,
+                "auroc_change": change,
+                "seeds_meeting_both": sum(
+                    v["gap_reduction"] >= single.TARGET_GAP_REDUCTION
+                    and v["auroc_change"] >= -single.TARGET_AUROC_DROP
+                    for v in vs
+                ),
+                "met_on_average": bool(
+                    averaged >= single.TARGET_GAP_REDUCTION and change["mean"] >= -single.TARGET_AUROC_DROP
+                ),
+            }
+        if all("worst_group_ece" in r for r in rows):
+            calibration: dict[str, Any] = {}
+            base = stats([r["worst_group_ece"]["none"] for r in rows])
+            for kind in single.SCALINGS:
+                values = stats([r["worst_group_ece"].get(kind, math.nan) for r in rows])
+                calibration[kind] = {
+                    "worst_group_ece": values,
+                    "reduction_per_seed": [
+                        reduction(b, a) for b, a in zip(base["values"], values["values"], strict=True)
+                    ],
+                    "reduction_of_means": reduction(base["mean"], values["mean"]),
+                }
+            entry["calibration"] = calibration
+        out["runs"][label] = entry
+    return out
+
+
+# -- report ------------------------------------------------------------------------------------------------
+def _mean_sd(entry: dict[str, Any], signed: bool = False, percent: bool = False) -> str:
+    mean, sd = entry["mean"], entry["sd"]
+    if math.isnan(mean):
+        return "n/a"
+    if percent:
+        return f"{mean:+.0%}" + ("" if math.isnan(sd) else f" ± {sd:.0%}")
+    sign = "+" if signed else ""
+    return f"{mean:{sign}.3f}" + ("" if math.isnan(sd) else f" ± {sd:.3f}")
+
+
+def _values(values: Sequence[float], signed: bool = False, percent: bool = False) -> str:
+    if percent:
+        return ", ".join("n/a" if math.isnan(v) else f"{v:+.0%}" for v in values)
+    sign = "+" if signed else ""
+    return ", ".join("n/a" if math.isnan(v) else f"{v:{sign}.3f}" for v in values)
+
+
+def render_markdown(results: dict[str, Any]) -> str:
+    summary, seeds = results["summary"], results["summary"]["seeds"]
+    runs = summary["runs"]
+    lines = [
+        "# Medical fairness benchmark over seeds (generated dermatology set)",
+        "",
+        f"- command: `{results['command']}`",
+        f"- date: {results['date']}",
+        f"- machine: {machine_line(results['machine'])}",
+        f"- seeds: {seeds} (seed s = generated set s and `seed_everything` s); per-seed reports: "
+        + ", ".join(f"[seed {s}]({p})" for s, p in results["seed_reports"].items()),
+        f"- per-seed benchmark: `{results['seed_command']}` with `--seed s --generation-seed s`",
+        f"- status: {'complete' if results['complete'] else 'PARTIAL'}",
+        "",
+        "Values are mean ± sample SD over seeds, then the per-seed values in seed order. Reductions marked "
+        "'of means' compare seed-averaged values (1 − mean(method) / mean(reference)).",
+        "",
+        "## All runs",
+        "",
+        "| run | test AUROC | skin-tone gap | gap CI excludes 0 (per seed) | sex gap | dark test images |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, entry in runs.items():
+        lines.append(
+            f"| {label} | {_mean_sd(entry['auroc'])} ({_values(entry['auroc']['values'])}) | "
+            f"{_mean_sd(entry['gap'], True)} ({_values(entry['gap']['values'], True)}) | "
+            f"{', '.join('yes' if x else 'no' for x in entry['gap_ci_excludes_zero'])} | "
+            f"{_mean_sd(entry['control_gap'], True)} | {entry['dark_count']['mean']:.0f} |"
+        )
+    compared = {
+        label: e for label, e in runs.items() if "vs_lora" in e and e["method"] in ("fair_lora", "group_dro")
+    }
+    if compared:
+        lines += [
+            "",
+            "## (b) Fairness-aware LoRA vs LoRA",
+            "",
+            f"Targets: gap cut by ≥ {single.TARGET_GAP_REDUCTION:.0%} with overall AUROC down by ≤ "
+            f"{single.TARGET_AUROC_DROP * 100:.0f} points.",
+            "",
+            "| run | LoRA gap | run's gap | gap reduction of means | gap reduction per seed | Δ AUROC | "
+            "seeds meeting both | met on average |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for label, entry in compared.items():
+            vs = entry["vs_lora"]
+            lines.append(
+                f"| {label} | {_mean_sd(vs['reference_gap'], True)} | {_mean_sd(vs['gap'], True)} | "
+                f"{vs['gap_reduction_of_means']:+.0%} | {_values(vs['gap_reduction']['values'], percent=True)} | "
+                f"{_mean_sd(vs['auroc_change'], True)} ({_values(vs['auroc_change']['values'], True)}) | "
+                f"{vs['seeds_meeting_both']}/{len(seeds)} | {'yes' if vs['met_on_average'] else 'no'} |"
+            )
+    calibrated = {label: e for label, e in runs.items() if "calibration" in e}
+    if calibrated:
+        lines += [
+            "",
+            "## (c) Worst skin-tone-group ECE after temperature scaling (fit on validation, test ECE)",
+            "",
+            f"Target: ≥ {single.TARGET_ECE_REDUCTION:.0%} lower than uncalibrated. Scalings as in the per-seed "
+            "reports (`per_group` is `TemperatureScaler`'s shrunk default).",
+            "",
+            "| run | scaling | worst-group ECE | reduction of means | reduction per seed |",
+            "|---|---|---|---|---|",
+        ]
+        for label, entry in calibrated.items():
+            for kind, values in entry["calibration"].items():
+                lines.append(
+                    f"| {label} | {kind} | {_mean_sd(values['worst_group_ece'])} "
+                    f"({_values(values['worst_group_ece']['values'])}) | "
+                    + ("—" if kind == "none" else f"{values['reduction_of_means']:+.0%}")
+                    + " | "
+                    + ("—" if kind == "none" else _values(values["reduction_per_seed"], percent=True))
+                    + " |"
+                )
+    scratch = runs.get("scratch")
+    if scratch and "vs_lora" in scratch:
+        change = scratch["vs_lora"]["auroc_change"]
+        lines += [
+            "",
+            "## (d) Scratch − LoRA test AUROC",
+            "",
+            f"{_mean_sd(change, True)} (per seed {_values(change['values'], True)}); LoRA beats scratch on "
+            f"{sum(v < 0 for v in change['values'])}/{len(seeds)} seeds.",
+        ]
+    if results["failed"]:
+        lines += ["", "## Seeds that failed", ""]
+        lines += [
+            f"- seed {seed}: exit code {code}, see its `.log`" for seed, code in results["failed"].items()
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    pending = [seed for seed in args.seeds if finished(args, seed) is None]
+    threads = max(1, (os.cpu_count() or 1) // min(args.jobs, max(1, len(pending))))
+    print(f"Seeds to run: {pending or 'none'} ({args.jobs} at a time, {threads} thread(s) each)", flush=True)
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        codes = dict(zip(pending, pool.map(lambda s: run_seed(args, s, threads), pending), strict=True))
+    per_seed = {seed: r for seed in args.seeds if (r := finished(args, seed)) is not None}
+    failed = {seed: code for seed, code in codes.items() if seed not in per_seed}
+    failed.update({seed: "incomplete" for seed in args.seeds if seed not in per_seed and seed not in failed})
+    results: dict[str, Any] = {
+        "command": "python " + shlex.join([SCRIPT, *argv]),
+        "seed_command": "python " + shlex.join(["benchmarks/medical_fairness.py", *args.passthrough]),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine(("torch", "timm", "lightning", "peft", "verticals")),
+        # Relative to the summary, so the links work wherever the repository is.
+        "seed_reports": {
+            seed: os.path.relpath(seed_output(args, seed).resolve(), args.output.parent.resolve())
+            for seed in per_seed
+        },
+        "failed": failed,
+        "complete": not failed,
+        "summary": aggregate(per_seed) if per_seed else {"seeds": [], "runs": {}},
+    }
+    markdown, json_path = write_reports(results, args.output, render_markdown)
+    print(markdown)
+    print(f"Wrote {args.output} and {json_path}.")
+    return results
+
+
+if __name__ == "__main__":
+    sys.exit(1 if main()["failed"] else 0)

@@ -1,0 +1,87 @@
+"""The multi-seed medical fairness benchmark: two tiny seeds end to end, resume, and the argument checks."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def seeds(load_script):
+    with load_script("medical_fairness_seeds") as module:
+        yield module
+
+
+def test_two_tiny_seeds_are_run_aggregated_and_resumed(seeds, tmp_path: Path, monkeypatch) -> None:
+    output = tmp_path / "results" / "summary.md"
+    argv = [
+        "--seeds", "0", "1",
+        "--jobs", "2",
+        "--seed-dir", str(tmp_path / "results" / "per_seed"),
+        "--output", str(output),
+        "--",
+        "--methods", "lora", "group_dro", "scratch",
+        "--num-images", "160",
+        "--image-size", "32",
+        "--epochs", "1",
+        "--bootstrap", "10",
+        "--data-root", str(tmp_path / "data"),
+    ]  # fmt: skip
+    results = seeds.main(argv)
+    assert results["complete"] and results["failed"] == {}
+
+    # Each seed is its own generated set and its own training seed.
+    per_seed = {
+        s: json.loads((tmp_path / "results" / "per_seed" / f"seed_{s}.json").read_text()) for s in (0, 1)
+    }
+    for seed, raw in per_seed.items():
+        assert raw["settings"]["seed"] == seed and raw["settings"]["generation_seed"] == seed
+    assert per_seed[0]["runs"][0]["test"] != per_seed[1]["runs"][0]["test"]
+
+    summary = results["summary"]
+    assert summary["seeds"] == [0, 1] and list(summary["runs"]) == ["lora", "group_dro", "scratch"]
+    lora_gaps = [
+        r["runs"][0]["test"]["attributes"]["skin_tone"]["auroc_best_minus_worst"]["value"]
+        for r in per_seed.values()
+    ]
+    assert summary["runs"]["lora"]["gap"]["values"] == pytest.approx(lora_gaps)
+    assert summary["runs"]["lora"]["gap"]["mean"] == pytest.approx(sum(lora_gaps) / 2)
+    dro = summary["runs"]["group_dro"]["vs_lora"]
+    expected = seeds.reduction(dro["reference_gap"]["mean"], dro["gap"]["mean"])
+    assert dro["gap_reduction_of_means"] == pytest.approx(expected, nan_ok=True)
+    assert 0 <= dro["seeds_meeting_both"] <= 2 and isinstance(dro["met_on_average"], bool)
+    calibration = summary["runs"]["lora"]["calibration"]
+    assert set(calibration) == {"none", "global", "per_group", "per_group_mle", "per_group_bias"}
+    assert all(not math.isnan(v) for v in calibration["per_group"]["worst_group_ece"]["values"])
+
+    markdown = output.read_text()
+    assert "- command: `python benchmarks/medical_fairness_seeds.py --seeds 0 1" in markdown
+    assert "[seed 0](per_seed/seed_0.md)" in markdown
+    for heading in ("## All runs", "## (b) Fairness-aware LoRA vs LoRA", "## (c) Worst skin-tone-group ECE",
+                    "## (d) Scratch − LoRA test AUROC"):  # fmt: skip
+        assert heading in markdown
+    assert "| group_dro |" in markdown
+
+    # A second call finds both seeds done with the same arguments and runs nothing.
+    monkeypatch.setattr(seeds, "run_seed", lambda *a: pytest.fail("a finished seed was run again"))
+    again = seeds.main(argv)
+    assert again["summary"]["runs"]["lora"]["gap"] == summary["runs"]["lora"]["gap"]
+
+    # Other benchmark arguments make the stored seed stale.
+    changed = [*argv[: argv.index("--epochs")], "--epochs", "2", *argv[argv.index("--epochs") + 2 :]]
+    assert seeds.finished(seeds.parse_args(changed), 0) is None
+
+
+def test_arguments_owned_per_seed_or_invalid_are_refused(seeds) -> None:
+    with pytest.raises(SystemExit):
+        seeds.parse_args(["--seeds", "0", "--", "--seed", "3"])
+    with pytest.raises(SystemExit):
+        seeds.parse_args(["--seeds", "0", "0"])
+    with pytest.raises(SystemExit):
+        seeds.parse_args(["--jobs", "0"])
+    args = seeds.parse_args(["--seeds", "4", "--", "--epochs", "1"])
+    command = seeds.seed_command(args, 4)
+    assert command[:4] == ["--seed", "4", "--generation-seed", "4"] and command[-2:] == ["--epochs", "1"]
