@@ -34,6 +34,7 @@ beside it, after every run (an interrupted benchmark leaves the runs it finished
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import os
@@ -56,6 +57,7 @@ from verticals.core.metrics import (
     TemperatureScaler,
     auroc,
     bootstrap_indices,
+    calibrated_ece_floor,
     fairness_report,
     percentile_interval,
 )
@@ -175,6 +177,24 @@ def collect(task: torch.nn.Module, loader: Any, attributes: Sequence[str]) -> di
     }
 
 
+def run_directory(root: Path, label: str) -> Path:
+    """Where run ``label`` keeps its checkpoints, log and ``outputs.safetensors``."""
+    return root / label.replace(" ", "_").replace("=", "").replace("λ", "w")
+
+
+def load_outputs(path: Path) -> dict[str, dict[str, np.ndarray]]:
+    """What :func:`save_outputs` wrote: ``{split: {name: array}}``."""
+    from safetensors.numpy import load_file
+
+    if not path.is_file():
+        raise FileNotFoundError(f"No saved outputs at {path}; was the benchmark run with this --runs-dir?")
+    outputs: dict[str, dict[str, np.ndarray]] = {}
+    for key, value in load_file(str(path)).items():
+        split, name = key.split(".", 1)
+        outputs.setdefault(split, {})[name] = value
+    return outputs
+
+
 def save_outputs(outputs: dict[str, dict[str, np.ndarray]], path: Path) -> None:
     """The selected model's val/test logits, labels and group codes (``<split>.<name>``), for re-analysis."""
     from safetensors.numpy import save_file
@@ -194,7 +214,7 @@ def train_and_collect(
     label: str, method: str, extra: Sequence[str], args: argparse.Namespace, root: Path
 ) -> tuple[dict[str, Any], dict[str, dict[str, np.ndarray]], dict[str, list[str]]]:
     """One ``verticals run``; returns its record, the selected model's val/test outputs, the group names."""
-    run_root = root / label.replace(" ", "_").replace("=", "").replace("λ", "w")
+    run_root = run_directory(root, label)
     argv = run_arguments(method, args, run_root) + list(extra)
     start = time.perf_counter()
     with quiet_run(None if args.verbose else run_root / "stdout.log", _NOISY_WARNINGS):
@@ -346,18 +366,24 @@ def calibration(
             seed=seed, group_names={SENSITIVE: names[SENSITIVE]},
         )  # fmt: skip
         rows = report.table.xs(SENSITIVE, level="grouping")
+        scores = positive_scores(values.numpy())
+        groups = {
+            str(group): {
+                "value": float(row["ece"]),
+                "low": float(row["ece_low"]),
+                "high": float(row["ece_high"]),
+                # What a perfectly calibrated model with these scores would show on this group's size.
+                "floor": calibrated_ece_floor(scores[tone == str(group)], seed=seed),
+            }
+            for group, row in rows.iterrows()
+        }
+        worst = max(groups, key=lambda g: groups[g]["value"])
         result[kind] = {
             "ece": ci(report.overall["ece"]),
             "nll": ci(report.overall["nll"]),
             "worst_group_ece": ci(report.summary[SENSITIVE]["worst_group_ece"]),
-            "groups": {
-                str(group): {
-                    "value": float(row["ece"]),
-                    "low": float(row["ece_low"]),
-                    "high": float(row["ece_high"]),
-                }
-                for group, row in rows.iterrows()
-            },
+            "worst_group_floor": groups[worst]["floor"],
+            "groups": groups,
         }
     base = result["none"]["worst_group_ece"]["value"]
     for kind in SCALINGS[1:]:
@@ -447,6 +473,41 @@ def paired_comparison(
     }
 
 
+def analyse_run(
+    record: dict[str, Any],
+    run_outputs: dict[str, dict[str, np.ndarray]],
+    lora_outputs: dict[str, dict[str, np.ndarray]] | None,
+    n_bootstrap: int,
+    seed: int,
+) -> None:
+    """Fill ``record``'s ``test``, ``calibration`` and ``vs_lora`` analyses from the run's val/test outputs."""
+    names = record["group_names"]
+    record["test"] = analyse(run_outputs["test"], names, n_bootstrap, seed)
+    if record["method"] != "zero_shot":
+        record["calibration"] = calibration(run_outputs["val"], run_outputs["test"], names, n_bootstrap, seed)
+    if record["label"] != "lora" and lora_outputs is not None:
+        record["vs_lora"] = paired_comparison(lora_outputs["test"], run_outputs["test"], names, n_bootstrap, seed)
+
+
+def reanalyse(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
+    """Recompute every analysis of a finished report (``--output``'s JSON) from the outputs its runs saved
+    under ``--runs-dir``, without training: for a changed analysis on the same models."""
+    path = args.output.with_suffix(".json")
+    if not path.is_file():
+        raise FileNotFoundError(f"--reanalyse needs the report to re-analyse; {path} does not exist.")
+    results = json.loads(path.read_text())
+    settings = results["settings"]
+    outputs: dict[str, dict[str, dict[str, np.ndarray]]] = {}
+    for record in results["runs"]:
+        outputs[record["label"]] = load_outputs(run_directory(args.runs_dir, record["label"]) / "outputs.safetensors")
+        analyse_run(record, outputs[record["label"]], outputs.get("lora"), settings["bootstrap"], settings["seed"])
+    results["reanalysed"] = {
+        "command": "python " + shlex.join([SCRIPT, *argv]),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+    return results
+
+
 # -- the benchmark -----------------------------------------------------------------------------------------
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -481,7 +542,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     parser.add_argument("--runs-dir", type=Path, default=None, help="keep runs here (default: a temp dir)")
     parser.add_argument("--verbose", action="store_true", help="show Lightning's output")
+    parser.add_argument(
+        "--reanalyse", action="store_true",
+        help="no training: recompute the analyses of --output's report from the outputs saved under --runs-dir",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.reanalyse and args.runs_dir is None:
+        parser.error("--reanalyse reads the saved outputs of the runs: give the --runs-dir they were kept in.")
     if "lora" not in args.methods:
         parser.error("--methods must include lora: every comparison is against it.")
     args.methods = ["lora", *[m for m in dict.fromkeys(args.methods) if m != "lora"]]
@@ -522,15 +589,7 @@ def run_benchmark(
         try:
             record, run_outputs, names = train_and_collect(label, method, extra, args, root)
             record["group_names"] = {a: names[a] for a in ATTRIBUTES}
-            record["test"] = analyse(run_outputs["test"], names, args.bootstrap, args.seed)
-            if method != "zero_shot":
-                record["calibration"] = calibration(
-                    run_outputs["val"], run_outputs["test"], names, args.bootstrap, args.seed
-                )
-            if label != "lora" and "lora" in outputs:
-                record["vs_lora"] = paired_comparison(
-                    outputs["lora"]["test"], run_outputs["test"], names, args.bootstrap, args.seed
-                )
+            analyse_run(record, run_outputs, outputs.get("lora"), args.bootstrap, args.seed)
         except Exception as error:  # one failed run must not cost the others
             log.error("%s failed: %s", label, error)
             results["errors"].append(
@@ -567,6 +626,12 @@ def fmt(entry: dict[str, float] | None, signed: bool = False) -> str:
     return f"{entry['value']:{sign}.3f} [{low:{sign}.3f}, {high:{sign}.3f}]"
 
 
+def floors(entry: dict[str, Any]) -> str:
+    """``light / dark`` calibrated-ECE floors of one scaling's entry (``n/a`` in reports made before them)."""
+    values = [entry["groups"].get(g, {}).get("floor") for g in ("light", "dark")]
+    return " / ".join("n/a" if v is None else f"{v:.3f}" for v in values)
+
+
 def excludes_zero(entry: dict[str, float]) -> str:
     low, high = entry.get("low"), entry.get("high")
     if low is None or high is None or math.isnan(low):
@@ -593,6 +658,11 @@ def render_markdown(results: dict[str, Any]) -> str:
         f"{settings['bootstrap']} bootstrap resamples (95% percentile CIs, stratified by group and label)",
         f"- splits (patient-level): {sizes}",
         f"- status: {'complete' if results['complete'] else 'PARTIAL (written after each finished run)'}",
+        *(
+            [f"- analyses recomputed from the runs' saved outputs (no training) on {results['reanalysed']['date']}: "
+             f"`{results['reanalysed']['command']}`"]
+            if results.get("reanalysed") else []
+        ),
         "",
         "Each run is `verticals run <config>` (fit, then test the checkpoint selected by the config's monitor); "
         "the table's numbers are re-measured here on the selected model's test logits. Gap = AUROC of the "
@@ -660,14 +730,18 @@ def render_markdown(results: dict[str, Any]) -> str:
         lines += [
             "", "## (c) Temperature scaling (fit on validation logits, evaluated on test)", "",
             f"Target: worst skin-tone-group ECE ≥ {TARGET_ECE_REDUCTION:.0%} lower than uncalibrated. ECE: 15 "
-            "equal-width bins on the predicted class's confidence. `per_group`: each group's log T shrunk toward "
+            "equal-width bins of P(malignant) against the malignant frequency (torchmetrics' binary convention). "
+            "Floor: the ECE a perfectly calibrated model with the same scores would show on the same group size "
+            "(`calibrated_ece_floor`, labels drawn from the scores); ECE near its floor is sampling noise that no "
+            "recalibration can remove. `per_group`: each group's log T shrunk toward "
             f"the overall one (Gaussian prior, precision {GROUP_PRIOR_PRECISION:g} in summed-NLL units; "
             "`TemperatureScaler.fit`'s default); `per_group_mle`: each group fitted alone (precision 0); "
             "`per_group_bias`: per-group T plus a logit offset b (malignant − benign shown), same prior — "
             "Platt-style, not temperature scaling, listed because a temperature cannot move a group's mean "
             "prediction. Every |log T| ≤ 3.", "",
-            "| run | scaling | T (light / dark) | ECE overall | ECE light | ECE dark | worst-group ECE | reduction vs none |",
-            "|---|---|---|---|---|---|---|---|",
+            "| run | scaling | T (light / dark) | ECE overall | ECE light | ECE dark | floor light / dark | "
+            "worst-group ECE | reduction vs none |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]  # fmt: skip
         for run in results["runs"]:
             calib = run.get("calibration")
@@ -691,7 +765,7 @@ def render_markdown(results: dict[str, Any]) -> str:
                 reduction = entry.get("worst_group_ece_reduction")
                 lines.append(
                     f"| {run['label']} | {kind} | {t} | {fmt(entry['ece'])} | {fmt(entry['groups'].get('light'))} | "
-                    f"{fmt(entry['groups'].get('dark'))} | {fmt(entry['worst_group_ece'])} | "
+                    f"{fmt(entry['groups'].get('dark'))} | {floors(entry)} | {fmt(entry['worst_group_ece'])} | "
                     f"{'—' if reduction is None else f'{reduction:+.0%}'} |"
                 )
         scratch = runs.get("scratch")
@@ -735,10 +809,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
-    with runs_root(args.runs_dir, prefix="verticals-bench-medical-") as root:
-        results = run_benchmark(
-            args, argv, root, progress=lambda partial: write_reports(partial, args.output, render_markdown)
-        )
+    if args.reanalyse:
+        results = reanalyse(args, argv)
+    else:
+        with runs_root(args.runs_dir, prefix="verticals-bench-medical-") as root:
+            results = run_benchmark(
+                args, argv, root, progress=lambda partial: write_reports(partial, args.output, render_markdown)
+            )
     markdown, json_path = write_reports(results, args.output, render_markdown)
     print()
     print(markdown)

@@ -106,6 +106,32 @@ def expected_calibration_error(
     return float(gap.max())
 
 
+def calibrated_ece_floor(
+    scores: Any, *, n_draws: int = 200, n_bins: int = 15, adaptive: bool = False, seed: int = 0
+) -> float:
+    """The ECE a perfectly calibrated model with these scores would still show on this many samples.
+
+    Labels are drawn from the scores themselves (consistency resampling, Bröcker & Smith 2007) and the mean
+    ECE over ``n_draws`` draws is returned. ECE is biased upward on small samples, so a group's ECE close
+    to its floor has nothing left for recalibration to remove; the floor of a small group is high.
+    """
+    if n_draws < 1:
+        raise ValueError(f"`n_draws` must be at least 1, got {n_draws}.")
+    probs = as_scores(scores)
+    if len(probs) == 0:
+        return float("nan")
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(n_draws):
+        if probs.ndim == 1:
+            labels = (rng.random(len(probs)) < probs).astype(np.int64)
+        else:
+            cumulative = np.cumsum(probs / probs.sum(axis=1, keepdims=True), axis=1)
+            labels = np.minimum((rng.random((len(probs), 1)) > cumulative).sum(axis=1), probs.shape[1] - 1)
+        values.append(expected_calibration_error(probs, labels, n_bins=n_bins, adaptive=adaptive))
+    return float(np.mean(values))
+
+
 def adaptive_calibration_error(scores: Any, target: Any, *, n_bins: int = 15) -> float:
     """Adaptive ECE: equal-mass bins, so sparse high-confidence regions don't dominate the estimate."""
     return expected_calibration_error(scores, target, n_bins=n_bins, adaptive=True)

@@ -109,3 +109,13 @@ def test_tiny_run_writes_markdown_and_json(benchmark, tmp_path: Path) -> None:
         assert run["test"]["overall"]["auroc"]["value"] == pytest.approx(
             run["lightning_test_metrics"]["test_auroc"], abs=1e-4
         )
+
+    # Re-analysis from the saved outputs, without training, gives the same numbers and says so.
+    before = output.with_suffix(".json").read_text()
+    again = benchmark.main(["--reanalyse", "--output", str(output), "--runs-dir", str(tmp_path / "runs")])
+    assert [run["test"] for run in again["runs"]] == [run["test"] for run in json.loads(before)["runs"]]
+    assert "analyses recomputed from the runs' saved outputs" in output.read_text()
+    floors = again["runs"][0]["calibration"]["none"]["groups"]
+    assert all(0 < group["floor"] < 1 for group in floors.values())
+    with pytest.raises(SystemExit):
+        benchmark.parse_args(["--reanalyse"])  # needs the runs directory

@@ -12,6 +12,7 @@ from verticals.core.metrics import (
     adaptive_calibration_error,
     aurc,
     brier_score,
+    calibrated_ece_floor,
     expected_calibration_error,
     negative_log_likelihood,
     reliability_curve,
@@ -86,3 +87,22 @@ def test_uncertainty_metrics_bundle_and_curve_json():
     assert curve["count"].count(0) >= 2 and None in curve["accuracy"]
     with pytest.raises(ValueError, match="norm"):
         expected_calibration_error(probs, target, norm="l3")
+
+
+def test_calibrated_ece_floor_is_the_small_sample_bias_of_ece():
+    rng = np.random.default_rng(0)
+    probs = rng.random(2000)
+    small, large = calibrated_ece_floor(probs[:100]), calibrated_ece_floor(probs)
+    assert 0 < large < small  # ECE's upward bias shrinks with the sample (about 1 / sqrt(n))
+    assert small / large == pytest.approx(np.sqrt(20), rel=0.35)
+    # A calibrated model's ECE sits at its floor; an overconfident one's is far above it.
+    calibrated = (rng.random(2000) < probs).astype(int)
+    assert expected_calibration_error(probs, calibrated) < 2 * large
+    sharpened = np.clip((probs - 0.5) * 1.8 + 0.5, 0, 1)
+    assert expected_calibration_error(sharpened, calibrated) > 5 * calibrated_ece_floor(sharpened)
+    # Multiclass: the top-label floor of the same kind; seeded, so repeatable.
+    three = rng.dirichlet(np.ones(3), size=500)
+    assert calibrated_ece_floor(three, seed=1) == calibrated_ece_floor(three, seed=1) > 0
+    assert np.isnan(calibrated_ece_floor(np.empty(0)))
+    with pytest.raises(ValueError, match="n_draws"):
+        calibrated_ece_floor(probs, n_draws=0)
