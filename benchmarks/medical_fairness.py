@@ -94,8 +94,13 @@ _NOISY_WARNINGS = (
 
 
 # -- running one packaged config ---------------------------------------------------------------------------
-def variants(methods: Sequence[str], fair_weights: Sequence[float]) -> list[tuple[str, str, list[str]]]:
-    """``(label, method, method-specific CLI overrides)`` of every run, in order; LoRA first."""
+def variants(
+    methods: Sequence[str], fair_weights: Sequence[float], dro_step_sizes: Sequence[float | None] = (None,)
+) -> list[tuple[str, str, list[str]]]:
+    """``(label, method, method-specific CLI overrides)`` of every run, in order; LoRA first.
+
+    ``dro_step_sizes`` of ``(None,)`` is one group-DRO run with the config's step size, labelled ``group_dro``.
+    """
     runs: list[tuple[str, str, list[str]]] = []
     for method in methods:
         if method == "fair_lora":
@@ -109,7 +114,12 @@ def variants(methods: Sequence[str], fair_weights: Sequence[float]) -> list[tupl
                 "--model.init_args.group_dro", "true",
                 "--model.init_args.dro_groups", "sensitive_label",
             ]  # fmt: skip
-            runs.append(("group_dro", method, overrides))
+            for step in dro_step_sizes:
+                if step is None:
+                    runs.append(("group_dro", method, overrides))
+                else:
+                    step_override = ["--model.init_args.dro_step_size", f"{step:g}"]
+                    runs.append((f"group_dro η={step:g}", method, overrides + step_override))
         else:
             runs.append((method, method, []))
     return runs
@@ -179,7 +189,7 @@ def collect(task: torch.nn.Module, loader: Any, attributes: Sequence[str]) -> di
 
 def run_directory(root: Path, label: str) -> Path:
     """Where run ``label`` keeps its checkpoints, log and ``outputs.safetensors``."""
-    return root / label.replace(" ", "_").replace("=", "").replace("λ", "w")
+    return root / label.replace(" ", "_").replace("=", "").replace("λ", "w").replace("η", "eta")
 
 
 def load_outputs(path: Path) -> dict[str, dict[str, np.ndarray]]:
@@ -313,6 +323,18 @@ def analyse(
             },
         }
     return result
+
+
+def validation_summary(val: dict[str, np.ndarray], names: dict[str, list[str]]) -> dict[str, float]:
+    """Overall and worst-skin-tone-group AUROC and the gap on the validation split (point values): what a
+    user may select a λ or η on without looking at the test set."""
+    scores, target, codes = positive_scores(val["logits"]), val["target"], val[SENSITIVE]
+    per_group = [auroc(scores[codes == g], target[codes == g]) for g in range(len(names[SENSITIVE]))]
+    return {
+        "auroc": float(auroc(scores, target)),
+        "worst_group_auroc": float(np.nanmin(per_group)),
+        "gap": float(np.nanmax(per_group) - np.nanmin(per_group)),
+    }
 
 
 def calibration(
@@ -483,6 +505,7 @@ def analyse_run(
     """Fill ``record``'s ``test``, ``calibration`` and ``vs_lora`` analyses from the run's val/test outputs."""
     names = record["group_names"]
     record["test"] = analyse(run_outputs["test"], names, n_bootstrap, seed)
+    record["validation"] = validation_summary(run_outputs["val"], names)
     if record["method"] != "zero_shot":
         record["calibration"] = calibration(run_outputs["val"], run_outputs["test"], names, n_bootstrap, seed)
     if record["label"] != "lora" and lora_outputs is not None:
@@ -508,7 +531,54 @@ def reanalyse(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     return results
 
 
+# Settings that change what a run trains on or how; a resumed report must share them.
+RUN_SETTINGS = (
+    "epochs", "num_images", "test_fraction", "val_fraction", "image_size", "generated_size", "generation_seed",
+    "seed",
+)  # fmt: skip
+
+
+def finished_runs(
+    args: argparse.Namespace, settings: dict[str, Any], root: Path
+) -> dict[str, tuple[dict[str, Any], dict[str, dict[str, np.ndarray]]]]:
+    """``--resume``: the runs of ``--output``'s report whose outputs are saved under ``root``, by label.
+
+    Raises ``ValueError`` if that report was made with other data, epochs or seed (its runs would not be
+    comparable with new ones).
+    """
+    path = args.output.with_suffix(".json")
+    if not path.is_file():
+        return {}
+    previous = json.loads(path.read_text())
+    differ = {
+        k: (previous["settings"].get(k), settings[k])
+        for k in RUN_SETTINGS
+        if previous["settings"].get(k) != settings[k]
+    }
+    if differ:
+        raise ValueError(
+            f"--resume: {path} was made with other settings {differ} (theirs, these); drop --resume or "
+            "write to another --output."
+        )
+    reused = {}
+    for record in previous["runs"]:
+        saved = run_directory(root, record["label"]) / "outputs.safetensors"
+        if saved.is_file():
+            reused[record["label"]] = (record, load_outputs(saved))
+    return reused
+
+
 # -- the benchmark -----------------------------------------------------------------------------------------
+def step_size(text: str) -> float | None:
+    """``--dro-step-sizes`` value: a positive float, or ``config`` (None: the config's own η)."""
+    if text == "config":
+        return None
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"a group-DRO step size must be > 0 or 'config', got {text!r}")
+    return value
+
+
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
@@ -518,6 +588,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         type=float,
         default=[1.0],
         help="fairness_weight λ of each fair_lora run (default: the config's 1.0)",
+    )
+    parser.add_argument(
+        "--dro-step-sizes",
+        nargs="+",
+        type=step_size,
+        default=None,
+        help="dro_step_size η of each group_dro run; 'config' is the config's own η, labelled plain "
+        "group_dro (default: that one run)",
     )
     parser.add_argument("--epochs", type=int, default=None, help="default: each config's trainer.max_epochs")
     parser.add_argument("--num-images", type=int, default=4000, help="size of the generated set (all splits)")
@@ -543,12 +621,17 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--runs-dir", type=Path, default=None, help="keep runs here (default: a temp dir)")
     parser.add_argument("--verbose", action="store_true", help="show Lightning's output")
     parser.add_argument(
+        "--resume", action="store_true",
+        help="reuse the runs of --output's report whose outputs are saved under --runs-dir; train only the rest",
+    )  # fmt: skip
+    parser.add_argument(
         "--reanalyse", action="store_true",
         help="no training: recompute the analyses of --output's report from the outputs saved under --runs-dir",
     )  # fmt: skip
     args = parser.parse_args(argv)
-    if args.reanalyse and args.runs_dir is None:
-        parser.error("--reanalyse reads the saved outputs of the runs: give the --runs-dir they were kept in.")
+    for flag in ("reanalyse", "resume"):
+        if getattr(args, flag) and args.runs_dir is None:
+            parser.error(f"--{flag} reads the saved outputs of the runs: give the --runs-dir they were kept in.")
     if "lora" not in args.methods:
         parser.error("--methods must include lora: every comparison is against it.")
     args.methods = ["lora", *[m for m in dict.fromkeys(args.methods) if m != "lora"]]
@@ -570,6 +653,7 @@ def run_benchmark(
         "settings": {
             "methods": args.methods,
             "fair_weights": args.fair_weights,
+            "dro_step_sizes": args.dro_step_sizes,
             "epochs": args.epochs,
             "num_images": args.num_images,
             "test_fraction": args.test_fraction,
@@ -585,10 +669,15 @@ def run_benchmark(
         "complete": False,
     }
     outputs: dict[str, dict[str, dict[str, np.ndarray]]] = {}
-    for label, method, extra in variants(args.methods, args.fair_weights):
+    finished = finished_runs(args, results["settings"], root) if args.resume else {}
+    for label, method, extra in variants(args.methods, args.fair_weights, args.dro_step_sizes or (None,)):
         try:
-            record, run_outputs, names = train_and_collect(label, method, extra, args, root)
-            record["group_names"] = {a: names[a] for a in ATTRIBUTES}
+            if label in finished:
+                record, run_outputs = finished[label]
+                log.info("%s: reusing the finished run's saved outputs (--resume)", label)
+            else:
+                record, run_outputs, names = train_and_collect(label, method, extra, args, root)
+                record["group_names"] = {a: names[a] for a in ATTRIBUTES}
             analyse_run(record, run_outputs, outputs.get("lora"), args.bootstrap, args.seed)
         except Exception as error:  # one failed run must not cost the others
             log.error("%s failed: %s", label, error)
@@ -624,6 +713,11 @@ def fmt(entry: dict[str, float] | None, signed: bool = False) -> str:
     if low is None or high is None or math.isnan(low):
         return f"{entry['value']:{sign}.3f}"
     return f"{entry['value']:{sign}.3f} [{low:{sign}.3f}, {high:{sign}.3f}]"
+
+
+def validation(run: dict[str, Any]) -> str:
+    entry = run.get("validation")
+    return "n/a" if not entry else f"{entry['auroc']:.3f} / {entry['worst_group_auroc']:.3f}"
 
 
 def floors(entry: dict[str, Any]) -> str:
@@ -672,8 +766,8 @@ def render_markdown(results: dict[str, Any]) -> str:
         "## All runs",
         "",
         "| run | config | trainable % | test AUROC | accuracy | AUROC light | AUROC dark | skin-tone gap "
-        "| sex gap | epochs | wall s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| sex gap | val AUROC / worst group | epochs | wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for run in results["runs"]:
         test = run["test"]
@@ -683,7 +777,7 @@ def render_markdown(results: dict[str, Any]) -> str:
             f"{fmt(test['overall']['auroc'])} | {fmt(test['overall']['accuracy'])} | "
             f"{fmt(skin['groups'].get('light', {}).get('auroc'))} | {fmt(skin['groups'].get('dark', {}).get('auroc'))} | "
             f"{fmt(skin['auroc_best_minus_worst'], True)} | "
-            f"{fmt(test['attributes'][CONTROL]['auroc_best_minus_worst'], True)} | "
+            f"{fmt(test['attributes'][CONTROL]['auroc_best_minus_worst'], True)} | {validation(run)} | "
             f"{run['epochs']} | {run['wall_seconds']:.0f} |"
         )
     if lora:

@@ -119,3 +119,27 @@ def test_tiny_run_writes_markdown_and_json(benchmark, tmp_path: Path) -> None:
     assert all(0 < group["floor"] < 1 for group in floors.values())
     with pytest.raises(SystemExit):
         benchmark.parse_args(["--reanalyse"])  # needs the runs directory
+
+    # --resume trains only the runs the report lacks (here a group-DRO step size) and reuses the others.
+    trained = []
+    original = benchmark.train_and_collect
+
+    def counting(label, *args, **kwargs):
+        trained.append(label)
+        return original(label, *args, **kwargs)
+
+    benchmark.train_and_collect = counting
+    try:
+        resumed = benchmark.main(
+            [*argv[: argv.index("--fair-weights")], "group_dro", *argv[argv.index("--fair-weights") :],
+             "--dro-step-sizes", "0.1", "--resume"]
+        )  # fmt: skip
+    finally:
+        benchmark.train_and_collect = original
+    assert trained == ["group_dro η=0.1"]
+    assert [run["label"] for run in resumed["runs"]] == ["lora", "fair_lora λ=2", "scratch", "group_dro η=0.1"]
+    assert resumed["runs"][0]["test"] == again["runs"][0]["test"]
+    assert "--model.init_args.dro_step_size" in resumed["runs"][3]["overrides"]
+    assert 0 <= resumed["runs"][3]["validation"]["worst_group_auroc"] <= 1
+    with pytest.raises(ValueError, match="other settings"):
+        benchmark.main([*argv[: argv.index("--epochs")], "--epochs", "2", *argv[argv.index("--epochs") + 2 :], "--resume"])

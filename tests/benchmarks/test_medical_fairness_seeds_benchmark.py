@@ -22,8 +22,10 @@ def test_two_tiny_seeds_are_run_aggregated_and_resumed(seeds, tmp_path: Path, mo
         "--jobs", "2",
         "--seed-dir", str(tmp_path / "results" / "per_seed"),
         "--output", str(output),
+        "--runs-dir", str(tmp_path / "runs"),
         "--",
         "--methods", "lora", "group_dro", "scratch",
+        "--dro-step-sizes", "config", "0.5",
         "--num-images", "160",
         "--image-size", "32",
         "--epochs", "1",
@@ -42,7 +44,14 @@ def test_two_tiny_seeds_are_run_aggregated_and_resumed(seeds, tmp_path: Path, mo
     assert per_seed[0]["runs"][0]["test"] != per_seed[1]["runs"][0]["test"]
 
     summary = results["summary"]
-    assert summary["seeds"] == [0, 1] and list(summary["runs"]) == ["lora", "group_dro", "scratch"]
+    assert summary["seeds"] == [0, 1]
+    assert list(summary["runs"]) == ["lora", "group_dro", "group_dro η=0.5", "scratch", "group_dro (chosen on validation)"]
+    chosen = summary["runs"]["group_dro (chosen on validation)"]
+    for seed, label in enumerate(chosen["chosen"]):
+        runs = {run["label"]: run for run in per_seed[seed]["runs"]}
+        best = max(("group_dro", "group_dro η=0.5"), key=lambda k: runs[k]["validation"]["worst_group_auroc"])
+        assert label == best
+        assert chosen["auroc"]["values"][seed] == runs[label]["test"]["overall"]["auroc"]["value"]
     lora_gaps = [
         r["runs"][0]["test"]["attributes"]["skin_tone"]["auroc_best_minus_worst"]["value"]
         for r in per_seed.values()
