@@ -65,6 +65,13 @@ def test_two_tiny_seeds_are_run_aggregated_and_resumed(seeds, tmp_path: Path, mo
     calibration = summary["runs"]["lora"]["calibration"]
     assert set(calibration) == {"none", "global", "per_group", "per_group_mle", "per_group_bias"}
     assert all(not math.isnan(v) for v in calibration["per_group"]["worst_group_ece"]["values"])
+    none, per_group = calibration["none"], calibration["per_group"]
+    assert all(0 < floor < 1 for floor in none["worst_group_floor"]["values"])
+    excess = seeds.reduction(
+        none["worst_group_ece"]["mean"] - none["worst_group_floor"]["mean"],
+        per_group["worst_group_ece"]["mean"] - per_group["worst_group_floor"]["mean"],
+    )
+    assert per_group["excess_reduction_of_means"] == pytest.approx(excess, nan_ok=True)
 
     markdown = output.read_text()
     assert "- command: `python benchmarks/medical_fairness_seeds.py --seeds 0 1" in markdown
