@@ -338,6 +338,10 @@ class FairClassificationTask(ClassificationTask):
             optimizer = torch.optim.Adam(
                 self.attribute_net.parameters(), lr=self.hparams["auxiliary_learning_rate"]
             )
+            saved = getattr(self, "_auxiliary_optimizer_state", None)
+            if saved is not None:  # a resumed fit: q goes on with its moments, not from a cold start
+                optimizer.load_state_dict(saved)
+                self._auxiliary_optimizer_state = None
             self._auxiliary_optimizer = optimizer
         inputs = inputs.detach()
         with torch.enable_grad():
@@ -483,9 +487,16 @@ class FairClassificationTask(ClassificationTask):
         super().on_save_checkpoint(checkpoint)
         if getattr(self, "dro_weights", None) is not None:
             checkpoint["verticals"]["group_dro_weights"] = self.dro_weights.detach().cpu().tolist()
+        # q's own optimiser is not Lightning's, so Lightning would not save it.
+        optimizer = getattr(self, "_auxiliary_optimizer", None)
+        if optimizer is not None:
+            checkpoint["verticals"]["auxiliary_optimizer"] = optimizer.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
         saved = checkpoint.get("verticals", {}).get("group_dro_weights")
         if saved is not None and getattr(self, "dro_weights", None) is not None:
             self.dro_weights.copy_(torch.tensor(saved, dtype=self.dro_weights.dtype))
+        # Applied when q's optimiser is next built (the first training step of a resumed fit).
+        self._auxiliary_optimizer = None
+        self._auxiliary_optimizer_state = checkpoint.get("verticals", {}).get("auxiliary_optimizer")

@@ -304,6 +304,16 @@ def test_separate_auxiliary_optimiser_conditional_logit_penalty_and_warmup(tmp_p
     assert all(parameter.requires_grad for parameter in task.attribute_net.parameters())  # restored
     checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert any(name.startswith("attribute_net.") for name in checkpoint["state_dict"])
+    # q's own Adam state is saved too, and a resumed fit continues it instead of starting cold.
+    saved = checkpoint["verticals"]["auxiliary_optimizer"]["state"]
+    assert saved and all(int(entry["step"]) == 6 * 3 for entry in saved.values())  # 6 batches x 3 steps
+    restored = FairClassificationTask.load_from_checkpoint(
+        tmp_path / "checkpoints" / "last.ckpt", model=_fresh_encoder(), weights_only=True
+    )
+    restored.train()
+    restored._train_auxiliary(torch.randn(4, 4), torch.tensor([0, 1, 0, 1]))
+    resumed = restored._auxiliary_optimizer.state_dict()["state"]
+    assert {k: int(v["step"]) for k, v in resumed.items()} == {k: int(v["step"]) + 3 for k, v in saved.items()}
     with pytest.raises(ValueError, match="penalty_on"):
         _task(fairness_penalty=penalty, penalty_on="pixels")
     with pytest.raises(ValueError, match="auxiliary_steps"):
