@@ -37,8 +37,6 @@ from _common import machine, machine_line, write_reports
 
 SCRIPT = "benchmarks/medical_fairness_seeds.py"
 BENCHMARK = Path(__file__).resolve().parent / "medical_fairness.py"
-RESULTS = Path(__file__).resolve().parent / "results"
-DEFAULT_OUTPUT = RESULTS / "medical_fairness_seeds.md"
 # The per-seed benchmark's own targets and names, read from it so the two cannot disagree.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import medical_fairness as single  # noqa: E402
@@ -58,9 +56,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--jobs", type=int, default=2, help="seeds run at the same time (one process each)")
     parser.add_argument(
-        "--seed-dir", type=Path, default=RESULTS / "medical_fairness", help="per-seed reports go here"
+        "--seed-dir", type=Path, default=Path("benchmarks/results/medical_fairness"), help="per-seed reports go here"
     )
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    parser.add_argument("--output", type=Path, default=Path("benchmarks/results/medical_fairness_seeds.md"))
     parser.add_argument(
         "--runs-dir",
         type=Path,
@@ -395,7 +393,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         # Relative to the summary, so the links work wherever the repository is.
         "seed_reports": {
             seed: os.path.relpath(seed_output(args, seed).resolve(), args.output.parent.resolve())
-            for seed in per_seed
+            for seed in sorted(per_seed)
         },
         "failed": failed,
         "complete": not failed,
