@@ -23,7 +23,7 @@ def test_medical_fairness_notebook(tmp_path: Path, run_notebook) -> None:
     results_csv = tmp_path / "results.csv"
     executed = run_notebook(NAME, {**SMALL_SCALE, "RESULTS_CSV": str(results_csv)})
     results = pd.read_csv(results_csv)
-    assert list(results.method) == ["zero-shot CLIP", "LoRA", "fair LoRA (CLUB)"]
+    assert list(results.method) == ["zero-shot CLIP", "LoRA", "fair LoRA (CLUB)", "group-DRO"]
     assert results.overall_auroc.between(0, 1).all() and (results.gap_low <= results.gap_high).all()
     assert {"ece_dark", "ece_light"} <= set(results.columns)
     assert (results.trainable_percent > 0).all()
