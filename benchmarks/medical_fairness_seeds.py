@@ -13,7 +13,8 @@ the seed-averaged values (``1 - mean(method) / mean(LoRA)``), which is steadier 
 
 Usage (from the repository root)::
 
-    python benchmarks/medical_fairness_seeds.py --seeds 0 1 2 --jobs 2            # CPU: ~45 min
+    python benchmarks/medical_fairness_seeds.py --seeds 2 0 1 --jobs 2 -- --fair-weights 1 3 \
+        --dro-step-sizes config 0.1 1                # the committed summary; 2-core CPU: ~65 min
     python benchmarks/medical_fairness_seeds.py --seeds 0 1 --jobs 1 -- --num-images 96 --epochs 1  # smoke
 """
 
