@@ -66,6 +66,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         default=Path("runs/benchmarks/medical_fairness"),
         help="each seed's runs (and their saved outputs, which --resume reuses) go under <dir>/seed_<s>",
     )
+    parser.add_argument(
+        "--include",
+        nargs="+",
+        type=Path,
+        default=[],
+        help="other per-seed report directories whose finished seeds join the summary (not run; the summary "
+        "keeps the runs every seed has)",
+    )
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}.")
@@ -384,6 +392,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         codes = dict(zip(pending, pool.map(lambda s: run_seed(args, s, threads), pending), strict=True))
     per_seed = {seed: r for seed in args.seeds if (r := finished(args, seed)) is not None}
+    reports = {seed: seed_output(args, seed) for seed in per_seed}
+    for directory in args.include:
+        for path in sorted(directory.glob("seed_*.json")):
+            extra = json.loads(path.read_text())
+            seed = int(extra["settings"]["seed"])
+            if extra.get("complete") and not extra.get("errors") and seed not in per_seed:
+                per_seed[seed], reports[seed] = extra, path.with_suffix(".md")
     failed = {seed: code for seed, code in codes.items() if seed not in per_seed}
     failed.update({seed: "incomplete" for seed in args.seeds if seed not in per_seed and seed not in failed})
     results: dict[str, Any] = {
@@ -393,8 +408,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "machine": machine(("torch", "timm", "lightning", "peft", "verticals")),
         # Relative to the summary, so the links work wherever the repository is.
         "seed_reports": {
-            seed: os.path.relpath(seed_output(args, seed).resolve(), args.output.parent.resolve())
-            for seed in sorted(per_seed)
+            seed: os.path.relpath(reports[seed].resolve(), args.output.parent.resolve()) for seed in sorted(per_seed)
         },
         "failed": failed,
         "complete": not failed,

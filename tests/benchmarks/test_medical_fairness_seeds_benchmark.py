@@ -86,6 +86,16 @@ def test_two_tiny_seeds_are_run_aggregated_and_resumed(seeds, tmp_path: Path, mo
     again = seeds.main(argv)
     assert again["summary"]["runs"]["lora"]["gap"] == summary["runs"]["lora"]["gap"]
 
+    # --include adds the finished seeds of another directory to the summary without running them.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "seed_7.json").write_text(
+        (tmp_path / "results" / "per_seed" / "seed_1.json").read_text().replace('"seed": 1,', '"seed": 7,')
+    )
+    pooled = seeds.main([*argv[: argv.index("--")], "--seeds", "0", "--include", str(other), *argv[argv.index("--") :]])
+    assert pooled["summary"]["seeds"] == [0, 7]
+    assert pooled["summary"]["runs"]["lora"]["gap"]["values"] == summary["runs"]["lora"]["gap"]["values"]
+
     # Other benchmark arguments make the stored seed stale.
     changed = [*argv[: argv.index("--epochs")], "--epochs", "2", *argv[argv.index("--epochs") + 2 :]]
     assert seeds.finished(seeds.parse_args(changed), 0) is None
