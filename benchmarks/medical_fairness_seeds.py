@@ -294,7 +294,12 @@ def render_markdown(results: dict[str, Any]) -> str:
         f"- machine: {machine_line(results['machine'])}",
         f"- seeds: {seeds} (seed s = generated set s and `seed_everything` s); per-seed reports: "
         + ", ".join(f"[seed {s}]({p})" for s, p in results["seed_reports"].items()),
-        f"- per-seed benchmark: `{results['seed_command']}` with `--seed s --generation-seed s`",
+        f"- per-seed benchmark: `{results['seed_command']}` with `--seed s --generation-seed s`"
+        + (
+            f"; seeds {results['included']} come from `--include` and were made by the command in their own report"
+            if results.get("included")
+            else ""
+        ),
         f"- status: {'complete' if results['complete'] else 'PARTIAL'}",
         "",
         "Values are mean ± sample SD over seeds, then the per-seed values in seed order. Reductions marked "
@@ -393,12 +398,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         codes = dict(zip(pending, pool.map(lambda s: run_seed(args, s, threads), pending), strict=True))
     per_seed = {seed: r for seed in args.seeds if (r := finished(args, seed)) is not None}
     reports = {seed: seed_output(args, seed) for seed in per_seed}
+    included: list[int] = []
     for directory in args.include:
         for path in sorted(directory.glob("seed_*.json")):
             extra = json.loads(path.read_text())
             seed = int(extra["settings"]["seed"])
             if extra.get("complete") and not extra.get("errors") and seed not in per_seed:
                 per_seed[seed], reports[seed] = extra, path.with_suffix(".md")
+                included.append(seed)
     failed = {seed: code for seed, code in codes.items() if seed not in per_seed}
     failed.update({seed: "incomplete" for seed in args.seeds if seed not in per_seed and seed not in failed})
     results: dict[str, Any] = {
@@ -411,6 +418,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             seed: os.path.relpath(reports[seed].resolve(), args.output.parent.resolve()) for seed in sorted(per_seed)
         },
         "failed": failed,
+        "included": sorted(included),
         "complete": not failed,
         "summary": aggregate(per_seed) if per_seed else {"seeds": [], "runs": {}},
     }

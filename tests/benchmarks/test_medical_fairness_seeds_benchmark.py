@@ -93,7 +93,8 @@ def test_two_tiny_seeds_are_run_aggregated_and_resumed(seeds, tmp_path: Path, mo
         (tmp_path / "results" / "per_seed" / "seed_1.json").read_text().replace('"seed": 1,', '"seed": 7,')
     )
     pooled = seeds.main([*argv[: argv.index("--")], "--seeds", "0", "--include", str(other), *argv[argv.index("--") :]])
-    assert pooled["summary"]["seeds"] == [0, 7]
+    assert pooled["summary"]["seeds"] == [0, 7] and pooled["included"] == [7]
+    assert "seeds [7] come from `--include`" in output.read_text()
     assert pooled["summary"]["runs"]["lora"]["gap"]["values"] == summary["runs"]["lora"]["gap"]["values"]
 
     # Other benchmark arguments make the stored seed stale.
