@@ -325,11 +325,16 @@ def analyse(
     return result
 
 
+def group_aurocs(scores: np.ndarray, target: np.ndarray, codes: np.ndarray, count: int) -> list[float]:
+    """AUROC of each group code ``0..count-1`` (NaN where a group lacks a class)."""
+    return [auroc(scores[codes == g], target[codes == g]) for g in range(count)]
+
+
 def validation_summary(val: dict[str, np.ndarray], names: dict[str, list[str]]) -> dict[str, float]:
     """Overall and worst-skin-tone-group AUROC and the gap on the validation split (point values): what a
     user may select a λ or η on without looking at the test set."""
     scores, target, codes = positive_scores(val["logits"]), val["target"], val[SENSITIVE]
-    per_group = [auroc(scores[codes == g], target[codes == g]) for g in range(len(names[SENSITIVE]))]
+    per_group = group_aurocs(scores, target, codes, len(names[SENSITIVE]))
     return {
         "auroc": float(auroc(scores, target)),
         "worst_group_auroc": float(np.nanmin(per_group)),
@@ -440,7 +445,7 @@ def paired_comparison(
             "The two runs' test sets differ; a paired comparison needs the same items in the same order."
         )
     a, b = positive_scores(reference["logits"]), positive_scores(other["logits"])
-    per_group = [auroc(a[codes == g], target[codes == g]) for g in range(len(names[SENSITIVE]))]
+    per_group = group_aurocs(a, target, codes, len(names[SENSITIVE]))
     best, worst = int(np.nanargmax(per_group)), int(np.nanargmin(per_group))
 
     def statistics(rows: np.ndarray) -> tuple[float, float, float, float]:
@@ -512,13 +517,20 @@ def analyse_run(
         record["vs_lora"] = paired_comparison(lora_outputs["test"], run_outputs["test"], names, n_bootstrap, seed)
 
 
+def previous_report(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The JSON report at ``--output`` (what ``--reanalyse`` and ``--resume`` start from), or None."""
+    path = args.output.with_suffix(".json")
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def reanalyse(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     """Recompute every analysis of a finished report (``--output``'s JSON) from the outputs its runs saved
     under ``--runs-dir``, without training: for a changed analysis on the same models."""
-    path = args.output.with_suffix(".json")
-    if not path.is_file():
-        raise FileNotFoundError(f"--reanalyse needs the report to re-analyse; {path} does not exist.")
-    results = json.loads(path.read_text())
+    results = previous_report(args)
+    if results is None:
+        raise FileNotFoundError(
+            f"--reanalyse needs the report to re-analyse; {args.output.with_suffix('.json')} does not exist."
+        )
     settings = results["settings"]
     outputs: dict[str, dict[str, dict[str, np.ndarray]]] = {}
     for record in results["runs"]:
@@ -546,10 +558,9 @@ def finished_runs(
     Raises ``ValueError`` if that report was made with other data, epochs or seed (its runs would not be
     comparable with new ones).
     """
-    path = args.output.with_suffix(".json")
-    if not path.is_file():
+    previous = previous_report(args)
+    if previous is None:
         return {}
-    previous = json.loads(path.read_text())
     differ = {
         k: (previous["settings"].get(k), settings[k])
         for k in RUN_SETTINGS
@@ -557,7 +568,8 @@ def finished_runs(
     }
     if differ:
         raise ValueError(
-            f"--resume: {path} was made with other settings {differ} (theirs, these); drop --resume or "
+            f"--resume: {args.output.with_suffix('.json')} was made with other settings {differ} (theirs, "
+            "these); drop --resume or "
             "write to another --output."
         )
     reused = {}

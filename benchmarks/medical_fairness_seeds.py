@@ -13,8 +13,8 @@ the seed-averaged values (``1 - mean(method) / mean(LoRA)``), which is steadier 
 
 Usage (from the repository root)::
 
-    python benchmarks/medical_fairness_seeds.py --seeds 2 0 1 --jobs 2 -- --fair-weights 1 3 \
-        --dro-step-sizes config 0.1 1                # the committed summary; 2-core CPU: ~65 min
+    python benchmarks/medical_fairness_seeds.py --seeds 2 0 1 --jobs 3 -- --fair-weights 1 3 \
+        --dro-step-sizes config 0.03 0.1 1           # the committed summary; 2-core CPU: ~70 min
     python benchmarks/medical_fairness_seeds.py --seeds 0 1 --jobs 1 -- --num-images 96 --epochs 1  # smoke
 """
 
@@ -33,14 +33,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import medical_fairness as single  # the per-seed benchmark: its targets and names, so the two cannot disagree
 import numpy as np
 from _common import machine, machine_line, write_reports
 
 SCRIPT = "benchmarks/medical_fairness_seeds.py"
 BENCHMARK = Path(__file__).resolve().parent / "medical_fairness.py"
-# The per-seed benchmark's own targets and names, read from it so the two cannot disagree.
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import medical_fairness as single  # noqa: E402
 
 OWN_ARGUMENTS = ("--seed", "--generation-seed", "--output", "--runs-dir", "--resume", "--reanalyse")
 # Arguments that do not change what a seed's report contains.
