@@ -63,6 +63,7 @@ from verticals.core.metrics import (
 )
 from verticals.core.metrics.calibration import GROUP_PRIOR_PRECISION
 from verticals.core.metrics.groups import intersect
+from verticals.domains.medical.data import planted_overrides
 
 METHODS = ("lora", "fair_lora", "group_dro", "scratch", "zero_shot")
 CONFIGS = {
@@ -136,6 +137,8 @@ def run_arguments(method: str, args: argparse.Namespace, root: Path) -> list[str
     ]  # fmt: skip
     if args.data_root is not None:
         data += ["--data.init_args.root", str(args.data_root)]
+    if args.planted:
+        data += ["--data.init_args.planted", json.dumps(args.planted, sort_keys=True)]
     if method != "zero_shot":  # the CLIP reads its own input size (the config's image_size)
         data += ["--data.init_args.image_size", str(args.image_size)]
         if args.epochs is not None:
@@ -546,8 +549,9 @@ def reanalyse(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
 # Settings that change what a run trains on or how; a resumed report must share them.
 RUN_SETTINGS = (
     "epochs", "num_images", "test_fraction", "val_fraction", "image_size", "generated_size", "generation_seed",
-    "seed",
+    "planted", "seed",
 )  # fmt: skip
+RUN_SETTING_DEFAULTS = {"planted": {}}  # settings added after some reports were written
 
 
 def finished_runs(
@@ -561,11 +565,8 @@ def finished_runs(
     previous = previous_report(args)
     if previous is None:
         return {}
-    differ = {
-        k: (previous["settings"].get(k), settings[k])
-        for k in RUN_SETTINGS
-        if previous["settings"].get(k) != settings[k]
-    }
+    theirs = {k: previous["settings"].get(k, RUN_SETTING_DEFAULTS.get(k)) for k in RUN_SETTINGS}
+    differ = {k: (theirs[k], settings[k]) for k in RUN_SETTINGS if theirs[k] != settings[k]}
     if differ:
         raise ValueError(
             f"--resume: {args.output.with_suffix('.json')} was made with other settings {differ} (theirs, "
@@ -589,6 +590,24 @@ def step_size(text: str) -> float | None:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"a group-DRO step size must be > 0 or 'config', got {text!r}")
     return value
+
+
+def planted_text(planted: dict[str, float]) -> str:
+    """``dark_fraction=0.5, ...`` in a stable order."""
+    return ", ".join(f"{name}={value:g}" for name, value in sorted(planted.items()))
+
+
+def planted_field(text: str) -> tuple[str, float]:
+    """``--planted`` item: ``FIELD=VALUE`` with a numeric value."""
+    name, sep, value = text.partition("=")
+    try:
+        if not sep or not name:
+            raise ValueError
+        return name, float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected FIELD=VALUE with a number, e.g. dark_fraction=0.5; got {text!r}"
+        ) from None
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -624,6 +643,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "--generated-size", type=int, default=None, help="generated PNG size (default: image size)"
     )
     parser.add_argument("--generation-seed", type=int, default=0)
+    parser.add_argument(
+        "--planted", nargs="+", type=planted_field, default=[], metavar="FIELD=VALUE",
+        help="change the generator's planted structure (DermatologySpec fields, e.g. dark_fraction=0.5)",
+    )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="seed_everything of every run")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of every CI")
     parser.add_argument(
@@ -641,6 +664,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         help="no training: recompute the analyses of --output's report from the outputs saved under --runs-dir",
     )  # fmt: skip
     args = parser.parse_args(argv)
+    args.planted = dict(args.planted)
+    try:
+        planted_overrides(args.planted)
+    except ValueError as error:
+        parser.error(str(error))
     for flag in ("reanalyse", "resume"):
         if getattr(args, flag) and args.runs_dir is None:
             parser.error(f"--{flag} reads the saved outputs of the runs: give the --runs-dir they were kept in.")
@@ -673,6 +701,7 @@ def run_benchmark(
             "image_size": args.image_size,
             "generated_size": args.generated_size or args.image_size,
             "generation_seed": args.generation_seed,
+            "planted": args.planted,
             "seed": args.seed,
             "bootstrap": args.bootstrap,
         },  # fmt: skip
@@ -762,6 +791,10 @@ def render_markdown(results: dict[str, Any]) -> str:
         f"(generation seed {settings['generation_seed']}), test share {settings.get('test_fraction', 0.3):g} of the "
         f"patients, validation share {settings.get('val_fraction', 0.2):g} of the rest, "
         f"{settings['bootstrap']} bootstrap resamples (95% percentile CIs, stratified by group and label)",
+        *(
+            [f"- planted structure changed from the generator's defaults: {planted_text(settings['planted'])}"]
+            if settings.get("planted") else []
+        ),
         f"- splits (patient-level): {sizes}",
         f"- status: {'complete' if results['complete'] else 'PARTIAL (written after each finished run)'}",
         *(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -283,6 +284,20 @@ class ManifestDataModule(SplitDataModule):
         )
 
 
+def planted_overrides(planted: dict[str, float] | None) -> dict[str, float]:
+    """Check ``planted`` names only ``DermatologySpec`` strengths (not size, seed or version) and return it."""
+    planted = dict(planted or {})
+    reserved = {"num_images", "image_size", "seed", "test_fraction", "version"}
+    allowed = {field.name for field in fields(DermatologySpec)} - reserved
+    unknown = sorted(set(planted) - allowed)
+    if unknown:
+        raise ValueError(
+            f"Unknown `planted` field(s) {unknown}; expected some of {sorted(allowed)} (size, seed and test share "
+            "have their own arguments: num_images, generated_size, generation_seed, test_fraction)."
+        )
+    return planted
+
+
 class GeneratedDermatologyDataModule(ManifestDataModule):
     """The generated dermatology set (planted skin-tone gap; see ``datasets_cards/generated_dermatology.md``).
 
@@ -290,6 +305,8 @@ class GeneratedDermatologyDataModule(ManifestDataModule):
     through the generic manifest loader like any real dataset.  Attributes: ``skin_tone``, ``sex``,
     ``age_band``.  ``test_fraction`` is the generator's per-patient test share (a larger test set resolves
     per-group ECE and AUROC of the small dark-skin group better); ``val_fraction`` is taken from the rest.
+    ``planted`` overrides any other ``DermatologySpec`` field (e.g. ``{dark_fraction: 0.5}``), so the planted
+    structure can be varied from a config or the command line.
     """
 
     def __init__(
@@ -308,9 +325,14 @@ class GeneratedDermatologyDataModule(ManifestDataModule):
         seed: int = 0,
         num_workers: int = 0,
         test_fraction: float = 0.3,
+        planted: dict[str, float] | None = None,
     ) -> None:
         self.spec = DermatologySpec(
-            num_images=num_images, image_size=generated_size, seed=generation_seed, test_fraction=test_fraction
+            num_images=num_images,
+            image_size=generated_size,
+            seed=generation_seed,
+            test_fraction=test_fraction,
+            **planted_overrides(planted),
         )
         self.spec.validate()
         self.root = root

@@ -50,6 +50,19 @@ def test_paired_comparison_measures_gap_reduction_and_auroc_change(benchmark) ->
         benchmark.paired_comparison(reference, shuffled, names, n_bootstrap=5, seed=0)
 
 
+def test_planted_structure_reaches_every_run(benchmark, tmp_path: Path) -> None:
+    args = benchmark.parse_args(["--planted", "dark_fraction=0.5", "marker_dark_benign=0", "--runs-dir", "r"])
+    assert args.planted == {"dark_fraction": 0.5, "marker_dark_benign": 0.0}
+    argv = benchmark.run_arguments("lora", args, tmp_path)
+    value = argv[argv.index("--data.init_args.planted") + 1]
+    assert json.loads(value) == {"dark_fraction": 0.5, "marker_dark_benign": 0.0}
+    assert benchmark.planted_text(args.planted) == "dark_fraction=0.5, marker_dark_benign=0"
+    assert "--data.init_args.planted" not in benchmark.run_arguments("lora", benchmark.parse_args([]), tmp_path)
+    for bad in (["--planted", "dark_fraction"], ["--planted", "dark_fraction=half"], ["--planted", "seed=1"]):
+        with pytest.raises(SystemExit):
+            benchmark.parse_args(bad)
+
+
 def test_tiny_run_writes_markdown_and_json(benchmark, tmp_path: Path) -> None:
     output = tmp_path / "results" / "medical_fairness.md"
     argv = [

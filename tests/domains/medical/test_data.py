@@ -100,6 +100,19 @@ def test_generated_datamodule_batches(tmp_path: Path) -> None:
     assert names == list(test_rows.skin_tone)
 
 
+def test_generated_datamodule_planted_overrides(tmp_path: Path) -> None:
+    dm = GeneratedDermatologyDataModule(
+        num_images=40, generated_size=32, root=str(tmp_path), image_size=32, planted={"dark_fraction": 0.6}
+    )
+    assert dm.spec.dark_fraction == 0.6 and dm.spec.key() != DermatologySpec(num_images=40, image_size=32).key()
+    with pytest.raises(ValueError, match=r"Unknown `planted` field\(s\) \['dark_fractoin'\]"):
+        GeneratedDermatologyDataModule(num_images=40, root=str(tmp_path), planted={"dark_fractoin": 0.5})
+    with pytest.raises(ValueError, match="generation_seed"):
+        GeneratedDermatologyDataModule(num_images=40, root=str(tmp_path), planted={"seed": 3})
+    with pytest.raises(ValueError, match="dark_fraction"):
+        GeneratedDermatologyDataModule(num_images=40, root=str(tmp_path), planted={"dark_fraction": 1.5})
+
+
 def test_manifest_datamodule_splits_by_patient(tmp_path: Path) -> None:
     rows = []
     for i in range(30):
