@@ -15,6 +15,29 @@ def seeds(load_script):
         yield module
 
 
+def test_selection_on_validation_with_and_without_the_auroc_budget(seeds) -> None:
+    def run(method: str, auroc: float, worst: float) -> dict:
+        return {"method": method, "validation": {"auroc": auroc, "worst_group_auroc": worst}}
+
+    summaries = {
+        0: {  # the fairest variant costs 3 validation points: only the budgeted rule passes it over
+            "lora": run("lora", 0.98, 0.90),
+            "group_dro": run("group_dro", 0.98, 0.93),
+            "group_dro η=0.1": run("group_dro", 0.95, 0.95),
+            "fair_lora λ=1": run("fair_lora", 0.97, 0.91),  # a family of one: nothing to choose
+        },
+        1: {  # every variant is over budget: the one with the best validation AUROC
+            "lora": run("lora", 0.99, 0.90),
+            "group_dro": run("group_dro", 0.96, 0.92),
+            "group_dro η=0.1": run("group_dro", 0.95, 0.94),
+        },
+    }
+    assert seeds.select_on_validation(summaries) == {"group_dro": {0: "group_dro η=0.1", 1: "group_dro η=0.1"}}
+    assert seeds.select_on_validation(summaries, 0.02) == {"group_dro": {0: "group_dro", 1: "group_dro"}}
+    del summaries[1]["lora"]  # no reference validation AUROC: the budgeted rule cannot choose in seed 1
+    assert seeds.select_on_validation(summaries, 0.02) == {}
+
+
 def test_two_tiny_seeds_are_run_aggregated_and_resumed(seeds, tmp_path: Path, monkeypatch) -> None:
     output = tmp_path / "results" / "summary.md"
     argv = [
@@ -45,7 +68,10 @@ def test_two_tiny_seeds_are_run_aggregated_and_resumed(seeds, tmp_path: Path, mo
 
     summary = results["summary"]
     assert summary["seeds"] == [0, 1]
-    assert list(summary["runs"]) == ["lora", "group_dro", "group_dro η=0.5", "scratch", "group_dro (chosen on validation)"]
+    assert list(summary["runs"]) == [
+        "lora", "group_dro", "group_dro η=0.5", "scratch", "group_dro (chosen on validation)",
+        "group_dro (chosen on validation within the AUROC budget)",
+    ]  # fmt: skip
     chosen = summary["runs"]["group_dro (chosen on validation)"]
     for seed, label in enumerate(chosen["chosen"]):
         runs = {run["label"]: run for run in per_seed[seed]["runs"]}
