@@ -63,7 +63,7 @@ from verticals.core.metrics import (
 )
 from verticals.core.metrics.calibration import GROUP_PRIOR_PRECISION
 from verticals.core.metrics.groups import intersect
-from verticals.domains.medical.data import planted_overrides
+from verticals.domains.medical.synthetic import planted_overrides
 
 METHODS = ("lora", "fair_lora", "group_dro", "scratch", "zero_shot")
 CONFIGS = {
@@ -570,8 +570,7 @@ def finished_runs(
     if differ:
         raise ValueError(
             f"--resume: {args.output.with_suffix('.json')} was made with other settings {differ} (theirs, "
-            "these); drop --resume or "
-            "write to another --output."
+            "these); drop --resume or write to another --output."
         )
     reused = {}
     for record in previous["runs"]:

@@ -107,7 +107,12 @@ def finished(args: argparse.Namespace, seed: int) -> dict[str, Any] | None:
     same = {k: v for k, v in vars(made).items() if k not in BOOKKEEPING} == {
         k: v for k, v in vars(wanted).items() if k not in BOOKKEEPING
     }
-    return results if results.get("complete") and not results.get("errors") and same else None
+    return results if usable(results) and same else None
+
+
+def usable(results: dict[str, Any]) -> bool:
+    """A seed report that finished every run without an error."""
+    return bool(results.get("complete")) and not results.get("errors")
 
 
 def run_seed(args: argparse.Namespace, seed: int, threads: int) -> int:
@@ -422,7 +427,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         for path in sorted(directory.glob("seed_*.json")):
             extra = json.loads(path.read_text())
             seed = int(extra["settings"]["seed"])
-            if extra.get("complete") and not extra.get("errors") and seed not in per_seed:
+            if usable(extra) and seed not in per_seed:
                 per_seed[seed], reports[seed] = extra, path.with_suffix(".md")
                 included.append(seed)
     failed = {seed: code for seed, code in codes.items() if seed not in per_seed}

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,7 @@ from torchvision.transforms import v2
 
 from verticals.core.data import SplitDataModule, encode_labels, make_loader
 from verticals.domains.medical.manifests import attribute_categories, read_manifest
-from verticals.domains.medical.synthetic import DermatologySpec, generate_dermatology
+from verticals.domains.medical.synthetic import DermatologySpec, generate_dermatology, planted_overrides
 
 log = logging.getLogger(__name__)
 
@@ -282,20 +281,6 @@ class ManifestDataModule(SplitDataModule):
             seed=self.seed,
             num_workers=self.num_workers,
         )
-
-
-def planted_overrides(planted: dict[str, float] | None) -> dict[str, float]:
-    """Check ``planted`` names only ``DermatologySpec`` strengths (not size, seed or version) and return it."""
-    planted = dict(planted or {})
-    reserved = {"num_images", "image_size", "seed", "test_fraction", "version"}
-    allowed = {field.name for field in fields(DermatologySpec)} - reserved
-    unknown = sorted(set(planted) - allowed)
-    if unknown:
-        raise ValueError(
-            f"Unknown `planted` field(s) {unknown}; expected some of {sorted(allowed)} (size, seed and test share "
-            "have their own arguments: num_images, generated_size, generation_seed, test_fraction)."
-        )
-    return planted
 
 
 class GeneratedDermatologyDataModule(ManifestDataModule):

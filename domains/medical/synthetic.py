@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -118,6 +118,20 @@ class DermatologySpec:
                 raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}.")
         if self.num_images < 8:
             raise ValueError(f"`num_images` must be >= 8, got {self.num_images}.")
+
+
+def planted_overrides(planted: dict[str, float] | None) -> dict[str, float]:
+    """Check ``planted`` names only ``DermatologySpec`` strengths (not size, seed or version) and return it."""
+    planted = dict(planted or {})
+    reserved = {"num_images", "image_size", "seed", "test_fraction", "version"}
+    allowed = {field.name for field in fields(DermatologySpec)} - reserved
+    unknown = sorted(set(planted) - allowed)
+    if unknown:
+        raise ValueError(
+            f"Unknown `planted` field(s) {unknown}; expected some of {sorted(allowed)} (size, seed and test share "
+            "have their own arguments: num_images, generated_size, generation_seed, test_fraction)."
+        )
+    return planted
 
 
 def _smooth_noise(rng: np.random.Generator, size: int, scale: int) -> np.ndarray:
