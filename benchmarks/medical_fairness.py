@@ -8,7 +8,8 @@ effect and is the negative control):
     (``medical/efficientnet_lora``), as ``auroc_best_minus_worst`` of :func:`fairness_report` with its
     bootstrap CI, and the same statistic for ``sex``;
 (b) fairness-aware LoRA (``medical/efficientnet_fair_lora``: CLUB bound of I(logits; skin tone | label)
-    with its own q optimiser and a λ warm-up, one run per ``--fair-weights`` value) and group-DRO (the same
+    with its own q optimiser and a λ warm-up, one run per ``--fair-weights`` value; ``--fair-penalties
+    adversarial`` adds the gradient-reversal estimator on the same logits) and group-DRO (the same
     config with the penalty off and ``group_dro: true``) vs LoRA: the reduction of the skin-tone gap and
     the change of overall AUROC, each with a paired bootstrap CI;
 (c) temperature scaling fitted on the validation logits, overall or one temperature per skin-tone group
@@ -96,19 +97,27 @@ _NOISY_WARNINGS = (
 
 # -- running one packaged config ---------------------------------------------------------------------------
 def variants(
-    methods: Sequence[str], fair_weights: Sequence[float], dro_step_sizes: Sequence[float | None] = (None,)
+    methods: Sequence[str],
+    fair_weights: Sequence[float],
+    dro_step_sizes: Sequence[float | None] = (None,),
+    fair_penalties: Sequence[str] = ("club",),
 ) -> list[tuple[str, str, list[str]]]:
     """``(label, method, method-specific CLI overrides)`` of every run, in order; LoRA first.
 
     ``dro_step_sizes`` of ``(None,)`` is one group-DRO run with the config's step size, labelled ``group_dro``.
+    ``fair_penalties``: the MI estimators of the fair_lora runs, each with every weight; the config's CLUB runs
+    are labelled ``fair_lora λ=w``, the adversarial ones ``fair_lora adversarial λ=w``.
     """
     runs: list[tuple[str, str, list[str]]] = []
     for method in methods:
         if method == "fair_lora":
-            for weight in fair_weights:
-                runs.append(
-                    (f"fair_lora λ={weight:g}", method, ["--model.init_args.fairness_weight", f"{weight:g}"])
-                )
+            for penalty in fair_penalties:
+                name = "fair_lora" if penalty == "club" else f"fair_lora {penalty}"
+                for weight in fair_weights:
+                    overrides = ["--model.init_args.fairness_weight", f"{weight:g}"]
+                    if penalty != "club":
+                        overrides += ["--model.init_args.fairness_penalty", penalty]
+                    runs.append((f"{name} λ={weight:g}", method, overrides))
         elif method == "group_dro":
             overrides = [
                 "--model.init_args.fairness_penalty", "none",
@@ -620,6 +629,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         help="fairness_weight λ of each fair_lora run (default: the config's 1.0)",
     )
     parser.add_argument(
+        "--fair-penalties",
+        nargs="+",
+        choices=("club", "adversarial"),
+        default=["club"],
+        help="MI estimator of the fair_lora runs, each run with every --fair-weights value (default: the "
+        "config's CLUB; adversarial: a gradient-reversal classifier on the same logits, given the label)",
+    )
+    parser.add_argument(
         "--dro-step-sizes",
         nargs="+",
         type=step_size,
@@ -692,6 +709,7 @@ def run_benchmark(
         "settings": {
             "methods": args.methods,
             "fair_weights": args.fair_weights,
+            "fair_penalties": args.fair_penalties,
             "dro_step_sizes": args.dro_step_sizes,
             "epochs": args.epochs,
             "num_images": args.num_images,
@@ -710,7 +728,7 @@ def run_benchmark(
     }
     outputs: dict[str, dict[str, dict[str, np.ndarray]]] = {}
     finished = finished_runs(args, results["settings"], root) if args.resume else {}
-    for label, method, extra in variants(args.methods, args.fair_weights, args.dro_step_sizes or (None,)):
+    for label, method, extra in variants(args.methods, args.fair_weights, args.dro_step_sizes or (None,), args.fair_penalties):
         try:
             if label in finished:
                 record, run_outputs = finished[label]

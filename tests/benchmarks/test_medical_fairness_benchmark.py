@@ -63,6 +63,22 @@ def test_planted_structure_reaches_every_run(benchmark, tmp_path: Path) -> None:
             benchmark.parse_args(bad)
 
 
+def test_variants_cover_every_penalty_weight_and_step_size(benchmark) -> None:
+    runs = benchmark.variants(["lora", "fair_lora", "group_dro"], [1, 3], [None, 0.1], ["club", "adversarial"])
+    labels = [label for label, _, _ in runs]
+    assert labels == [
+        "lora", "fair_lora λ=1", "fair_lora λ=3", "fair_lora adversarial λ=1", "fair_lora adversarial λ=3",
+        "group_dro", "group_dro η=0.1",
+    ]  # fmt: skip
+    overrides = dict((label, extra) for label, _, extra in runs)
+    assert overrides["fair_lora λ=3"] == ["--model.init_args.fairness_weight", "3"]  # the config's CLUB
+    assert overrides["fair_lora adversarial λ=1"][-2:] == ["--model.init_args.fairness_penalty", "adversarial"]
+    assert overrides["group_dro η=0.1"][-2:] == ["--model.init_args.dro_step_size", "0.1"]
+    assert benchmark.parse_args([]).fair_penalties == ["club"]
+    with pytest.raises(SystemExit):
+        benchmark.parse_args(["--fair-penalties", "mine"])
+
+
 def test_tiny_run_writes_markdown_and_json(benchmark, tmp_path: Path) -> None:
     output = tmp_path / "results" / "medical_fairness.md"
     argv = [
@@ -145,14 +161,17 @@ def test_tiny_run_writes_markdown_and_json(benchmark, tmp_path: Path) -> None:
     try:
         resumed = benchmark.main(
             [*argv[: argv.index("--fair-weights")], "group_dro", *argv[argv.index("--fair-weights") :],
-             "--dro-step-sizes", "0.1", "--resume"]
+             "--dro-step-sizes", "0.1", "--fair-penalties", "club", "adversarial", "--resume"]
         )  # fmt: skip
     finally:
         benchmark.train_and_collect = original
-    assert trained == ["group_dro η=0.1"]
-    assert [run["label"] for run in resumed["runs"]] == ["lora", "fair_lora λ=2", "scratch", "group_dro η=0.1"]
+    assert trained == ["fair_lora adversarial λ=2", "group_dro η=0.1"]
+    assert [run["label"] for run in resumed["runs"]] == [
+        "lora", "fair_lora λ=2", "fair_lora adversarial λ=2", "scratch", "group_dro η=0.1"
+    ]  # fmt: skip
     assert resumed["runs"][0]["test"] == again["runs"][0]["test"]
-    assert "--model.init_args.dro_step_size" in resumed["runs"][3]["overrides"]
-    assert 0 <= resumed["runs"][3]["validation"]["worst_group_auroc"] <= 1
+    assert "adversarial" in resumed["runs"][2]["overrides"] and "vs_lora" in resumed["runs"][2]
+    assert "--model.init_args.dro_step_size" in resumed["runs"][4]["overrides"]
+    assert 0 <= resumed["runs"][4]["validation"]["worst_group_auroc"] <= 1
     with pytest.raises(ValueError, match="other settings"):
         benchmark.main([*argv[: argv.index("--epochs")], "--epochs", "2", *argv[argv.index("--epochs") + 2 :], "--resume"])
