@@ -62,7 +62,28 @@ class ClassificationTask(AdapterTask):
         self.log_dict(
             metrics, on_step=False, on_epoch=True, prog_bar=stage != "train", batch_size=len(logits)
         )
+        if stage == "test":
+            self._last_outputs = step_outputs(logits, batch)
         return loss
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        """``logits``, ``probs``, ``target`` (and ``group`` when batches carry it), for test-end callbacks.
+
+        So a plain classifier gets the same ``FairnessReport`` as a fairness-aware one (add it to
+        ``trainer.callbacks``) without changing how it trains.
+        """
+        self._last_outputs = None
+        self._step(batch, "test")
+        return self._last_outputs
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self(batch["x"]).softmax(dim=-1)
+
+
+def step_outputs(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """What a test step hands to callbacks: detached logits, softmax probabilities, targets, group codes."""
+    outputs = {"logits": logits.detach(), "probs": logits.detach().float().softmax(dim=-1), "target": batch["y"]}
+    if "group" in batch:
+        group = batch["group"]
+        outputs["group"] = group[:, None] if group.ndim == 1 else group
+    return outputs

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from verticals.core.metrics.streaming import SubgroupMetrics
-from verticals.core.tasks.classification import ClassificationTask
+from verticals.core.tasks.classification import ClassificationTask, step_outputs
 
 Penalty = Literal["none", "club", "adversarial"]
 PenaltyOn = Literal["features", "logits"]
@@ -436,19 +436,11 @@ class FairClassificationTask(ClassificationTask):
         metrics = getattr(self, f"{stage}_metrics")
         metrics.update(logits.detach(), y)
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train", batch_size=size)
-        probabilities = logits.detach().float().softmax(dim=-1)
+        self._last_outputs = step_outputs(logits, batch)
         subgroups = getattr(self, f"{stage}_subgroups", None)
         if subgroups is not None and groups is not None:
-            subgroups.update(probabilities, y, groups[:, self.sensitive_index])
-        self._last_outputs = {"logits": logits.detach(), "probs": probabilities, "target": y}
-        if groups is not None:
-            self._last_outputs["group"] = groups
+            subgroups.update(self._last_outputs["probs"], y, groups[:, self.sensitive_index])
         return loss
-
-    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
-        """Returns ``logits``, ``probs``, ``target`` and ``group`` so callbacks can collect them."""
-        self._step(batch, "test")
-        return self._last_outputs
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         """``probs`` and ``logits``, plus ``target`` / ``group`` when the batch has them."""

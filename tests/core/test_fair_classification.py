@@ -318,3 +318,39 @@ def test_separate_auxiliary_optimiser_conditional_logit_penalty_and_warmup(tmp_p
         _task(fairness_penalty=penalty, penalty_on="pixels")
     with pytest.raises(ValueError, match="auxiliary_steps"):
         _task(fairness_penalty=penalty, auxiliary_steps=-1)
+
+
+def test_plain_classifier_gets_the_same_report_from_the_callback(tmp_path):
+    """ClassificationTask + FairnessReport in trainer.callbacks: the per-group report without a fair loss."""
+    from verticals.core.tasks import ClassificationTask
+
+    torch.manual_seed(0)
+    task = ClassificationTask(model=TinyEncoder(), adapter=LORA, num_classes=2)
+    callback = FairnessReport(n_bootstrap=20)
+    trainer = _trainer(tmp_path, max_epochs=1, callbacks=[callback])
+    trainer.fit(task, GroupedData())
+    trainer.test(task, GroupedData())
+    assert (tmp_path / "fairness.json").is_file() and (tmp_path / "reliability.png").is_file()
+    rows = json.loads((tmp_path / "fairness.json").read_text())["fairness"]["groups"]
+    assert sum(row["count"] for row in rows if row["grouping"] == "sex") == 96
+    assert callback.results is not None and "sex & age_band" in callback.results.summary
+
+
+class _WorstGroupHistory(L.Callback):
+    def __init__(self) -> None:
+        self.values: list[float] = []
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self.values.append(float(trainer.callback_metrics["val_worst_group_auroc"]))
+
+
+def test_checkpoint_is_selected_on_worst_group_auroc(tmp_path):
+    task = _task(group_dro=True, monitor="val_worst_group_auroc")
+    history = _WorstGroupHistory()
+    trainer = _trainer(tmp_path, max_epochs=4, callbacks=[history])
+    trainer.fit(task, GroupedData())
+    checkpoint = trainer.checkpoint_callback
+    assert checkpoint.monitor == "val_worst_group_auroc" and checkpoint.mode == "max"
+    assert len(history.values) == 4
+    assert float(checkpoint.best_model_score) == pytest.approx(max(history.values))

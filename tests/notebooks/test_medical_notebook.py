@@ -26,7 +26,9 @@ def test_medical_fairness_notebook(tmp_path: Path, run_notebook) -> None:
     assert list(results.method) == ["zero-shot CLIP", "LoRA", "fair LoRA (CLUB)", "group-DRO"]
     assert results.overall_auroc.between(0, 1).all() and (results.gap_low <= results.gap_high).all()
     assert {"ece_dark", "ece_light"} <= set(results.columns)
-    assert (results.trainable_percent > 0).all()
+    assert results.worst_group_auroc.between(0, 1).all()
+    assert results.trainable_percent.iloc[0] == 0  # zero-shot trains nothing
+    assert (results.trainable_percent.iloc[1:] > 0).all() and (results.trainable_percent < 100).all()
     outputs = [output for cell in executed.cells if cell.cell_type == "code" for output in cell.outputs]
     figures = [output for output in outputs if "image/png" in output.get("data", {})]
     assert len(figures) >= 6

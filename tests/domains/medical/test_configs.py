@@ -42,3 +42,7 @@ def test_config_runs(name: str, tmp_path: Path) -> None:
     assert report["parameters"]["trainable"] > 0
     if name.endswith("_lora"):
         assert report["parameters"]["trainable_percent"] < 10.0
+    # Every medical config, plain or fairness-aware, writes the per-group report at test end.
+    fairness = json.loads((Path(cli.trainer.log_dir) / "fairness.json").read_text())
+    assert {row["grouping"] for row in fairness["fairness"]["groups"]} >= {"skin_tone", "sex"}
+    assert (Path(cli.trainer.log_dir) / "reliability.png").stat().st_size > 0
