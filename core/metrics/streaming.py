@@ -40,6 +40,11 @@ class SubgroupMetrics(Metric):
     ``[N, C]`` probabilities; ``groups`` are ``[N]`` group codes indexing ``group_names``. ``compute``
     returns a dict of scalar tensors: ``auroc``, ``worst_group_auroc``, ``auroc_gap``, … and per group
     ``auroc/<group>``, ``ece/<group>``, ``accuracy/<group>``, ``count/<group>``.
+
+    ``full=True`` returns every column and summary of :func:`group_table_arrays` / :func:`summary_from_table`
+    instead — per group also Brier, NLL, prevalence, TPR/FPR/FNR/TNR and selection rate (binary: also at the
+    80%-sensitivity and 80%-specificity thresholds, suffixed ``@sens80`` / ``@spec80``), and the gaps, ratios
+    and parity differences at every operating point. Kept off per epoch (dozens of keys); on for a test run.
     """
 
     is_differentiable = False
@@ -47,7 +52,13 @@ class SubgroupMetrics(Metric):
     full_state_update = False
 
     def __init__(
-        self, group_names: Sequence[str] | int, *, threshold: float = 0.5, n_bins: int = 15, **kwargs
+        self,
+        group_names: Sequence[str] | int,
+        *,
+        threshold: float = 0.5,
+        n_bins: int = 15,
+        full: bool = False,
+        **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         if isinstance(group_names, int):
@@ -57,6 +68,7 @@ class SubgroupMetrics(Metric):
         self.group_names = [str(name) for name in group_names]
         self.threshold = threshold
         self.n_bins = n_bins
+        self.full = full
         self.add_state("scores", default=[], dist_reduce_fx="cat")
         self.add_state("target", default=[], dist_reduce_fx="cat")
         self.add_state("groups", default=[], dist_reduce_fx="cat")
@@ -89,8 +101,8 @@ class SubgroupMetrics(Metric):
         table = group_table_arrays(scores, target, groups, len(self.group_names), thresholds, self.n_bins)
         summary = summary_from_table(table)
         values = {"auroc": auroc(scores, target)}
-        values.update({name: summary[name] for name in _SUMMARY if name in summary})
-        for column in _PER_GROUP:
+        values.update({name: summary[name] for name in (summary if self.full else _SUMMARY) if name in summary})
+        for column in table if self.full else _PER_GROUP:
             for index, group in enumerate(self.group_names):
                 values[f"{column}/{group}"] = float(table[column][index])
         return {
