@@ -4,7 +4,8 @@ Batches: ``{"x": FloatTensor[B, 3, H, W], "y": LongTensor[B], "group": LongTenso
 ``a`` of ``group`` is the category code of attribute ``group_attributes[a]`` (names in ``group_names``).
 Splits are patient-level (no patient's images on two sides): a ``split`` column in the manifest fixes
 train/test (and optionally val); otherwise a seeded split by patient with ``test_fraction``.  Validation
-is a seeded ``val_fraction`` of the training patients.
+is a seeded ``val_fraction`` of the training patients.  ``shots_per_class`` k keeps a seeded k training
+images of each class (the few-shot protocol of CLIP adaptation papers); validation and test stay whole.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ __all__ = [
     "ImageManifestDataset",
     "ManifestDataModule",
     "image_transforms",
+    "few_shot_rows",
     "patient_split",
 ]
 
@@ -113,6 +115,21 @@ def patient_split(patients: Sequence[str], fraction: float, seed: int) -> tuple[
     return np.flatnonzero(~mask), np.flatnonzero(mask)
 
 
+def few_shot_rows(labels: np.ndarray, shots: int, seed: int, class_names: Sequence[str]) -> np.ndarray:
+    """Sorted indices of ``shots`` randomly chosen rows of every class (seeded; each class sampled apart)."""
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for code, name in enumerate(class_names):
+        rows = np.flatnonzero(labels == code)
+        if len(rows) < shots:
+            raise ValueError(
+                f"`shots_per_class`={shots} but the training split has only {len(rows)} image(s) of class "
+                f"{name!r}; lower `shots_per_class` or use a larger training set."
+            )
+        chosen.append(rng.choice(rows, size=shots, replace=False))
+    return np.sort(np.concatenate(chosen))
+
+
 class ManifestDataModule(SplitDataModule):
     """Any image manifest with sensitive attributes (``layout``: ham10000, isic2020, fitzpatrick17k,
     chexpert, generic — see :mod:`verticals.domains.medical.manifests`).
@@ -144,10 +161,13 @@ class ManifestDataModule(SplitDataModule):
         test_fraction: float = 0.2,
         seed: int = 0,
         num_workers: int = 0,
+        shots_per_class: int | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"`batch_size` must be >= 1, got {batch_size}.")
+        if shots_per_class is not None and shots_per_class < 1:
+            raise ValueError(f"`shots_per_class` must be >= 1 (or None for the whole set), got {shots_per_class}.")
         for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"`{name}` must be in [0, 1), got {value}.")
@@ -168,6 +188,7 @@ class ManifestDataModule(SplitDataModule):
         self.std = tuple(std or IMAGENET_STD)
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
+        self.shots_per_class = shots_per_class
         self._table: pd.DataFrame | None = None
         self.datasets: dict[str, ImageManifestDataset] = {}
 
@@ -210,6 +231,12 @@ class ManifestDataModule(SplitDataModule):
                 raise ValueError(
                     f"The {name} split of {self.manifest_path()} is empty; adjust `test_fraction` or the 'split' column."
                 )
+        if self.shots_per_class is not None:  # the rest of the training split is left unused
+            train = np.flatnonzero(stage == "train")
+            kept = few_shot_rows(table["y"].to_numpy()[train], self.shots_per_class, self.seed + 2, self._class_names)
+            unused = np.ones(len(train), dtype=bool)
+            unused[kept] = False
+            stage[train[unused]] = "unused"
         return stage
 
     # -- what tasks and the CLI read ------------------------------------------------------
@@ -311,6 +338,7 @@ class GeneratedDermatologyDataModule(ManifestDataModule):
         num_workers: int = 0,
         test_fraction: float = 0.3,
         planted: dict[str, float] | None = None,
+        shots_per_class: int | None = None,
     ) -> None:
         self.spec = DermatologySpec(
             num_images=num_images,
@@ -334,6 +362,7 @@ class GeneratedDermatologyDataModule(ManifestDataModule):
             val_fraction=val_fraction,
             seed=seed,
             num_workers=num_workers,
+            shots_per_class=shots_per_class,
         )
 
     def manifest_path(self) -> str:

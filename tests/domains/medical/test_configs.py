@@ -35,6 +35,8 @@ def test_config_runs(name: str, tmp_path: Path) -> None:
             "--data.init_args.num_images", "24",
             "--data.init_args.generated_size", "32",
             "--data.init_args.batch_size", "4",
+            *(["--data.init_args.shots_per_class", "2", "--trainer.check_val_every_n_epoch", "1"]
+              if "few_shot" in name else []),
         ]
     )
     report = json.loads((Path(cli.trainer.log_dir) / "report.json").read_text())
@@ -42,6 +44,8 @@ def test_config_runs(name: str, tmp_path: Path) -> None:
     assert report["parameters"]["trainable"] > 0
     if name.endswith("_lora"):
         assert report["parameters"]["trainable_percent"] < 10.0
+    if "few_shot" in name:
+        assert cli.datamodule.shots_per_class == 2 and len(cli.datamodule.datasets["train"]) == 4
     # Every medical config, plain or fairness-aware, writes the per-group report at test end.
     fairness = json.loads((Path(cli.trainer.log_dir) / "fairness.json").read_text())
     assert {row["grouping"] for row in fairness["fairness"]["groups"]} >= {"skin_tone", "sex"}

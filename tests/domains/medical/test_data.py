@@ -113,6 +113,26 @@ def test_generated_datamodule_planted_overrides(tmp_path: Path) -> None:
         GeneratedDermatologyDataModule(num_images=40, root=str(tmp_path), planted={"dark_fraction": 1.5})
 
 
+def test_few_shot_keeps_k_training_images_per_class_and_whole_eval_splits(tmp_path: Path) -> None:
+    options = dict(num_images=80, generated_size=32, root=str(tmp_path), image_size=32, batch_size=4)
+    whole = GeneratedDermatologyDataModule(**options).table
+    few = GeneratedDermatologyDataModule(**options, shots_per_class=3)
+    table = few.table
+    train = table[table.stage == "train"]
+    assert train.label.value_counts().to_dict() == {"benign": 3, "malignant": 3}
+    assert set(train.path) <= set(whole[whole.stage == "train"].path)  # drawn from the same training split
+    for stage in ("val", "test"):
+        assert list(table[table.stage == stage].path) == list(whole[whole.stage == stage].path)
+    again = GeneratedDermatologyDataModule(**options, shots_per_class=3).table
+    assert list(again[again.stage == "train"].path) == list(train.path)  # seeded
+    few.setup()
+    assert len(few.datasets["train"]) == 6 and sum(len(b["y"]) for b in few.train_dataloader()) == 6
+    with pytest.raises(ValueError, match=r"`shots_per_class`=500 but the training split has only 24 image\(s\) of class 'benign'"):
+        _ = GeneratedDermatologyDataModule(**options, shots_per_class=500).table
+    with pytest.raises(ValueError, match="`shots_per_class` must be >= 1"):
+        GeneratedDermatologyDataModule(**options, shots_per_class=0)
+
+
 def test_manifest_datamodule_splits_by_patient(tmp_path: Path) -> None:
     rows = []
     for i in range(30):
