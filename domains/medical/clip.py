@@ -123,7 +123,9 @@ def load_open_clip(checkpoint: str | Path, *, seed: int = 0) -> tuple[nn.Module,
 
     ``checkpoint``: ``"tiny"`` (random tiny model, seeded), a hub id (``hf-hub:org/name``, needs network),
     or a local directory in the hub layout.  A local directory whose text tower is a Hugging Face model
-    reads that model's ``config.json`` from the directory when present, so it loads offline.
+    reads that model's ``config.json`` from the directory when present, so it loads offline (without it,
+    offline, the error names the file to add).  Weights: ``open_clip_model.safetensors`` or the hub's
+    ``open_clip_pytorch_model.bin`` (read by open_clip).
     """
     import open_clip
 
@@ -146,8 +148,19 @@ def load_open_clip(checkpoint: str | Path, *, seed: int = 0) -> tuple[nn.Module,
     with _quiet_open_clip(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         overrides = _local_text_config(model_name)
-        model = open_clip.create_model(model_name, pretrained_text=False, **overrides)
-        tokenizer = open_clip.get_tokenizer(model_name)
+        try:
+            model = open_clip.create_model(model_name, pretrained_text=False, **overrides)
+            tokenizer = open_clip.get_tokenizer(model_name)
+        except OSError as error:  # a hub-layout directory whose text tower config must come from the hub
+            if not model_name.startswith("local-dir:") or overrides:
+                raise
+            text = json.loads(config_file.read_text())["model_cfg"].get("text_cfg", {}).get("hf_model_name")
+            raise OSError(
+                f"The CLIP directory {str(directory)!r} names the Hugging Face text model {text!r}, whose "
+                f"config.json could not be read ({error.__class__.__name__}: {str(error).splitlines()[0]}). "
+                f"Offline, put that model's config.json into the directory (e.g. `huggingface-cli download {text} "
+                f"config.json --local-dir {directory}`); it is then read from there."
+            ) from error
     preprocess = dict(getattr(getattr(model.visual, "preprocess_cfg", None), "__dict__", {}) or {})
     preprocess = {"mean": CLIP_MEAN, "std": CLIP_STD, **_preprocess_from(model_name), **preprocess}
     return model.eval(), tokenizer, preprocess

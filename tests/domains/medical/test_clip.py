@@ -117,3 +117,37 @@ def test_prompts() -> None:
         build_prompts(["a"], ["no placeholder"])
     with pytest.raises(ValueError, match="empty"):
         build_prompts([], DEFAULT_TEMPLATES)
+
+
+def test_hub_weights_file_loads_too(checkpoint_dir: Path, tmp_path: Path) -> None:
+    """The hub ships open_clip_pytorch_model.bin: the same weights load from it (open_clip reads it)."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    directory = tmp_path / "bin_layout"
+    shutil.copytree(checkpoint_dir, directory)
+    saved = load_file(str(directory / "open_clip_model.safetensors"))
+    (directory / "open_clip_model.safetensors").unlink()
+    torch.save(saved, directory / "open_clip_pytorch_model.bin")
+    model, _, _ = load_open_clip(directory, seed=99)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in saved.items())
+
+
+def test_hub_layout_without_text_config_offline_names_the_fix(
+    checkpoint_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    directory = tmp_path / "hub_layout"
+    shutil.copytree(checkpoint_dir, directory)
+    (directory / "config.json").unlink()  # as on the hub: the BERT config lives in another repository
+    config = json.loads((directory / "open_clip_config.json").read_text())
+    config["model_cfg"]["text_cfg"]["hf_model_name"] = "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract"
+    (directory / "open_clip_config.json").write_text(json.dumps(config))
+
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # no network in tests, for sure
+    with pytest.raises(OSError, match="BiomedBERT-base-uncased-abstract.*config.json --local-dir"):
+        load_open_clip(directory)
