@@ -8,6 +8,7 @@ from verticals.core.adapters.api import AdapterSpec, adapt, build_peft_config, p
 from verticals.core.adapters.io import (
     compose,
     load_adapter,
+    load_adapter_ensemble,
     merge,
     merge_in_place,
     negate,
@@ -28,6 +29,7 @@ __all__ = [
     "detect_families",
     "detect_family",
     "load_adapter",
+    "load_adapter_ensemble",
     "merge",
     "merge_in_place",
     "negate",

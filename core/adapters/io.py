@@ -82,6 +82,35 @@ def load_adapter(model: nn.Module, directory: str | Path, *, is_trainable: bool 
     return model
 
 
+def load_adapter_ensemble(
+    model: nn.Module, directories: Sequence[str | Path], names: Sequence[str] | None = None
+) -> PeftModel:
+    """Several saved peft adapters (e.g. one LoRA per training seed) on one frozen copy of ``model``.
+
+    Each is loaded under its own name (default ``member_0``, ``member_1``, …), so
+    :func:`verticals.core.metrics.adapter_ensemble_probabilities` can switch between them: K members cost one
+    backbone in memory, not K.  The first one is active; all are frozen (inference).
+    """
+    directories = [Path(directory) for directory in directories]
+    names = list(names) if names is not None else [f"member_{index}" for index in range(len(directories))]
+    if not directories or len(names) != len(directories) or len(set(names)) != len(names):
+        raise ValueError(
+            f"Expected one distinct name per adapter directory; got {len(directories)} directories and names {names}."
+        )
+    not_peft = [str(directory) for directory in directories if not (directory / "adapter_config.json").is_file()]
+    if not_peft:
+        raise FileNotFoundError(
+            f"An ensemble needs peft adapters (adapter_config.json, written by save_adapter from a PeftModel); "
+            f"none in {not_peft}."
+        )
+    ensemble = PeftModel.from_pretrained(model, str(directories[0]), adapter_name=names[0])
+    for directory, name in zip(directories[1:], names[1:], strict=True):
+        ensemble.load_adapter(str(directory), adapter_name=name)
+    ensemble.set_adapter(names[0])
+    ensemble.requires_grad_(False)
+    return ensemble.eval()
+
+
 def merge(model: PeftModel) -> nn.Module:
     """Fold the active adapter into the base weights and return the plain model (no inference cost)."""
     _require_peft(model, "merge")

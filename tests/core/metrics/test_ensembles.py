@@ -86,3 +86,39 @@ def test_predictive_uncertainty_decomposes_entropy():
     assert float(stats["expected_entropy"]) == pytest.approx(0.0, abs=1e-6)
     with pytest.raises(ValueError, match=r"\[K, N, C\]"):
         predictive_uncertainty(torch.zeros(3, 2))
+
+
+def test_saved_adapters_load_as_one_ensemble_on_one_backbone(tmp_path):
+    from verticals.core import load_adapter_ensemble, save_adapter
+
+    def base() -> nn.Module:
+        torch.manual_seed(0)
+        return Net()
+
+    x = torch.randn(10, 6)
+    directories, expected = [], []
+    for seed in (1, 2, 3):  # three "training runs" that differ in their adapter (and trained head)
+        backbone = base()
+        torch.manual_seed(seed)
+        config = LoraConfig(target_modules=["fc1"], modules_to_save=["fc2"], r=4, init_lora_weights=False)
+        member = get_peft_model(backbone, config)
+        with torch.no_grad():
+            member.base_model.model.fc2.modules_to_save["default"].weight.normal_()
+        member.eval()
+        with torch.no_grad():
+            expected.append(member(x).softmax(-1))
+        directories.append(save_adapter(member, tmp_path / f"seed_{seed}"))
+
+    ensemble = load_adapter_ensemble(base(), directories)
+    assert sorted(ensemble.peft_config) == ["member_0", "member_1", "member_2"]
+    assert not any(parameter.requires_grad for parameter in ensemble.parameters())
+    probabilities = adapter_ensemble_probabilities(ensemble, x, ["member_0", "member_1", "member_2"])
+    assert torch.allclose(probabilities, torch.stack(expected), atol=1e-6)
+    assert not torch.allclose(probabilities[0], probabilities[1])
+    base_parameters = [n for n, _ in ensemble.named_parameters() if "lora_" not in n and "modules_to_save" not in n]
+    assert len(base_parameters) == len(list(Net().parameters()))  # one backbone, not three
+
+    with pytest.raises(ValueError, match="one distinct name per adapter directory"):
+        load_adapter_ensemble(base(), directories, names=["a", "a", "b"])
+    with pytest.raises(FileNotFoundError, match="adapter_config.json"):
+        load_adapter_ensemble(base(), [tmp_path])
