@@ -14,6 +14,8 @@ import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
+from verticals.core.seeding import seeded
+
 Forward = Callable[[nn.Module, torch.Tensor], torch.Tensor]
 
 
@@ -121,8 +123,7 @@ def mc_dropout_probabilities(
     for module in dropouts:
         module.train()
     try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded(seed, next(model.parameters()).device):
             samples = [_probabilities(model, inputs, forward) for _ in range(n_samples)]
     finally:
         model.train(was_training)

@@ -21,6 +21,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from verticals.core.seeding import seeded
 from verticals.domains.medical.prompts import DEFAULT_TEMPLATES, build_prompts
 
 BIOMEDCLIP_HUB_ID = "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
@@ -145,8 +146,7 @@ def load_open_clip(checkpoint: str | Path, *, seed: int = 0) -> tuple[nn.Module,
                 f"with open_clip_config.json (looked for {str(config_file)!r})."
             )
         model_name = f"local-dir:{directory}"
-    with _quiet_open_clip(), torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with _quiet_open_clip(), seeded(seed):
         overrides = _local_text_config(model_name)
         try:
             model = open_clip.create_model(model_name, pretrained_text=False, **overrides)

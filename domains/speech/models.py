@@ -29,6 +29,7 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from verticals.core.registry import register_model
+from verticals.core.seeding import seeded
 
 log = logging.getLogger(__name__)
 
@@ -241,8 +242,7 @@ def load_whisper(
     """
     if source == TINY_RANDOM:
         config = tiny_random_config()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
+        with seeded(0):
             model = WhisperForConditionalGeneration(config)
         model.generation_config = whisper_generation_config(config, max_new_tokens)
         tokenizer_source: str | Path | None = None

@@ -19,6 +19,7 @@ from transformers import AutoConfig, AutoModel, BertConfig, BertModel, PreTraine
 from transformers.utils import logging as hf_logging
 
 from verticals.core.registry import register_model
+from verticals.core.seeding import seeded
 
 TINY_ENCODER = "tiny-bert"
 MINILM = "minilm"
@@ -60,8 +61,7 @@ def load_encoder(encoder: str = MINILM, num_layers: int | None = None) -> tuple[
         config = tiny_encoder_config()
         if num_layers is not None:
             config.num_hidden_layers = num_layers
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
+        with seeded(0):
             return BertModel(config, add_pooling_layer=False), TINY_ENCODER
     source = minilm_path() if encoder == MINILM else encoder
     looks_local = (
