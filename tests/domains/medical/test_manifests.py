@@ -146,3 +146,47 @@ def test_chexpert_layout(tmp_path: Path) -> None:
 
 def test_age_band() -> None:
     assert [age_band(a, [40, 60]) for a in (0, 39.9, 40, 59, 60, 90)] == ["<40", "<40", "40-59", "40-59", "60+", "60+"]
+
+
+def test_real_layouts_feed_the_datamodule(tmp_path: Path) -> None:
+    """HAM10000 (RGB, split by lesion) and CheXpert (greyscale) manifests as batches with group codes."""
+    from verticals.domains.medical.data import ManifestDataModule
+
+    rows = [
+        {"lesion_id": f"HAM_{i // 2:07d}", "image_id": f"ISIC_{i:07d}", "dx": ("mel" if i % 3 == 0 else "nv"),
+         "dx_type": "histo", "age": f"{30 + 5 * i}.0", "sex": ("male" if i % 2 else "female"), "localization": "back"}
+        for i in range(16)
+    ]  # fmt: skip
+    for i, row in enumerate(rows):
+        _png(tmp_path / "ham" / "HAM10000_images_part_1" / f"{row['image_id']}.png", 15 * i)
+    csv = tmp_path / "ham" / "HAM10000_metadata.csv"
+    pd.DataFrame(rows).to_csv(csv, index=False)
+    ham = ManifestDataModule(
+        str(csv), layout="ham10000", label_map={"mel": "malignant", "nv": "benign"}, image_size=16, batch_size=4,
+        test_fraction=0.25, val_fraction=0.2,
+    )  # fmt: skip
+    assert ham.class_names == ["benign", "malignant"] and ham.group_attributes == ["sex", "age_band"]
+    table = ham.table
+    by_stage = {stage: set(table[table.stage == stage].patient) for stage in ("train", "val", "test")}
+    assert all(by_stage.values()) and not (by_stage["train"] & by_stage["test"])  # lesions never straddle
+    batch = next(iter(ham.test_dataloader()))
+    assert batch["x"].shape[1:] == (3, 16, 16) and batch["group"].shape[1] == 2
+    test_rows = table[table.stage == "test"].head(len(batch["y"]))
+    sexes = [ham.group_names["sex"][code] for code in batch["group"][:, 0].tolist()]
+    assert sexes == list(test_rows.sex)
+
+    findings = {"No Finding": "", "Pleural Effusion": ""}
+    chexpert = []
+    for i in range(8):
+        path = f"CheXpert-v1.0-small/train/patient{i:05d}/study1/view1_frontal.png"
+        _png(tmp_path / "cxr" / path, 20 * i, grey=True)
+        chexpert.append({"Path": path, "Sex": ("Male" if i % 2 else "Female"), "Age": str(40 + i),
+                         "Frontal/Lateral": "Frontal", "AP/PA": "AP", **findings,
+                         "Pleural Effusion": ("1.0" if i % 2 else "0.0")})  # fmt: skip
+    (tmp_path / "cxr" / "CheXpert-v1.0-small").mkdir(parents=True, exist_ok=True)
+    cxr_csv = tmp_path / "cxr" / "CheXpert-v1.0-small" / "train.csv"
+    pd.DataFrame(chexpert).to_csv(cxr_csv, index=False)
+    cxr = ManifestDataModule(str(cxr_csv), layout="chexpert", image_size=16, batch_size=8, test_fraction=0.25)
+    batch = next(iter(cxr.train_dataloader()))
+    assert batch["x"].shape[1:] == (3, 16, 16)  # greyscale radiographs come out as 3 channels
+    assert set(batch["y"].tolist()) <= {0, 1} and cxr.group_names["sex"] == ["female", "male"]
