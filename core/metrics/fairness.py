@@ -5,6 +5,9 @@ Besides a fixed threshold (0.5), MEDFAIR reports fairness at two operating point
 set: ``sens80``, the highest threshold whose overall sensitivity is at least 80%, and ``spec80``, the
 lowest threshold whose overall specificity is at least 80%. A rate with an empty denominator in a group
 (e.g. TPR in a group with no positives) is NaN and left out of gaps and worst-group values.
+The thresholds are exact observed scores and the parity differences are fairlearn's (max − min over groups,
+equalised odds = the larger of the TPR and FPR differences), tested equal to fairlearn; MEDFAIR's own code
+picks thresholds and scores equalised odds its own way, so its numbers are not reproduced digit for digit.
 Multiclass scores (``[N, C]``) get one-vs-rest macro AUROC, accuracy, ECE, Brier and NLL per group.
 """
 
