@@ -44,7 +44,7 @@ class SubgroupMetrics(Metric):
     ``full=True`` returns every column and summary of :func:`group_table_arrays` / :func:`summary_from_table`
     instead — per group also Brier, NLL, prevalence, TPR/FPR/FNR/TNR and selection rate (binary: also at the
     80%-sensitivity and 80%-specificity thresholds, suffixed ``@sens80`` / ``@spec80``), and the gaps, ratios
-    and parity differences at every operating point. Kept off per epoch (dozens of keys); on for a test run.
+    and parity differences at every operating point (dozens of keys: for a logger, not a progress table).
     """
 
     is_differentiable = False

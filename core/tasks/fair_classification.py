@@ -249,7 +249,7 @@ class FairClassificationTask(ClassificationTask):
             return
         names = self.sensitive_names()
         self.val_subgroups = SubgroupMetrics(names)
-        self.test_subgroups = SubgroupMetrics(names, full=True)  # logged once: every rate and operating point
+        self.test_subgroups = SubgroupMetrics(names)  # the full set, with CIs, is in the FairnessReport
         if self.hparams["fairness_penalty"] != "none":
             hidden = self.hparams["auxiliary_hidden"]
             if self.hparams["penalty_on"] == "logits":
