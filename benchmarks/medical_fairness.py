@@ -152,8 +152,7 @@ def run_arguments(method: str, args: argparse.Namespace, root: Path) -> list[str
         data += ["--data.init_args.image_size", str(args.image_size)]
         if args.epochs is not None:
             data += ["--trainer.max_epochs", str(args.epochs)]
-    if method in ("fair_lora", "group_dro"):
-        data += ["--model.init_args.report_bootstrap", "0"]  # analysed here, with --bootstrap resamples
+    data += ["--model.init_args.report_bootstrap", "0"]  # analysed here, with --bootstrap resamples
     return [
         "run",
         CONFIGS[method],

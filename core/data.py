@@ -26,6 +26,7 @@ __all__ = [
     "ArrayDataset",
     "ClassificationArrays",
     "encode_labels",
+    "few_shot_rows",
     "stratified_split",
 ]
 
@@ -140,6 +141,21 @@ def stratified_split(
         indices, test_size=n_held, random_state=seed, shuffle=True, stratify=stratify
     )
     return np.sort(keep), np.sort(held)
+
+
+def few_shot_rows(labels: np.ndarray, shots: int, seed: int, class_names: Sequence[str]) -> np.ndarray:
+    """Sorted indices of ``shots`` randomly chosen rows of every class (seeded; each class sampled apart)."""
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for code, name in enumerate(class_names):
+        rows = np.flatnonzero(labels == code)
+        if len(rows) < shots:
+            raise ValueError(
+                f"`shots_per_class`={shots} but the training split has only {len(rows)} image(s) of class "
+                f"{name!r}; lower `shots_per_class` or use a larger training set."
+            )
+        chosen.append(rng.choice(rows, size=shots, replace=False))
+    return np.sort(np.concatenate(chosen))
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import lightning as L
 import torch
 import torch.nn.functional as F
 from torchmetrics import MetricCollection
@@ -13,19 +14,40 @@ from verticals.core.tasks.base import AdapterTask
 
 
 class ClassificationTask(AdapterTask):
-    """Cross-entropy classification; model selection on validation accuracy."""
+    """Cross-entropy classification; model selection on validation accuracy.
+
+    ``report_bootstrap``: with a number (of bootstrap resamples, 0 for none), a ``FairnessReport`` per
+    group (JSON, markdown, plots) is written at test end for datamodules whose batches carry ``"group"``;
+    ``None`` (the default) writes none.
+    """
 
     monitor = "val_accuracy"
     mode = "max"
 
     def __init__(
-        self, *args: Any, num_classes: int | None = None, label_smoothing: float = 0.0, **kwargs: Any
+        self,
+        *args: Any,
+        num_classes: int | None = None,
+        label_smoothing: float = 0.0,
+        report_bootstrap: int | None = None,
+        **kwargs: Any,
     ) -> None:
         if num_classes is not None and num_classes < 2:
             raise ValueError(f"`num_classes` must be at least 2, got {num_classes}.")
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"`label_smoothing` must be in [0, 1), got {label_smoothing}.")
+        if report_bootstrap is not None and report_bootstrap < 0:
+            raise ValueError(f"`report_bootstrap` must be >= 0 (or None for no report), got {report_bootstrap}.")
         super().__init__(*args, **kwargs)
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        from verticals.core.fairness_callbacks import FairnessReport
+
+        callbacks = super().configure_callbacks()
+        bootstrap = self.hparams.get("report_bootstrap")
+        if bootstrap is not None and not any(isinstance(callback, FairnessReport) for callback in callbacks):
+            callbacks.append(FairnessReport(n_bootstrap=bootstrap))
+        return callbacks
 
     def _shapes_known(self) -> bool:
         return self.hparams.get("num_classes") is not None
@@ -67,11 +89,8 @@ class ClassificationTask(AdapterTask):
         return loss
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
-        """``logits``, ``probs``, ``target`` (and ``group`` when batches carry it), for test-end callbacks.
-
-        So a plain classifier gets the same ``FairnessReport`` as a fairness-aware one (add it to
-        ``trainer.callbacks``) without changing how it trains.
-        """
+        """``logits``, ``probs``, ``target`` (and ``group`` when batches carry it), for test-end callbacks
+        such as ``FairnessReport``, so a plain classifier is reported like a fairness-aware one."""
         self._last_outputs = None
         self._step(batch, "test")
         return self._last_outputs

@@ -31,7 +31,6 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -118,7 +117,8 @@ class FairClassificationTask(ClassificationTask):
         auxiliary_hidden: width of the hidden layer of the CLUB / adversary net.
         feature_dim: width of ``forward_features``; default: ``model.num_features`` or a probe forward.
         group_attributes / group_names: taken from the datamodule when not given.
-        report_bootstrap: bootstrap resamples of the ``FairnessReport`` written at test end (0: none).
+        report_bootstrap: as in ``ClassificationTask``, but on by default: the ``FairnessReport`` at test end
+            with 1000 bootstrap resamples (0: a report without CIs).
 
     Logs ``{stage}_worst_group_auroc``, ``{stage}_auroc_gap``, ``{stage}_ece/<group>`` … per epoch; use
     ``monitor: val_worst_group_auroc`` to select the checkpoint on worst-group AUROC (mode ``max`` is
@@ -174,7 +174,7 @@ class FairClassificationTask(ClassificationTask):
             kwargs["monitor_mode"] = (
                 "max" if any(key in name for key in _MAX_MODES) and "gap" not in name else "min"
             )
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, report_bootstrap=report_bootstrap, **kwargs)
 
     # -- groups --------------------------------------------------------------------------
     def _infer_groups(self, datamodule: Any) -> None:
@@ -403,7 +403,6 @@ class FairClassificationTask(ClassificationTask):
         return (self.dro_weights * group_loss).sum()
 
     def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
-        self._last_outputs = None
         x, y = batch["x"], batch["y"]
         groups = batch.get("group")
         if groups is not None and groups.ndim == 1:
@@ -465,14 +464,6 @@ class FairClassificationTask(ClassificationTask):
 
     def on_test_epoch_end(self) -> None:
         self._log_subgroups("test")
-
-    def configure_callbacks(self) -> list[L.Callback]:
-        from verticals.core.fairness_callbacks import FairnessReport
-
-        callbacks = super().configure_callbacks()
-        if not any(isinstance(callback, FairnessReport) for callback in callbacks):
-            callbacks.append(FairnessReport(n_bootstrap=self.hparams["report_bootstrap"]))
-        return callbacks
 
     # -- checkpoints ---------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

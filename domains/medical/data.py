@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms import v2
 
-from verticals.core.data import SplitDataModule, encode_labels, make_loader
+from verticals.core.data import SplitDataModule, encode_labels, few_shot_rows, make_loader
 from verticals.domains.medical.manifests import attribute_categories, read_manifest
 from verticals.domains.medical.synthetic import DermatologySpec, generate_dermatology, planted_overrides
 
@@ -36,7 +36,6 @@ __all__ = [
     "ImageManifestDataset",
     "ManifestDataModule",
     "image_transforms",
-    "few_shot_rows",
     "patient_split",
 ]
 
@@ -113,21 +112,6 @@ def patient_split(patients: Sequence[str], fraction: float, seed: int) -> tuple[
     held = set(rng.permutation(unique)[:held_count])
     mask = np.array([p in held for p in patients])
     return np.flatnonzero(~mask), np.flatnonzero(mask)
-
-
-def few_shot_rows(labels: np.ndarray, shots: int, seed: int, class_names: Sequence[str]) -> np.ndarray:
-    """Sorted indices of ``shots`` randomly chosen rows of every class (seeded; each class sampled apart)."""
-    rng = np.random.default_rng(seed)
-    chosen = []
-    for code, name in enumerate(class_names):
-        rows = np.flatnonzero(labels == code)
-        if len(rows) < shots:
-            raise ValueError(
-                f"`shots_per_class`={shots} but the training split has only {len(rows)} image(s) of class "
-                f"{name!r}; lower `shots_per_class` or use a larger training set."
-            )
-        chosen.append(rng.choice(rows, size=shots, replace=False))
-    return np.sort(np.concatenate(chosen))
 
 
 class ManifestDataModule(SplitDataModule):
