@@ -57,13 +57,12 @@ from verticals.core.cli import run_cli
 from verticals.core.metrics import (
     TemperatureScaler,
     auroc,
-    bootstrap_indices,
     calibrated_ece_floor,
     fairness_report,
-    percentile_interval,
 )
 from verticals.core.metrics.calibration import GROUP_PRIOR_PRECISION
 from verticals.core.metrics.groups import intersect
+from verticals.core.seeds import paired_bootstrap
 from verticals.domains.medical.synthetic import planted_overrides
 
 METHODS = ("lora", "fair_lora", "group_dro", "scratch", "zero_shot")
@@ -448,66 +447,36 @@ def paired_comparison(
 
     The gap of both models is AUROC(best group) - AUROC(worst group) with best/worst fixed by the reference
     model on the whole test set, so it keeps its sign; resamples are drawn within skin tone x label cells and
-    shared by both models (a paired bootstrap).
+    shared by both models (``verticals.core.seeds.paired_bootstrap``).
     """
     target, codes = reference["target"], reference[SENSITIVE]
-    if not (np.array_equal(target, other["target"]) and np.array_equal(codes, other[SENSITIVE])):
-        raise ValueError(
-            "The two runs' test sets differ; a paired comparison needs the same items in the same order."
-        )
     a, b = positive_scores(reference["logits"]), positive_scores(other["logits"])
     per_group = group_aurocs(a, target, codes, len(names[SENSITIVE]))
     best, worst = int(np.nanargmax(per_group)), int(np.nanargmin(per_group))
 
-    def statistics(rows: np.ndarray) -> tuple[float, float, float, float]:
-        y, c, sa, sb = target[rows], codes[rows], a[rows], b[rows]
-        return (
-            auroc(sa, y),
-            auroc(sb, y),
-            signed_gap(sa, y, c, best, worst),
-            signed_gap(sb, y, c, best, worst),
-        )
+    def statistics(rows: dict[str, np.ndarray]) -> tuple[float, float]:
+        y, c, s = rows["target"], rows["group"], rows["scores"]
+        return auroc(s, y), signed_gap(s, y, c, best, worst)
 
-    point = statistics(np.arange(len(target)))
-    samples = (
-        np.array(
-            [
-                statistics(rows)
-                for rows in bootstrap_indices(
-                    len(target), n_bootstrap, seed=seed, strata=intersect({"g": codes, "y": target})
-                )
-            ]
-        )
-        if n_bootstrap > 0
-        else np.empty((0, 4))
+    paired = paired_bootstrap(
+        statistics,
+        {"scores": a, "target": target, "group": codes},
+        {"scores": b, "target": other["target"], "group": other[SENSITIVE]},
+        n_bootstrap=n_bootstrap,
+        seed=seed,
+        strata=intersect({"g": codes, "y": target}),
+        same=("target", "group"),
     )
-
-    def interval(values: np.ndarray) -> tuple[float, float]:
-        return percentile_interval(values) if len(values) else (math.nan, math.nan)
-
-    auroc_change = samples[:, 1] - samples[:, 0] if len(samples) else samples
-    gap_change = samples[:, 3] - samples[:, 2] if len(samples) else samples
-    with np.errstate(divide="ignore", invalid="ignore"):  # a resample where LoRA's gap is 0: NaN, dropped
-        reduction = 1.0 - samples[:, 3] / samples[:, 2] if len(samples) else samples
     return {
         "best_group": names[SENSITIVE][best],
         "worst_group": names[SENSITIVE][worst],
-        "reference_auroc": point[0],
-        "auroc": point[1],
-        "auroc_change": {
-            "value": point[1] - point[0],
-            **dict(zip(("low", "high"), interval(auroc_change), strict=True)),
-        },
-        "reference_gap": point[2],
-        "gap": point[3],
-        "gap_change": {
-            "value": point[3] - point[2],
-            **dict(zip(("low", "high"), interval(gap_change), strict=True)),
-        },
-        "gap_reduction": {
-            "value": 1.0 - point[3] / point[2] if point[2] else math.nan,
-            **dict(zip(("low", "high"), interval(reduction), strict=True)),
-        },
+        "reference_auroc": float(paired.reference[0]),
+        "auroc": float(paired.other[0]),
+        "auroc_change": paired.difference(0),
+        "reference_gap": float(paired.reference[1]),
+        "gap": float(paired.other[1]),
+        "gap_change": paired.difference(1),
+        "gap_reduction": paired.reduction(1),
     }
 
 
@@ -525,7 +494,9 @@ def analyse_run(
     if record["method"] != "zero_shot":
         record["calibration"] = calibration(run_outputs["val"], run_outputs["test"], names, n_bootstrap, seed)
     if record["label"] != "lora" and lora_outputs is not None:
-        record["vs_lora"] = paired_comparison(lora_outputs["test"], run_outputs["test"], names, n_bootstrap, seed)
+        record["vs_lora"] = paired_comparison(
+            lora_outputs["test"], run_outputs["test"], names, n_bootstrap, seed
+        )
 
 
 def previous_report(args: argparse.Namespace) -> dict[str, Any] | None:
@@ -545,8 +516,12 @@ def reanalyse(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     settings = results["settings"]
     outputs: dict[str, dict[str, dict[str, np.ndarray]]] = {}
     for record in results["runs"]:
-        outputs[record["label"]] = load_outputs(run_directory(args.runs_dir, record["label"]) / "outputs.safetensors")
-        analyse_run(record, outputs[record["label"]], outputs.get("lora"), settings["bootstrap"], settings["seed"])
+        outputs[record["label"]] = load_outputs(
+            run_directory(args.runs_dir, record["label"]) / "outputs.safetensors"
+        )
+        analyse_run(
+            record, outputs[record["label"]], outputs.get("lora"), settings["bootstrap"], settings["seed"]
+        )
     results["reanalysed"] = {
         "command": "python " + shlex.join([SCRIPT, *argv]),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -686,7 +661,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         parser.error(str(error))
     for flag in ("reanalyse", "resume"):
         if getattr(args, flag) and args.runs_dir is None:
-            parser.error(f"--{flag} reads the saved outputs of the runs: give the --runs-dir they were kept in.")
+            parser.error(
+                f"--{flag} reads the saved outputs of the runs: give the --runs-dir they were kept in."
+            )
     if "lora" not in args.methods:
         parser.error("--methods must include lora: every comparison is against it.")
     args.methods = ["lora", *[m for m in dict.fromkeys(args.methods) if m != "lora"]]
@@ -727,7 +704,9 @@ def run_benchmark(
     }
     outputs: dict[str, dict[str, dict[str, np.ndarray]]] = {}
     finished = finished_runs(args, results["settings"], root) if args.resume else {}
-    for label, method, extra in variants(args.methods, args.fair_weights, args.dro_step_sizes or (None,), args.fair_penalties):
+    for label, method, extra in variants(
+        args.methods, args.fair_weights, args.dro_step_sizes or (None,), args.fair_penalties
+    ):
         try:
             if label in finished:
                 record, run_outputs = finished[label]
@@ -808,15 +787,21 @@ def render_markdown(results: dict[str, Any]) -> str:
         f"patients, validation share {settings.get('val_fraction', 0.2):g} of the rest, "
         f"{settings['bootstrap']} bootstrap resamples (95% percentile CIs, stratified by group and label)",
         *(
-            [f"- planted structure changed from the generator's defaults: {planted_text(settings['planted'])}"]
-            if settings.get("planted") else []
+            [
+                f"- planted structure changed from the generator's defaults: {planted_text(settings['planted'])}"
+            ]
+            if settings.get("planted")
+            else []
         ),
         f"- splits (patient-level): {sizes}",
         f"- status: {'complete' if results['complete'] else 'PARTIAL (written after each finished run)'}",
         *(
-            [f"- analyses recomputed from the runs' saved outputs (no training) on {results['reanalysed']['date']}: "
-             f"`{results['reanalysed']['command']}`"]
-            if results.get("reanalysed") else []
+            [
+                f"- analyses recomputed from the runs' saved outputs (no training) on {results['reanalysed']['date']}: "
+                f"`{results['reanalysed']['command']}`"
+            ]
+            if results.get("reanalysed")
+            else []
         ),
         "",
         "Each run is `verticals run <config>` (fit, then test the checkpoint selected by the config's monitor); "
@@ -969,7 +954,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     else:
         with runs_root(args.runs_dir, prefix="verticals-bench-medical-") as root:
             results = run_benchmark(
-                args, argv, root, progress=lambda partial: write_reports(partial, args.output, render_markdown)
+                args,
+                argv,
+                root,
+                progress=lambda partial: write_reports(partial, args.output, render_markdown),
             )
     markdown, json_path = write_reports(results, args.output, render_markdown)
     print()

@@ -28,14 +28,14 @@ import shlex
 import subprocess
 import sys
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import medical_fairness as single  # the per-seed benchmark: its targets and names, so the two cannot disagree
-import numpy as np
 from _common import machine, machine_line, write_reports
+
+from verticals.core.seeds import seed_statistics, sweep_seeds
 
 SCRIPT = "benchmarks/medical_fairness_seeds.py"
 BENCHMARK = Path(__file__).resolve().parent / "medical_fairness.py"
@@ -55,7 +55,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--jobs", type=int, default=2, help="seeds run at the same time (one process each)")
     parser.add_argument(
-        "--seed-dir", type=Path, default=Path("benchmarks/results/medical_fairness"), help="per-seed reports go here"
+        "--seed-dir",
+        type=Path,
+        default=Path("benchmarks/results/medical_fairness"),
+        help="per-seed reports go here",
     )
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results/medical_fairness_seeds.md"))
     parser.add_argument(
@@ -210,6 +213,12 @@ def select_on_validation(
     return {method: picks for method, picks in chosen.items() if len(picks) == len(summaries)}
 
 
+def stats(values: Sequence[float]) -> dict[str, Any]:
+    """Per-seed values, their mean and sample SD (NaN ignored: ``verticals.core.seeds.seed_statistics``)."""
+    over_seeds = seed_statistics(values)
+    return {"values": list(over_seeds.values), "mean": over_seeds.mean, "sd": over_seeds.std}
+
+
 def aggregate(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
     """Across-seed means, spreads and target checks of every run that every seed has, plus, per method with
     several variants, the variant chosen on validation in each seed."""
@@ -218,15 +227,9 @@ def aggregate(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
         for method, picks in select_on_validation(summaries, budget).items():
             for seed, label in picks.items():
                 summaries[seed][f"{method} ({rule})"] = {**summaries[seed][label], "chosen": label}
-    labels = [label for label in next(iter(summaries.values())) if all(label in s for s in summaries.values())]
-
-    def stats(values: list[float]) -> dict[str, Any]:
-        array = np.asarray(values, dtype=float)
-        return {
-            "values": [float(v) for v in array],
-            "mean": float(np.nanmean(array)) if np.isfinite(array).any() else math.nan,
-            "sd": float(np.nanstd(array, ddof=1)) if np.isfinite(array).sum() > 1 else math.nan,
-        }
+    labels = [
+        label for label in next(iter(summaries.values())) if all(label in s for s in summaries.values())
+    ]
 
     seeds = sorted(summaries)
     out: dict[str, Any] = {"seeds": seeds, "runs": {}}
@@ -418,8 +421,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     pending = [seed for seed in args.seeds if finished(args, seed) is None]
     threads = max(1, (os.cpu_count() or 1) // min(args.jobs, max(1, len(pending))))
     print(f"Seeds to run: {pending or 'none'} ({args.jobs} at a time, {threads} thread(s) each)", flush=True)
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        codes = dict(zip(pending, pool.map(lambda s: run_seed(args, s, threads), pending), strict=True))
+    codes = sweep_seeds(pending, lambda seed: run_seed(args, seed, threads), jobs=args.jobs)
     per_seed = {seed: r for seed in args.seeds if (r := finished(args, seed)) is not None}
     reports = {seed: seed_output(args, seed) for seed in per_seed}
     included: list[int] = []
@@ -439,7 +441,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "machine": machine(("torch", "timm", "lightning", "peft", "verticals")),
         # Relative to the summary, so the links work wherever the repository is.
         "seed_reports": {
-            seed: os.path.relpath(reports[seed].resolve(), args.output.parent.resolve()) for seed in sorted(per_seed)
+            seed: os.path.relpath(reports[seed].resolve(), args.output.parent.resolve())
+            for seed in sorted(per_seed)
         },
         "failed": failed,
         "included": sorted(included),

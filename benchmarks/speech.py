@@ -58,8 +58,10 @@ from _common import (
 )
 
 from verticals.core.cli import run_cli
-from verticals.core.metrics import bootstrap_indices, percentile_interval
+from verticals.core.group_report import GroupReport
 from verticals.core.report import adapter_size_bytes
+from verticals.core.seeds import paired_bootstrap
+from verticals.domains.speech.metrics import UTTERANCE_TABLE, read_utterance_table
 
 METHODS = ("zero_shot", "lora_qv", "lora_all_linear", "s2lora", "adalora", "bitfit")
 MERGEABLE = ("lora_qv", "lora_all_linear", "s2lora")
@@ -109,34 +111,61 @@ def run_method(method: str, args: argparse.Namespace, runs: Path) -> tuple[dict[
     cli = run_cli(argv)
     wall = time.perf_counter() - started
     task, trainer = cli.model, cli.trainer
-    report = task.group_report or {}
     summary = task.parameter_summary()
     directory = Path(trainer.log_dir or trainer.default_root_dir)
     timing = next((c for c in trainer.callbacks if type(c).__name__ == "Timing"), None)
     return {
         "command": "verticals " + shlex.join(argv),
-        "wer": {name: row["wer"] for name, row in report.get("groups", {}).items()},
-        "wer_ci": {name: [row["wer_low"], row["wer_high"]] for name, row in report.get("groups", {}).items()},
-        "cer": {name: row["cer"] for name, row in report.get("groups", {}).items()},
-        "overall": report.get("overall"),
-        "summary": {k: v for k, v in report.get("summary", {}).items() if not isinstance(v, list)},
+        **wer_by_condition(trainer),
         "trainable": summary.trainable,
         "trainable_percent": summary.trainable_percent,
         "adapter_bytes": adapter_size_bytes(directory / "adapter") if method != "zero_shot" else 0,
         "fit_seconds": timing.fit_seconds if timing else None,
         "wall_seconds": wall,
-        "utterances": utterance_counts(task),
+        "utterances": utterance_counts(directory),
     }, cli
 
 
-def utterance_counts(task: Any) -> dict[str, list[Any]] | None:
+def wer_by_condition(trainer: Any) -> dict[str, Any]:
+    """WER (with its CI) and CER per condition, overall and the worst condition and gap, from the run's
+    ``GroupReport`` (conditions without test utterances left out)."""
+    callback = next((c for c in trainer.callbacks if isinstance(c, GroupReport)), None)
+    results = callback.results if callback is not None else None
+    if results is None or "condition" not in results.groupings:
+        return {"wer": {}, "wer_ci": {}, "cer": {}, "overall": None, "summary": {}}
+    grouping = results.groupings["condition"]
+    rows = {name: row for name, row in grouping["groups"].items() if row["count"]}
+    overall, worst = results.overall, grouping["summary"]["wer"]
+    return {
+        "wer": {name: row["wer"]["value"] for name, row in rows.items()},
+        "wer_ci": {name: [row["wer"]["low"], row["wer"]["high"]] for name, row in rows.items()},
+        "cer": {name: row["cer"]["value"] for name, row in rows.items()},
+        "overall": {
+            "wer": overall["wer"]["value"],
+            "wer_low": overall["wer"]["low"],
+            "wer_high": overall["wer"]["high"],
+            "cer": overall["cer"]["value"],
+            "utterances": results.count,
+        },
+        "summary": {
+            "worst_group": worst["worst_group"],
+            "worst": worst["worst"]["value"],
+            "best_group": worst["best_group"],
+            "gap": worst["gap"]["value"],
+        },
+    }
+
+
+def utterance_counts(directory: Path) -> dict[str, list[Any]] | None:
     """The test set's per-utterance word errors and reference words with each utterance's condition, in
-    test-loader order (the same order for every method: paired comparisons)."""
-    rows = task.test_utterance_rows()
+    test-loader order (the same order for every method: paired comparisons), from the run's
+    ``test_utterance_errors.csv``."""
+    path = directory / UTTERANCE_TABLE
+    rows = read_utterance_table(path) if path.is_file() else []
     if not rows:
         return None
     return {
-        "condition": [row["group"] for row in rows],
+        "condition": [row["condition"] for row in rows],
         "word_errors": [row["word_errors"] for row in rows],
         "words": [row["words"] for row in rows],
     }
@@ -154,19 +183,23 @@ def paired_ratio(
     numerator: dict[str, list[Any]], denominator: dict[str, list[Any]], n_bootstrap: int, seed: int = 0
 ) -> dict[str, float]:
     """Shifted-condition WER of one method over another's on the same test utterances, with a paired
-    bootstrap CI (utterances resampled within condition, the same draw for both methods)."""
-    if numerator["condition"] != denominator["condition"] or numerator["words"] != denominator["words"]:
-        raise ValueError("The two runs did not score the same test utterances in the same order; cannot pair them.")
-    conditions = np.asarray(numerator["condition"])
-    words = np.asarray(numerator["words"])
-    top, bottom = np.asarray(numerator["word_errors"]), np.asarray(denominator["word_errors"])
-    value = shifted_wer_of_counts(top, words, conditions) / shifted_wer_of_counts(bottom, words, conditions)
-    draws = [
-        shifted_wer_of_counts(top[i], words[i], conditions[i]) / shifted_wer_of_counts(bottom[i], words[i], conditions[i])
-        for i in bootstrap_indices(len(words), max(n_bootstrap, 1), seed=seed, strata=conditions)
-    ]
-    low, high = percentile_interval(np.asarray(draws))
-    return {"ratio": value, "low": low, "high": high}
+    bootstrap CI (utterances resampled within condition, the same draw for both methods:
+    ``verticals.core.seeds.paired_bootstrap``)."""
+
+    def shifted_wer(rows: dict[str, np.ndarray]) -> float:
+        return shifted_wer_of_counts(rows["word_errors"], rows["words"], rows["condition"])
+
+    paired = paired_bootstrap(
+        shifted_wer,
+        denominator,
+        numerator,
+        n_bootstrap=max(n_bootstrap, 1),
+        seed=seed,
+        strata=np.asarray(numerator["condition"]),
+        same=("condition", "words"),
+    )
+    ratio = paired.ratio()
+    return {"ratio": ratio["value"], "low": ratio["low"], "high": ratio["high"]}
 
 
 def paired_comparisons(methods: dict[str, Any], n_bootstrap: int) -> dict[str, Any]:
@@ -207,10 +240,10 @@ def merge_check(cli: Any, args: argparse.Namespace) -> dict[str, Any]:
     task = cli.model
     task.eval()
     batches = test_batches(cli, args.merge_batches)
-    unmerged = [text for features in batches for text in task.transcribe(features)]
+    unmerged = [text for features in batches for text in task.generate_text(features)]
     peft_model = task.model
     peft_model.merge_adapter()
-    merged = [text for features in batches for text in task.transcribe(features)]
+    merged = [text for features in batches for text in task.generate_text(features)]
     peft_model.unmerge_adapter()
     equal = sum(a == b for a, b in zip(unmerged, merged))
     merged_model = peft_model.merge_and_unload().backbone.eval()

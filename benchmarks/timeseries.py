@@ -3,10 +3,12 @@
 What it measures (see benchmarks/README.md):
 
 1. Accuracy. For each UCR/UEA dataset that ships with sktime and each packaged
-   ``timeseries/gunpoint_<method>`` config, ``verticals run`` (fit, then test the checkpoint the run
-   selects on validation accuracy) runs in this process through :func:`verticals.core.cli.run_cli`,
-   exactly as a user runs it, with only the dataset (and optionally epochs, encoder and seed) overridden.
-   Recorded: test accuracy, trainable parameters, trainable % of the backbone, wall time.
+   ``timeseries/gunpoint_<method>`` config, ``verticals run`` (fit within the config's budget — held-out
+   validation, early stopping, a step cap — then test the checkpoint the config's monitor selects) runs in
+   this process through :func:`verticals.core.cli.run_cli`, exactly as a user runs it, with only the
+   dataset (and optionally epochs, encoder and seed) overridden; seeds through
+   :func:`verticals.core.seeds.sweep_seeds`. Recorded: test accuracy (mean ± std over seeds), trainable
+   parameters, trainable % of the backbone, epochs and steps run, wall time.
 2. Classical baselines on the same official TRAIN/TEST split and the same z-normalised arrays (the
    datamodule's ``arrays``): 1-NN DTW (full window) and MiniRocket, from sktime.
 3. Training-loop overhead: training samples/s of ``verticals fit`` (gunpoint_lora, validation off) vs a
@@ -56,10 +58,12 @@ from _common import (
     runs_root,
     write_reports,
 )
+from lightning.pytorch.callbacks import EarlyStopping
 
 from verticals.core import AdapterSpec, adapt, build_model
 from verticals.core.callbacks import Timing
 from verticals.core.cli import packaged_configs, run_cli
+from verticals.core.seeds import seed_statistics, sweep_seeds
 from verticals.domains.timeseries.data import UCRDataModule
 
 DATASETS = ("GunPoint", "ArrowHead", "ItalyPowerDemand", "BasicMotions")
@@ -135,12 +139,6 @@ def common_arguments(root: Path) -> list[str]:
     ]
 
 
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    if not values:
-        return math.nan, math.nan
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
 # -- 1. PEFT methods through the packaged configs ----------------------------------------------------------
 def train_method(
     dataset: str,
@@ -196,6 +194,9 @@ def train_method(
         "encoder": (task.hparams.get("model_args") or {}).get("encoder", "minilm"),
         "epochs": int(trainer.max_epochs),
         "epochs_run": int(trainer.current_epoch),
+        "max_steps": int(trainer.max_steps),
+        "steps_run": int(trainer.global_step),
+        "stopped_early": bool(getattr(find_callback(trainer, EarlyStopping), "stopped_epoch", 0)),
         "test_accuracy": metrics["test_accuracy"],
         "test_metrics": {key: value for key, value in metrics.items() if key.startswith("test_")},
         "selection": {
@@ -289,7 +290,11 @@ def _overhead_setup(encoder: str | None) -> dict[str, Any]:
 def verticals_fit(
     setup: dict[str, Any], epochs: int, encoder: str | None, root: Path, verbose: bool
 ) -> dict[str, Any]:
-    """One ``verticals fit`` of the overhead config with validation off; throughput over ``TrainWindow``."""
+    """One ``verticals fit`` of the overhead config with validation off; throughput over ``TrainWindow``.
+
+    Without validation there is no ``val_loss`` for the config's early stopping, so its callbacks are
+    dropped (``--trainer.callbacks=[]``) before ``TrainWindow`` is added; the run is the fixed ``epochs``.
+    """
     args = [
         "fit",
         "--config",
@@ -300,6 +305,7 @@ def verticals_fit(
         "0",
         "--trainer.num_sanity_val_steps",
         "0",
+        "--trainer.callbacks=[]",
         *common_arguments(root),
         *encoder_arguments(setup["config"], encoder),
     ]
@@ -398,7 +404,9 @@ def measure_overhead(
 
     alternate(
         {
-            "verticals": lambda repeat: verticals_fit(setup, epochs, encoder, root / f"repeat{repeat}", verbose),
+            "verticals": lambda repeat: verticals_fit(
+                setup, epochs, encoder, root / f"repeat{repeat}", verbose
+            ),
             "plain": lambda repeat: plain_fit(setup, epochs),
         },
         repeats,
@@ -436,8 +444,8 @@ def measure_overhead(
 def _accuracy_cell(values: Sequence[float]) -> str:
     if not values:
         return "—"
-    mean, std = mean_std(values)
-    return f"{mean:.3f} ± {std:.3f}" if len(values) > 1 else f"{mean:.3f}"
+    over_seeds = seed_statistics(values)
+    return f"{over_seeds.mean:.3f} ± {over_seeds.std:.3f}" if len(values) > 1 else f"{over_seeds.mean:.3f}"
 
 
 def summarise(results: dict[str, Any]) -> None:
@@ -451,7 +459,7 @@ def summarise(results: dict[str, Any]) -> None:
                 for r in results["runs"]
                 if r["dataset"] == dataset and r["method"] == method
             ]
-            row[method] = mean_std(values)[0] if values else None
+            row[method] = seed_statistics(values).mean if values else None
         for key, baseline in results["classical"].get(dataset, {}).items():
             row[key] = baseline.get("accuracy")
         accuracy[dataset] = row
@@ -494,7 +502,7 @@ def accuracy_table(results: dict[str, Any]) -> list[str]:
 
 def cost_table(results: dict[str, Any]) -> list[str]:
     lines = [
-        "| dataset | method | trainable params | backbone params | trainable % | epochs | wall time (s) "
+        "| dataset | method | trainable params | backbone params | trainable % | epochs run | wall time (s) "
         "| fit time (s) |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -504,12 +512,13 @@ def cost_table(results: dict[str, Any]) -> list[str]:
             if not runs:
                 continue
             first = runs[0]
-            wall = mean_std([r["wall_seconds"] for r in runs])[0]
-            fit = mean_std([r["fit_seconds"] for r in runs if r["fit_seconds"] is not None])[0]
+            wall = seed_statistics([r["wall_seconds"] for r in runs]).mean
+            fit = seed_statistics([r["fit_seconds"] for r in runs if r["fit_seconds"] is not None]).mean
+            epochs = seed_statistics([r.get("epochs_run", r["epochs"]) for r in runs]).mean
             lines.append(
                 f"| {dataset} | {method} | {first['trainable_parameters']:,} "
                 f"| {first['backbone_parameters']:,} | "
-                f"{first['trainable_percent']:.3f} | {first['epochs']} | {wall:.1f} | {fit:.1f} |"
+                f"{first['trainable_percent']:.3f} | {epochs:.0f} | {wall:.1f} | {fit:.1f} |"
             )
         for key, baseline in results["classical"].get(dataset, {}).items():
             if "wall_seconds" in baseline:
@@ -589,7 +598,11 @@ def selection_text(results: dict[str, Any]) -> str:
 
 def render_markdown(results: dict[str, Any]) -> str:
     settings, env = results["settings"], results["machine"]
-    epochs = settings["epochs"] if settings["epochs"] is not None else "each config's `trainer.max_epochs`"
+    epochs = (
+        settings["epochs"]
+        if settings["epochs"] is not None
+        else "each config's budget (`trainer.max_steps`, early stopping on validation)"
+    )
     lines = [
         "# Time-series classification benchmark",
         "",
@@ -668,7 +681,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         help="packaged configs timeseries/gunpoint_<method> to run",
     )
     parser.add_argument(
-        "--epochs", type=int, default=None, help="override trainer.max_epochs; None: the config's"
+        "--epochs",
+        type=int,
+        default=None,
+        help="override trainer.max_epochs (the config's max_steps cap and early stopping still apply); None: the "
+        "config's budget",
     )
     parser.add_argument(
         "--encoder", choices=ENCODERS, default=None, help="override the encoder; None: the config's (minilm)"
@@ -790,7 +807,7 @@ def run_benchmark(
             {
                 "what": what,
                 "error": f"{type(error).__name__}: {error}",
-                "traceback": traceback.format_exc(),
+                "traceback": "".join(traceback.format_exception(type(error), error, error.__traceback__)),
                 **where,
             }
         )
@@ -830,24 +847,34 @@ def run_benchmark(
                     )
     for method in args.methods:
         for dataset in args.datasets:
-            for seed in args.seeds:
-                if (dataset, method, seed) in finished:
-                    continue
-                what = f"{config_name(method)} on {dataset}, seed {seed}"
-                try:
-                    run = train_method(dataset, method, seed, args.epochs, args.encoder, root, args.verbose)
-                except Exception as error:  # keep going: one failed run should not cost the whole benchmark
-                    record_error(what, error, dataset=dataset, method=method, seed=seed)
-                    continue
+
+            def run(seed: int, dataset: str = dataset, method: str = method) -> dict[str, Any]:
+                return train_method(dataset, method, seed, args.epochs, args.encoder, root, args.verbose)
+
+            def done(seed: int, run: dict[str, Any]) -> None:
                 results["runs"].append(run)
                 if progress is not None:
                     summarise(results)
                     progress(results)
                 print(
-                    f"{dataset:18s} {method:13s} seed {seed}: test accuracy {run['test_accuracy']:.3f}, "
-                    f"{run['trainable_percent']:.3f}% trainable, {run['wall_seconds']:.1f} s",
+                    f"{run['dataset']:18s} {run['method']:13s} seed {seed}: test accuracy "
+                    f"{run['test_accuracy']:.3f}, {run['trainable_percent']:.3f}% trainable, "
+                    f"{run['wall_seconds']:.1f} s",
                     flush=True,
                 )
+
+            def failed(seed: int, error: BaseException, dataset: str = dataset, method: str = method) -> None:
+                # keep going: one failed run should not cost the whole benchmark
+                what = f"{config_name(method)} on {dataset}, seed {seed}"
+                record_error(what, error, dataset=dataset, method=method, seed=seed)
+
+            sweep_seeds(
+                args.seeds,
+                run,
+                skip=lambda seed, dataset=dataset, method=method: (dataset, method, seed) in finished,
+                on_result=done,
+                on_error=failed,
+            )
     if not args.skip_overhead:
         try:
             results["overhead"] = measure_overhead(

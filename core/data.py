@@ -1,36 +1,308 @@
-"""Domain-agnostic data plumbing: in-memory array datasets and a classification datamodule base.
+"""Domain-agnostic data plumbing: one datamodule base, one dataloader factory, one group protocol.
 
-A domain datamodule (time series, images, speech features) only says how to read its files into
-arrays, by implementing ``_load_arrays``; this base owns label encoding, the seeded stratified
-train/val split, the dataloaders, and lazy loading so that shape properties (``num_classes``,
-``input_shape``) exist right after ``__init__`` for LightningCLI's ``link_arguments``.
+Every verticals datamodule derives from :class:`BaseDataModule`: a subclass says what each split
+holds (``split_dataset(split)``, optionally ``collate_fn(split)``) and the base builds every loader
+through :func:`make_loader` (epoch-seeded shuffling, so a resumed run sees the batches an
+uninterrupted one would). Datamodules whose samples belong to groups (a site, a sensor, a sex, a recording condition)
+follow :class:`GroupedDataModule`: batches carry ``group`` (``LongTensor[N, A]``, one column per
+attribute of ``group_attributes``) and ``group_names[attribute][code]`` names each code.
+
+Also here: in-memory array datasets with label encoding and a seeded stratified split
+(:class:`ArrayClassificationDataModule`), and, imported on first use, the CSV-manifest datamodule
+(:class:`ManifestDataModule`, in :mod:`verticals.core.manifest_data`) and its file readers.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+if TYPE_CHECKING:
+    from verticals.core.image_io import (
+        ImageDecodeError,
+        UnsupportedSuffixError,
+        read_image,
+        read_mask,
+        supported_suffixes,
+    )
+    from verticals.core.manifest_data import (
+        ManifestDataModule,
+        ManifestDataset,
+        ManifestError,
+        group_split,
+        image_transforms,
+    )
+
 log = logging.getLogger(__name__)
 
 __all__ = [
     "ArrayClassificationDataModule",
     "ArrayDataset",
+    "BaseDataModule",
     "ClassificationArrays",
+    "EpochShuffleSampler",
+    "GroupedDataModule",
+    "ImageDecodeError",
+    "ManifestDataModule",
+    "ManifestDataset",
+    "ManifestError",
+    "SPLITS",
+    "UnsupportedSuffixError",
+    "check_groups",
+    "encode_group_matrix",
     "encode_labels",
     "few_shot_rows",
+    "group_split",
+    "image_transforms",
+    "make_loader",
+    "read_image",
+    "read_mask",
     "stratified_split",
+    "supported_suffixes",
 ]
 
+#: The splits a datamodule serves; ``predict`` runs on ``BaseDataModule.predict_split``.
+SPLITS: tuple[str, ...] = ("train", "val", "test")
 
+# Names served from modules that import torchvision/PIL, loaded only when asked for (PEP 562).
+_LAZY = {
+    "ImageDecodeError": "verticals.core.image_io",
+    "UnsupportedSuffixError": "verticals.core.image_io",
+    "read_image": "verticals.core.image_io",
+    "read_mask": "verticals.core.image_io",
+    "supported_suffixes": "verticals.core.image_io",
+    "ManifestDataModule": "verticals.core.manifest_data",
+    "ManifestDataset": "verticals.core.manifest_data",
+    "ManifestError": "verticals.core.manifest_data",
+    "group_split": "verticals.core.manifest_data",
+    "image_transforms": "verticals.core.manifest_data",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# -- the one dataloader factory ---------------------------------------------------------------
+class EpochShuffleSampler(Sampler[int]):
+    """A random order that depends only on ``(seed, epoch)``.
+
+    Lightning calls ``set_epoch`` before every epoch, so a run resumed from a checkpoint sees the same
+    batches as one that never stopped (a plain seeded generator would restart its sequence).
+    """
+
+    def __init__(self, size: int, seed: int = 0) -> None:
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.size
+
+
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    seed: int = 0,
+    num_workers: int = 0,
+    collate_fn: Callable[[list[Any]], Any] | None = None,
+    drop_single_last: bool = True,
+) -> DataLoader:
+    """The DataLoader every verticals datamodule uses: epoch-seeded shuffling, persistent workers.
+
+    With ``drop_single_last`` a shuffled (training) loader drops a last batch of exactly one sample:
+    BatchNorm cannot normalise a batch of one in training mode and stops the run; with shuffling it is a
+    different sample each epoch. Evaluation loaders always keep every sample.
+    """
+    size = len(dataset)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=EpochShuffleSampler(size, seed) if shuffle else None,
+        collate_fn=collate_fn,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        drop_last=drop_single_last and shuffle and size > 1 and size % batch_size == 1,
+    )
+
+
+# -- the group protocol -------------------------------------------------------------------------
+@runtime_checkable
+class GroupedDataModule(Protocol):
+    """What tasks and group reports read from a datamodule whose samples belong to groups.
+
+    Column ``a`` of a batch's ``group`` (``LongTensor[N, A]``) holds codes of attribute
+    ``group_attributes[a]``; ``group_names[attribute][code]`` is the category a code stands for, in a
+    fixed order (so reports and checkpoints agree across runs). A datamodule without groups exposes
+    ``[]`` and ``{}``, and its batches have no ``group`` key.
+    """
+
+    @property
+    def group_attributes(self) -> list[str]: ...
+
+    @property
+    def group_names(self) -> dict[str, list[str]]: ...
+
+
+def encode_group_matrix(
+    values: Mapping[str, Sequence[Any]], group_names: Mapping[str, Sequence[str]]
+) -> np.ndarray:
+    """``int64 [N, A]`` codes of each sample's category, one column per attribute of ``values``.
+
+    The inverse of :func:`verticals.core.metrics.groups.decode_group_matrix`: ``values[attribute]``
+    holds the samples' categories (compared as strings), coded by their index in
+    ``group_names[attribute]``. A category that is not listed is an error naming the attribute.
+    """
+    from verticals.core.metrics.groups import encode_groups
+
+    attributes = list(values)
+    sizes = {attribute: len(values[attribute]) for attribute in attributes}
+    if len(set(sizes.values())) > 1:
+        raise ValueError(f"Every attribute needs one value per sample; got counts {sizes}.")
+    columns = []
+    for attribute in attributes:
+        if attribute not in group_names:
+            raise ValueError(
+                f"Attribute {attribute!r} has no entry in `group_names` (which has {sorted(group_names)}); "
+                "list its categories there."
+            )
+        strings = [str(value) for value in values[attribute]]
+        categories = [str(name) for name in group_names[attribute]]
+        unknown = sorted(set(strings) - set(categories))
+        if unknown:
+            raise ValueError(
+                f"Attribute {attribute!r}: value(s) {unknown[:5]} are not among its categories {categories}; "
+                "add them to `group_names` or fix the values."
+            )
+        columns.append(encode_groups(np.asarray(strings, dtype=str), categories)[0])
+    rows = next(iter(sizes.values()), 0)
+    return np.stack(columns, axis=1) if columns else np.zeros((rows, 0), dtype=np.int64)
+
+
+def check_groups(datamodule: Any) -> None:
+    """Raise if ``datamodule`` breaks the group protocol (see :class:`GroupedDataModule`)."""
+    name = type(datamodule).__name__
+    if not isinstance(datamodule, GroupedDataModule):
+        raise TypeError(f"{name} has no `group_attributes`/`group_names`; derive it from BaseDataModule.")
+    attributes, names = list(datamodule.group_attributes), dict(datamodule.group_names)
+    if len(set(attributes)) != len(attributes):
+        raise ValueError(f"{name}.group_attributes repeats a name: {attributes}.")
+    if sorted(attributes) != sorted(names):
+        raise ValueError(
+            f"{name}: `group_names` has attributes {sorted(names)} but `group_attributes` is {attributes}; "
+            "they must name the same attributes."
+        )
+    empty = [attribute for attribute in attributes if not names[attribute]]
+    if empty:
+        raise ValueError(f"{name}: attribute(s) {empty} have no categories in `group_names`.")
+
+
+# -- the one datamodule base ----------------------------------------------------------------------
+class BaseDataModule(L.LightningDataModule):
+    """Base of every verticals datamodule: subclasses say what a split holds, loaders are built here.
+
+    Implement ``split_dataset(split)`` for ``split`` in ``SPLITS`` (and ``collate_fn(split)`` when items
+    need more than ``default_collate``). Training shuffles with :class:`EpochShuffleSampler`; validation,
+    test and prediction (on ``predict_split``) keep their order. Subclasses with groups set or compute
+    ``group_attributes`` and ``group_names`` (see :class:`GroupedDataModule`); the defaults say "no
+    groups". Subclasses call ``save_hyperparameters()`` in their own ``__init__``.
+    """
+
+    #: Drop a last shuffled batch of one sample (BatchNorm cannot train on it); models without
+    #: BatchNorm may keep it.
+    drop_single_last: ClassVar[bool] = True
+    #: The split ``predict_dataloader`` serves.
+    predict_split: ClassVar[str] = "test"
+
+    def __init__(self, batch_size: int = 32, seed: int = 0, num_workers: int = 0) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"`batch_size` must be >= 1, got {batch_size}.")
+        if num_workers < 0:
+            raise ValueError(f"`num_workers` must be >= 0, got {num_workers}.")
+        self.batch_size, self.seed, self.num_workers = batch_size, seed, num_workers
+        self._group_attributes: list[str] = []
+        self._group_names: dict[str, list[str]] = {}
+
+    # -- to implement -------------------------------------------------------------------
+    def split_dataset(self, split: str) -> Dataset:
+        """The dataset of ``split`` (one of ``SPLITS``)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement split_dataset(split).")
+
+    def collate_fn(self, split: str) -> Callable[[list[Any]], Any] | None:
+        """How items of ``split`` become a batch; ``None`` is PyTorch's ``default_collate``."""
+        return None
+
+    # -- groups -------------------------------------------------------------------------
+    @property
+    def group_attributes(self) -> list[str]:
+        """Attribute of each column of a batch's ``group``; empty when samples have no groups."""
+        return self._group_attributes
+
+    @group_attributes.setter
+    def group_attributes(self, attributes: Sequence[str]) -> None:
+        self._group_attributes = list(attributes)
+
+    @property
+    def group_names(self) -> dict[str, list[str]]:
+        """Category of each code, per attribute (``group_names[attribute][code]``)."""
+        return self._group_names
+
+    @group_names.setter
+    def group_names(self, names: Mapping[str, Sequence[str]]) -> None:
+        self._group_names = {attribute: list(categories) for attribute, categories in names.items()}
+
+    # -- the loaders --------------------------------------------------------------------
+    def dataloader(self, split: str, *, shuffle: bool | None = None) -> DataLoader:
+        """The loader of ``split``; shuffled (epoch-seeded) by default only for ``"train"``.
+
+        Scripts that iterate a split without a Trainer call this with ``shuffle=False``.
+        """
+        if split not in SPLITS:
+            raise ValueError(f"`split` must be one of {SPLITS}, got {split!r}.")
+        return make_loader(
+            self.split_dataset(split),
+            self.batch_size,
+            shuffle=split == "train" if shuffle is None else shuffle,
+            seed=self.seed,
+            num_workers=self.num_workers,
+            collate_fn=self.collate_fn(split),
+            drop_single_last=self.drop_single_last,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self.dataloader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self.dataloader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self.dataloader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.dataloader(self.predict_split, shuffle=False)
+
+
+# -- in-memory arrays -----------------------------------------------------------------------------
 class ArrayDataset(Dataset):
     """Items ``{"x": FloatTensor, "y": tensor}`` over in-memory numpy arrays (no copy per item).
 
@@ -169,7 +441,7 @@ class ClassificationArrays:
     class_names: list[str]
 
 
-class ArrayClassificationDataModule(L.LightningDataModule):
+class ArrayClassificationDataModule(BaseDataModule):
     """Base datamodule for classification data that fits in memory as arrays.
 
     Subclasses implement ``_load_arrays() -> (x_train, y_train, x_test, y_test, class_names)``:
@@ -187,17 +459,10 @@ class ArrayClassificationDataModule(L.LightningDataModule):
     def __init__(
         self, batch_size: int = 16, val_fraction: float = 0.2, seed: int = 0, num_workers: int = 0
     ) -> None:
-        super().__init__()
-        if batch_size < 1:
-            raise ValueError(f"`batch_size` must be >= 1, got {batch_size}.")
+        super().__init__(batch_size=batch_size, seed=seed, num_workers=num_workers)
         if not 0.0 <= val_fraction < 1.0:
             raise ValueError(f"`val_fraction` must be in [0, 1), got {val_fraction}.")
-        if num_workers < 0:
-            raise ValueError(f"`num_workers` must be >= 0, got {num_workers}.")
-        self.batch_size = batch_size
         self.val_fraction = val_fraction
-        self.seed = seed
-        self.num_workers = num_workers
         self.save_hyperparameters()
         self._cached: ClassificationArrays | None = None
         self._split: tuple[np.ndarray, np.ndarray] | None = None
@@ -305,92 +570,16 @@ class ArrayClassificationDataModule(L.LightningDataModule):
         if self.test_dataset is None:
             self.test_dataset = ArrayDataset(data.x_test, data.y_test)
 
-    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
-        return make_loader(
-            dataset, self.batch_size, shuffle=shuffle, seed=self.seed, num_workers=self.num_workers
-        )
-
-    def train_dataloader(self) -> DataLoader:
+    def split_dataset(self, split: str) -> ArrayDataset:
+        """The split's items; ``"val"`` is the training set itself when ``val_fraction=0``."""
         self.setup()
-        return self._loader(self.train_dataset, shuffle=True)
+        return {"train": self.train_dataset, "val": self.val_dataset, "test": self.test_dataset}[split]
 
     def val_dataloader(self) -> DataLoader:
-        self.setup()
         if self.val_fraction == 0:
             log.warning(
                 "%s: val_fraction=0, so validation runs on the training set; validation metrics are "
                 "not a held-out estimate. Set val_fraction > 0 to hold out part of the training split.",
                 type(self).__name__,
             )
-        return self._loader(self.val_dataset, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        self.setup()
-        return self._loader(self.test_dataset, shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        """Predicts over the test split, in file order."""
-        self.setup()
-        return self._loader(self.test_dataset, shuffle=False)
-
-
-class SplitDataModule(L.LightningDataModule):
-    """A datamodule whose loaders differ only by split: subclasses implement ``_loader(split, shuffle)``.
-
-    Training shuffles; validation, test and prediction (on the test split) keep their order.
-    """
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        raise NotImplementedError(f"{type(self).__name__} must implement _loader(split, shuffle).")
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-
-class EpochShuffleSampler(Sampler[int]):
-    """A random order that depends only on ``(seed, epoch)``.
-
-    Lightning calls ``set_epoch`` before every epoch, so a run resumed from a checkpoint sees the same
-    batches as one that never stopped (a plain seeded generator would restart its sequence).
-    """
-
-    def __init__(self, size: int, seed: int = 0) -> None:
-        self.size, self.seed, self.epoch = size, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(torch.randperm(self.size, generator=generator).tolist())
-
-    def __len__(self) -> int:
-        return self.size
-
-
-def make_loader(
-    dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0, num_workers: int = 0
-) -> DataLoader:
-    """The DataLoader every verticals datamodule uses: epoch-seeded shuffling, persistent workers.
-
-    A shuffled (training) loader drops a last batch of exactly one sample: BatchNorm cannot normalise a
-    batch of one in training mode and stops the run; with shuffling it is a different sample each epoch.
-    """
-    size = len(dataset)
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=EpochShuffleSampler(size, seed) if shuffle else None,
-        num_workers=num_workers,
-        persistent_workers=num_workers > 0,
-        drop_last=shuffle and size > 1 and size % batch_size == 1,
-    )
+        return super().val_dataloader()

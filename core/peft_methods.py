@@ -8,6 +8,12 @@ peft 0.21.2's ``register_peft_method`` only accepts a name that is already a mem
 ``peft.utils.PeftType`` (a ``str, enum.Enum``) and offers no public way to add one, so
 :func:`register_method` adds the member to the enum's internal maps first, checks that the enum behaves as
 if the member had been declared, and raises a ``RuntimeError`` naming the peft version if it does not.
+
+What kinds of module a method wraps is declared by the method, on its config class, as
+``target_kinds: ClassVar[tuple[type[nn.Module], ...]]`` (e.g. ``(nn.Linear,)``; ``(nn.Module,)`` for
+methods that wrap whole blocks); target presets are then narrowed to those kinds.  peft's own config classes
+cannot carry the attribute, so :func:`declare_target_kinds` records it for them (``ln_tuning`` below);
+:func:`target_kinds` reads either.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import peft
+from peft import LNTuningConfig
 from peft.mapping import (
     PEFT_TYPE_TO_CONFIG_MAPPING,
     PEFT_TYPE_TO_MIXED_MODEL_MAPPING,
@@ -26,8 +33,15 @@ from peft.mapping import (
 )
 from peft.utils import register_peft_method
 from peft.utils.peft_types import PeftType
+from torch import nn
 
-__all__ = ["CHECKED_PEFT_VERSION", "register_method", "registered_methods"]
+__all__ = [
+    "CHECKED_PEFT_VERSION",
+    "declare_target_kinds",
+    "register_method",
+    "registered_methods",
+    "target_kinds",
+]
 
 #: The peft release whose ``PeftType`` internals the enum extension was written against.
 CHECKED_PEFT_VERSION = "0.21.2"
@@ -44,15 +58,20 @@ class _Registration:
 
 
 _REGISTRY: dict[str, _Registration] = {}
+_DECLARED_KINDS: dict[type, tuple[type[nn.Module], ...]] = {}
 
 
 def register_method(*, name: str, config_cls: type, model_cls: type, prefix: str) -> None:
     """Register a verticals PEFT method with peft under ``name`` (lower case, e.g. ``"bottleneck"``).
 
-    Call it once at import of the method's package. Calling it again with the same classes is a no-op, so
-    re-importing (or reloading) the package is safe; a different class under a registered name is an error.
+    Call it once at import of the method's package (``domains/<d>/adapters.py`` for a domain's methods).
+    Calling it again with the same classes is a no-op, so re-importing (or reloading) the package is safe;
+    a different class under a registered name is an error.  The config class may declare the module kinds
+    the method wraps as a ``target_kinds`` ClassVar (checked here).
     """
     _check_name_and_prefix(name, prefix, model_cls)
+    if "target_kinds" in _class_attributes(config_cls):
+        _check_kinds(config_cls.target_kinds, owner=_qualname(config_cls))
     new = _Registration(config_cls=config_cls, model_cls=model_cls, prefix=prefix)
     existing = _REGISTRY.get(name)
     if existing is not None:
@@ -90,6 +109,52 @@ def register_method(*, name: str, config_cls: type, model_cls: type, prefix: str
 def registered_methods() -> dict[str, type]:
     """Return verticals' own PEFT methods as ``{name: config class}``, e.g. to list them in the CLI."""
     return {name: reg.config_cls for name, reg in sorted(_REGISTRY.items())}
+
+
+def declare_target_kinds(*, config_cls: type, kinds: tuple[type[nn.Module], ...]) -> None:
+    """Declare the module kinds a peft built-in method wraps (its config class is peft's, not ours).
+
+    A verticals method declares them on its own config instead (``target_kinds`` ClassVar).
+    """
+    _check_kinds(kinds, owner=_qualname(config_cls))
+    if "target_kinds" in _class_attributes(config_cls):
+        raise ValueError(
+            f"{_qualname(config_cls)} declares `target_kinds` itself ({config_cls.target_kinds}); "
+            "declare_target_kinds is for peft's config classes, which cannot."
+        )
+    existing = _DECLARED_KINDS.get(config_cls)
+    if existing is not None and existing != tuple(kinds):
+        raise ValueError(
+            f"Target kinds of {_qualname(config_cls)} are already declared as {existing}; got {tuple(kinds)}."
+        )
+    _DECLARED_KINDS[config_cls] = tuple(kinds)
+
+
+def target_kinds(config_cls: type) -> tuple[type[nn.Module], ...] | None:
+    """The module kinds a method's config class declares, or ``None`` for the default (LoRA's kinds)."""
+    for klass in config_cls.__mro__:
+        if "target_kinds" in vars(klass):
+            return tuple(klass.target_kinds)
+        if klass in _DECLARED_KINDS:
+            return _DECLARED_KINDS[klass]
+    return None
+
+
+def _class_attributes(config_cls: type) -> set[str]:
+    return {name for klass in config_cls.__mro__ for name in vars(klass)}
+
+
+def _check_kinds(kinds: object, *, owner: str) -> None:
+    valid = (
+        isinstance(kinds, tuple)
+        and len(kinds) > 0
+        and all(isinstance(kind, type) and issubclass(kind, nn.Module) for kind in kinds)
+    )
+    if not valid:
+        raise TypeError(
+            f"`target_kinds` of {owner} must be a non-empty tuple of nn.Module subclasses, e.g. (nn.Linear,); "
+            f"got {kinds!r}."
+        )
 
 
 def _unregister_method(name: str) -> None:
@@ -225,3 +290,7 @@ def _remove_enum_member(enum_cls: type[enum.Enum], name: str) -> None:
         hashable.remove(name)
     if name in vars(enum_cls):
         type.__delattr__(enum_cls, name)
+
+
+# peft built-ins whose targets are not LoRA's Linear/Conv/Embedding/MultiheadAttention layers.
+declare_target_kinds(config_cls=LNTuningConfig, kinds=(nn.LayerNorm,))

@@ -1,14 +1,18 @@
-"""The short report a run leaves behind: ``report.json`` for machines, ``report.md`` for people."""
+"""The short reports runs leave behind, ``.json`` for machines and ``.md`` for people: ``report.*`` for one
+run, ``seeds.*`` for a sweep over seeds (``verticals run CONFIG --seeds 0 1 2``)."""
 
 from __future__ import annotations
 
 import json
+import math
 import platform
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from verticals.core.seeds import CONFIDENCE, INTERVAL
 
 
 def adapter_size_bytes(directory: Path) -> int:
@@ -81,4 +85,85 @@ def _markdown(report: dict[str, Any]) -> str:
     lines += [
         f"| {name.removeprefix('test_')} | {value:.4f} |" for name, value in sorted(report["test"].items())
     ]
+    return "\n".join(lines) + "\n"
+
+
+def write_seed_report(
+    directory: Path,
+    *,
+    runs: list[dict[str, Any]],
+    summary: dict[str, Any],
+    command: str,
+    configs: list[str],
+    seeds: list[int],
+    complete: bool,
+) -> dict[str, Any]:
+    """Write ``seeds.json`` and ``seeds.md`` (one sweep's runs and their summary) and return the report.
+
+    ``runs`` are the finished seeds' records (``seed``, ``run_dir``, ``test`` metrics, …), ``summary`` the
+    ``SeedStatistics.as_dict()`` of each metric; ``complete`` is false while seeds are still to come.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    confidence = next(iter(summary.values()))["confidence"] if summary else CONFIDENCE
+    report = {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": command,
+        "configs": configs,
+        "seeds": seeds,
+        "complete": complete,
+        "confidence": confidence,
+        "interval": INTERVAL,
+        "runs": runs,
+        "summary": summary,
+        "environment": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "machine": platform.machine(),
+        },
+    }
+    (directory / "seeds.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    (directory / "seeds.md").write_text(_seed_markdown(report))
+    return report
+
+
+def _number(value: float) -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{value:.4f}"
+
+
+def _seed_markdown(report: dict[str, Any]) -> str:
+    done = [run["seed"] for run in report["runs"]]
+    level = f"{report['confidence']:.0%}"
+    lines = [
+        f"# {', '.join(Path(config).stem for config in report['configs']) or 'Run'} over seeds "
+        f"{', '.join(map(str, done)) or '(none finished yet)'}"
+        + ("" if report["complete"] else f" (PARTIAL: {len(done)} of {len(report['seeds'])} seeds)"),
+        "",
+        f"- command: `{report['command']}`",
+        f"- config: {', '.join(f'`{config}`' for config in report['configs']) or '—'}",
+        f"- {level} interval: {report['interval']}; one seed gives no spread (n/a); not clipped to the "
+        "metric's range",
+        "",
+        f"| test metric | mean ± std | {level} CI | per seed |",
+        "|---|---|---|---|",
+    ]
+    for name, entry in report["summary"].items():
+        spread = "" if math.isnan(entry["std"]) else f" ± {entry['std']:.4f}"
+        lines.append(
+            f"| {name.removeprefix('test_')} | {_number(entry['mean'])}{spread} | "
+            f"[{_number(entry['low'])}, {_number(entry['high'])}] | "
+            f"{', '.join(_number(value) for value in entry['values'])} |"
+        )
+    lines += [
+        "",
+        "| seed | run | epochs | steps | stopped early | best validation |",
+        "|---|---|---|---|---|---|",
+    ]
+    for run in report["runs"]:
+        best = run.get("best_validation")
+        lines.append(
+            f"| {run['seed']} | [{run['run_dir']}]({run['run_dir']}) | {run.get('epochs', '')} | "
+            f"{run.get('steps', '')} | {'yes' if run.get('stopped_early') else 'no'} | "
+            + (f"{best['monitor']} {best['value']:.4f}" if best else "—")
+            + " |"
+        )
     return "\n".join(lines) + "\n"

@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny, seeded stand-ins for each backbone family the target presets know."""
+"""Shared fixtures: tiny, seeded backbones of each family the target presets know, and of two they don't."""
 
 from __future__ import annotations
 
@@ -142,6 +142,40 @@ def tiny_whisper() -> nn.Module:
     return WhisperModel(config).eval()
 
 
+def tiny_convnext(conv_mlp: bool = False) -> nn.Module:
+    """timm's ConvNeXt at test size: a 4x4 stem, depthwise 7x7 convs, Linear (or 1x1 conv) MLPs, ``head.fc``."""
+    import timm
+
+    torch.manual_seed(0)
+    return timm.create_model(
+        "convnext_tiny",
+        pretrained=False,
+        num_classes=3,
+        depths=(1, 1, 1, 1),
+        dims=(8, 16, 24, 32),
+        conv_mlp=conv_mlp,
+    ).eval()
+
+
+def tiny_monai_vit() -> nn.Module:
+    """MONAI's ViT: ``blocks.N.attn.qkv`` like timm, but ``attn.out_proj`` and ``mlp.linear1/linear2``."""
+    from monai.networks.nets import ViT
+
+    torch.manual_seed(0)
+    return ViT(
+        in_channels=1,
+        img_size=(16, 16),
+        patch_size=(8, 8),
+        hidden_size=16,
+        mlp_dim=32,
+        num_layers=2,
+        num_heads=2,
+        classification=True,
+        num_classes=3,
+        spatial_dims=2,
+    ).eval()
+
+
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
@@ -152,21 +186,26 @@ def _seed() -> None:
 torch.set_num_threads(1)
 
 
+# Keys name the architecture. The core registers the hf_bert, timm_vit and open_clip families; the speech
+# domain registers hf_whisper (the core's tests resolve Whisper through the generic presets, to the same
+# names); ConvNeXt and MONAI's ViT belong to no family and check the generic presets.
 BACKBONES = {
     "hf_bert": tiny_bert,
     "hf_whisper": tiny_whisper,
     "timm_vit": TinyViT,
     "open_clip": TinyCLIPTower,
     "generic": TinyMLP,
+    "timm_convnext": tiny_convnext,
+    "monai_vit": tiny_monai_vit,
 }
 
 
 @pytest.fixture
 def make_backbone():
-    """``make_backbone(family)`` builds a fresh, seeded tiny backbone of that family."""
+    """``make_backbone(family, **options)`` builds a fresh, seeded tiny backbone of that family."""
 
-    def make(family: str) -> nn.Module:
+    def make(family: str, **options: object) -> nn.Module:
         torch.manual_seed(0)
-        return BACKBONES[family]()
+        return BACKBONES[family](**options)
 
     return make

@@ -20,10 +20,9 @@ from verticals.core.adapters import bottleneck as _bottleneck  # noqa: F401  (re
 from verticals.core.adapters import s2lora as _s2lora  # noqa: F401  (registers "s2lora" with peft)
 from verticals.core.adapters.modules_to_save import restrict_modules_to_save
 from verticals.core.adapters.targets import resolve_targets
+from verticals.core.peft_methods import target_kinds
 
 REGIMES = ("linear_probe", "bitfit", "full")
-# Methods whose targets are normalisation layers rather than Linear/Conv/MHA layers.
-_TARGET_KINDS: dict[str, tuple[type, ...] | None] = {"ln_tuning": (nn.LayerNorm,), "bottleneck": (nn.Module,)}
 
 
 @dataclasses.dataclass
@@ -33,8 +32,10 @@ class AdapterSpec:
     Args:
         method: a peft method name (``lora``, ``adalora``, ``ln_tuning`` …), a verticals method
             (``bottleneck``, ``s2lora``), or a regime: ``linear_probe`` / ``bitfit`` / ``full``.
-        targets: a preset (``attention``, ``qv``, ``mlp``, ``all-linear``, ``blocks``, ``layernorm``),
-            a regex over module names, or a list of module names; resolved per backbone family.
+        targets: a preset (``attention``, ``qv``, ``mlp``, ``all-linear``, ``blocks``, ``layernorm``, or
+            one a backbone family adds, such as ``clip_qkv``), a regex over module names, or a list of
+            module names; resolved per backbone family (``verticals.core.adapters.families``) and narrowed
+            to the module kinds the method declares (``target_kinds`` on its config class).
         trainable: modules trained in full beside the adapter (heads, patch embeddings); saved with it.
         options: the method's own config fields (``r``, ``lora_alpha``, ``bottleneck_dim`` …).
     """
@@ -68,7 +69,7 @@ def build_peft_config(
         )
     kwargs = dict(options)
     if targets is not None and "target_modules" in field_names:
-        kwargs["target_modules"] = resolve_targets(model, targets, kinds=_TARGET_KINDS.get(method.lower()))
+        kwargs["target_modules"] = resolve_targets(model, targets, kinds=target_kinds(config_cls))
     if trainable:
         kwargs["modules_to_save"] = resolve_targets(model, list(trainable), kinds=(nn.Module,))
     return config_cls(**kwargs)
@@ -99,9 +100,7 @@ def adapt(
     if isinstance(method, PeftConfig):
         config = method
         if isinstance(getattr(config, "target_modules", None), str):
-            resolved = resolve_targets(
-                model, config.target_modules, kinds=_TARGET_KINDS.get(str(config.peft_type.value).lower())
-            )
+            resolved = resolve_targets(model, config.target_modules, kinds=target_kinds(type(config)))
             config = dataclasses.replace(config, target_modules=resolved)
         return _peft_model(model, config, adapter_name)
 

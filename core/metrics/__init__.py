@@ -1,4 +1,4 @@
-"""Subgroup (fairness) and uncertainty metrics: functional, streaming (torchmetrics) and plots.
+"""Subgroup (fairness), uncertainty and generated-text metrics: functional, streaming (torchmetrics), plots.
 
 Functional metrics take numpy arrays or tensors and return floats / pandas tables; ``SubgroupMetrics``
 streams inside Lightning on any device and computes the same numbers.
@@ -26,8 +26,9 @@ from verticals.core.metrics.fairness import (
 )
 from verticals.core.metrics.groups import decode_group_matrix, encode_groups, intersect
 from verticals.core.metrics.plots import plot_group_metric, plot_reliability_diagram
-from verticals.core.metrics.report import FairnessResults, fairness_report
+from verticals.core.metrics.report import FairnessResults, fairness_report, write_fairness_files
 from verticals.core.metrics.streaming import SubgroupMetrics
+from verticals.core.metrics.text import SequenceMetric, TokenErrorRate
 from verticals.core.metrics.uncertainty import (
     ReliabilityCurve,
     adaptive_calibration_error,
@@ -46,8 +47,10 @@ __all__ = [
     "OPERATING_POINTS",
     "FairnessResults",
     "ReliabilityCurve",
+    "SequenceMetric",
     "SubgroupMetrics",
     "TemperatureScaler",
+    "TokenErrorRate",
     "adapter_dropout_modules",
     "adapter_ensemble_probabilities",
     "adaptive_calibration_error",
@@ -81,4 +84,5 @@ __all__ = [
     "risk_coverage_curve",
     "summarize_groups",
     "uncertainty_metrics",
+    "write_fairness_files",
 ]

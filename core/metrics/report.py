@@ -1,10 +1,17 @@
-"""``fairness_report``: per-group metrics with bootstrap CIs for each attribute and their intersection."""
+"""``fairness_report``: per-group metrics with bootstrap CIs for each attribute and their intersection.
+
+``write_fairness_files`` adds calibration per group and writes the report a classifier's test leaves
+behind (``fairness.json``, ``fairness.md``, ``fairness_<metric>_<grouping>.png``, ``reliability.png``).
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import re
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,10 +26,13 @@ from verticals.core.metrics.fairness import (
     summary_from_table,
 )
 from verticals.core.metrics.groups import INTERSECTION_SEPARATOR, encode_groups, intersect
+from verticals.core.metrics.plots import plot_group_metric, plot_reliability_diagram
 from verticals.core.metrics.uncertainty import (
     brier_score,
     expected_calibration_error,
     negative_log_likelihood,
+    reliability_curve,
+    uncertainty_metrics,
 )
 
 _NO_INTERVAL = ("count", "positives")
@@ -287,3 +297,70 @@ def _extremes(table: Mapping[str, np.ndarray]) -> dict[str, tuple[int, int]]:
         low, high = int(np.nanargmin(values)), int(np.nanargmax(values))
         found[metric] = (low, high) if higher_is_better else (high, low)
     return found
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", text.replace(" & ", "_x_")).strip("_")
+
+
+def uncertainty_by_group(
+    scores: np.ndarray, target: np.ndarray, groups: Mapping[str, np.ndarray], *, n_bins: int = 15
+) -> dict[str, Any]:
+    """Calibration and selective-prediction metrics overall and per group of every attribute."""
+    result: dict[str, Any] = {"overall": uncertainty_metrics(scores, target, n_bins=n_bins)}
+    for attribute, values in groups.items():
+        codes, names = encode_groups(values)
+        result[attribute] = {
+            name: uncertainty_metrics(scores[codes == index], target[codes == index], n_bins=n_bins)
+            for index, name in enumerate(names)
+        }
+    return result
+
+
+def write_fairness_files(
+    directory: Path,
+    scores: np.ndarray,
+    target: np.ndarray,
+    groups: Mapping[str, np.ndarray],
+    *,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    n_bins: int = 15,
+    group_names: Mapping[str, Sequence[str]] | None = None,
+) -> FairnessResults:
+    """Compute the fairness report and uncertainty metrics and write the JSON, markdown and PNG files."""
+    directory.mkdir(parents=True, exist_ok=True)
+    results = fairness_report(
+        scores, target, groups, n_bootstrap=n_bootstrap, seed=seed, group_names=group_names
+    )
+    uncertainty = uncertainty_by_group(scores, target, groups, n_bins=n_bins)
+    payload = {"fairness": results.to_dict(), "uncertainty": uncertainty}
+    (directory / "fairness.json").write_text(json.dumps(_json_safe(payload), indent=2) + "\n")
+    lines = ["# Fairness and calibration report", "", results.to_markdown(), "## Calibration per group", ""]
+    columns = list(uncertainty["overall"])
+    lines += ["| attribute | group | " + " | ".join(columns) + " |", "|---" * (len(columns) + 2) + "|"]
+    lines.append("| all | all | " + " | ".join(f"{uncertainty['overall'][c]:.4f}" for c in columns) + " |")
+    for attribute in groups:
+        for group, values in uncertainty[attribute].items():
+            lines.append(
+                f"| {attribute} | {group} | " + " | ".join(f"{values[c]:.4f}" for c in columns) + " |"
+            )
+    (directory / "fairness.md").write_text("\n".join(lines) + "\n")
+    for grouping in results.summary:
+        for metric in ("auroc", "ece"):
+            figure = plot_group_metric(results.table, metric, grouping=grouping)
+            figure.savefig(directory / f"fairness_{metric}_{_slug(grouping)}.png", dpi=110)
+    first, values = next(iter(groups.items()))
+    codes, names = encode_groups(values, (group_names or {}).get(first))
+    curves = {"all": reliability_curve(scores, target, n_bins=n_bins)}
+    curves.update(
+        {
+            f"{first}={name}": reliability_curve(scores[codes == i], target[codes == i], n_bins=n_bins)
+            for i, name in enumerate(names)
+            if (codes == i).any()
+        }
+    )
+    plot_reliability_diagram(curves, title=f"Reliability by {first}").savefig(
+        directory / "reliability.png", dpi=110
+    )
+    return results

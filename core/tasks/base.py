@@ -1,8 +1,11 @@
 """The template every verticals task follows: backbone + adapter + head + loss + metrics.
 
 Subclasses fill ``configure_losses``, ``configure_metrics`` and ``_step``; the base owns the model build
-(from the registry or a ready ``nn.Module``), the adapter, an optimizer over trainable parameters only,
-checkpoints that hold only what was trained, and the run's callbacks.
+(from the registry or a ready ``nn.Module``), the adapter and its lifecycle (the method's regulariser in the
+training loss, its schedule stepped after each optimizer step: see ``verticals.core.adapters.lifecycle``),
+the optional group objective (group-DRO, a mutual-information penalty: ``verticals.core.group_objective``),
+an optimizer over trainable parameters only, checkpoints that hold only what was trained, and the run's
+callbacks.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import lightning as L
@@ -18,17 +22,37 @@ from torch import nn
 from torchmetrics import MetricCollection
 
 from verticals.core.adapters.api import AdapterSpec, adapt
+from verticals.core.adapters.lifecycle import AdapterHooks, adapter_hooks, adapter_tuner, tuner_class
 from verticals.core.adapters.summary import ParameterSummary, parameter_summary
 from verticals.core.checkpoint import check_backbone, fingerprint, statistics_buffer_names, trainable_state
+from verticals.core.group_objective import (
+    GroupObjective,
+    GroupObjectiveLoss,
+    WorstGroupLoss,
+    check_feature_split,
+)
 from verticals.core.registry import build_model
+
+# Substrings of a monitored metric's name that say which way is better (checked in this order).
+_LOWER_IS_BETTER = ("gap", "loss", "error", "mse", "mae", "wer", "cer", "ece", "hd95")
+_HIGHER_IS_BETTER = ("auroc", "accuracy", "f1", "dice", "iou", "precision", "recall")
 
 
 class AdapterTask(L.LightningModule):
-    """Base task. ``model`` is a registered model name (configs) or a ready ``nn.Module`` (Python).
+    """Base task. ``model`` is a registered model name or ``{class_path, init_args}`` naming any importable
+    ``nn.Module`` class or factory (configs; see :func:`verticals.core.registry.build_model`), or a ready
+    ``nn.Module`` (Python).
 
     ``monitor`` / ``monitor_mode`` override the metric that picks the best checkpoint (the class default,
-    e.g. ``val_accuracy``); with ``val_fraction: 0`` validation runs on the training set, and
-    ``monitor: val_loss`` then keeps the best-fitting (usually the last) epoch.
+    e.g. ``val_accuracy``); a ``monitor`` without ``monitor_mode`` gets the mode its name implies (``max``
+    for AUROC, accuracy, F1, Dice, IoU; ``min`` for losses, errors and gaps). With ``val_fraction: 0``
+    validation runs on the training set, and ``monitor: val_loss`` then keeps the best-fitting (usually the
+    last) epoch.
+
+    ``group_objective`` (a :class:`~verticals.core.group_objective.GroupObjective` or a dict of its fields)
+    trains over the groups of batches that carry ``"group"``: group-DRO, a CLUB / adversarial penalty on
+    the information the features keep about a sensitive attribute; tasks whose ``accepts_group_objective``
+    is true take it. They then log ``{stage}_worst_group_loss`` (and ``{stage}_mi_estimate`` with a penalty).
 
     The built model should expose its frozen pretrained part as ``.backbone`` (used for the backbone
     fingerprint and the trainable-% figure) and may list ``unused_parameters`` (regexes) that the
@@ -37,10 +61,12 @@ class AdapterTask(L.LightningModule):
 
     monitor = "val_loss"
     mode = "min"
+    #: Whether the task computes per-sample losses and hands them to :meth:`group_objective_loss`.
+    accepts_group_objective = False
 
     def __init__(
         self,
-        model: str,
+        model: str | dict[str, Any],
         model_args: dict[str, Any] | None = None,
         adapter: AdapterSpec | dict[str, Any] | None = None,
         input_shape: list[int] | None = None,
@@ -50,6 +76,7 @@ class AdapterTask(L.LightningModule):
         scheduler: str = "cosine",
         monitor: str | None = None,
         monitor_mode: str | None = None,
+        group_objective: GroupObjective | dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if monitor is not None:
@@ -58,23 +85,40 @@ class AdapterTask(L.LightningModule):
             if monitor_mode not in ("min", "max"):
                 raise ValueError(f"`monitor_mode` must be 'min' or 'max', got {monitor_mode!r}.")
             self.mode = monitor_mode
+        elif monitor is not None:
+            self.mode = monitor_mode_of(monitor, default=self.mode)
         if isinstance(model, nn.Module):
             self._given_model: nn.Module | None = model
             model_name = type(model).__name__
         else:
             self._given_model = None
-            model_name = model
+            # A registered name, or {class_path, init_args} kept as a plain dict (weights_only checkpoints).
+            model_name = model if isinstance(model, str) else _plain(model)
         if scheduler not in ("cosine", "constant"):
             raise ValueError(f"`scheduler` must be 'cosine' or 'constant', got {scheduler!r}.")
         spec = adapter if isinstance(adapter, AdapterSpec) or adapter is None else AdapterSpec(**adapter)
         self.adapter_spec = spec
+        # The options as given: run-dependent ones (AdaLoRA's total_step) are filled from them per fit.
+        self._given_adapter_options = dict(spec.options) if spec is not None else {}
+        objective = GroupObjective.coerce(group_objective)
         # Plain types only, so checkpoints load with torch.load(weights_only=True).
-        self.save_hyperparameters(ignore=["model", "adapter"])
+        self.save_hyperparameters(ignore=["model", "adapter", "group_objective"])
         self.hparams["model"] = model_name
         self.hparams["adapter"] = dataclasses.asdict(spec) if spec is not None else None
+        self.hparams["group_objective"] = dataclasses.asdict(objective) if objective is not None else None
+        self.group_objective: GroupObjective | None = self.configure_group_objective()
+        if self.group_objective is not None and not self.accepts_group_objective:
+            raise ValueError(
+                f"{type(self).__name__} does not take a `group_objective`: its steps compute no per-sample "
+                "losses. Classification, forecasting and segmentation tasks take one."
+            )
         self.net: nn.Module | None = None
+        self.group_loss: GroupObjectiveLoss | None = None
         self.backbone_reference: dict[str, Any] = {}
         self.strict_loading = False  # checkpoints hold only trained tensors; on_load_checkpoint checks them
+        self._adapter_loss_added = False
+        self._output_loss_regularized = False
+        self._options_steps: int | None = None  # the run length the adapter's options were filled for
         self.configure_losses()
         if self._given_model is not None or (input_shape is not None and self._shapes_known()):
             self.configure_model()
@@ -89,6 +133,14 @@ class AdapterTask(L.LightningModule):
     def model_outputs_kwargs(self) -> dict[str, Any]:
         """Task-specific build arguments (``num_outputs``) passed to the model builder."""
         raise NotImplementedError
+
+    def configure_group_objective(self) -> GroupObjective | None:
+        """The group objective this task trains with (default: the ``group_objective`` argument)."""
+        return GroupObjective.coerce(self.hparams.get("group_objective"))
+
+    def configure_group_metrics(self, sensitive_names: list[str]) -> None:
+        """Called once the group objective is built: a task may add per-group metrics of the sensitive
+        attribute's groups (``sensitive_names``) here."""
 
     def _shapes_known(self) -> bool:
         return True
@@ -107,8 +159,11 @@ class AdapterTask(L.LightningModule):
 
     # -- model ---------------------------------------------------------------------------
     def configure_model(self) -> None:
-        if self.net is not None:
-            return
+        if self.net is None:
+            self._build_network()
+        self._configure_group_loss()
+
+    def _build_network(self) -> None:
         if self.adapter_spec is None:
             raise ValueError("`adapter` is required: a peft method, 'linear_probe' or 'full'.")
         trainer = self._trainer
@@ -126,14 +181,17 @@ class AdapterTask(L.LightningModule):
                 self.hparams["model"],
                 input_shape=tuple(self.hparams["input_shape"]),
                 **self.model_outputs_kwargs(),
-                **(self.hparams.get("model_args") or {}),
+                model_args=self.hparams.get("model_args"),
             )
         backbone = getattr(network, "backbone", network)
         self.backbone_reference = {
             "source": getattr(network, "backbone_source", type(backbone).__name__),
             "fingerprint": fingerprint(backbone),
         }
+        self._options_steps = self._fit_steps()
+        self._set_adapter_options(self._adapter_options(self._options_steps))
         self.net = adapt(network, self.adapter_spec)
+        self._watch_output_loss()
         _freeze_unused(self.net, getattr(network, "unused_parameters", ()))
         self.train_metrics, self.val_metrics, self.test_metrics = self._metric_clones()
 
@@ -154,6 +212,261 @@ class AdapterTask(L.LightningModule):
         model = self.model
         return model.get_base_model() if hasattr(model, "get_base_model") else model
 
+    # -- adapter lifecycle ---------------------------------------------------------------
+    def adapter_tuner(self) -> nn.Module | None:
+        """The peft tuner of the adapter (``peft_model.base_model``); None for ``full`` / ``linear_probe`` /
+        ``bitfit``."""
+        return adapter_tuner(self.model)
+
+    def adapter_hooks(self) -> AdapterHooks:
+        """The adapter method's training-loop hooks (see ``verticals.core.adapters.lifecycle``)."""
+        tuner = self.adapter_tuner() if self.net is not None else None
+        if tuner is not None:
+            return adapter_hooks(type(tuner))
+        return (
+            adapter_hooks(tuner_class(self.adapter_spec.method))
+            if self.adapter_spec is not None
+            else AdapterHooks()
+        )
+
+    def regularization_loss(self) -> torch.Tensor | None:
+        """The adapter's own regulariser (S2-LoRA's ``β Σ‖λ‖₁``, AdaLoRA's orthogonality term), if it has one."""
+        hook = self.adapter_hooks().regularization_loss
+        tuner = self.adapter_tuner()
+        return hook(tuner) if hook is not None and tuner is not None else None
+
+    def adapter_loss(self, loss: torch.Tensor, stage: str = "train") -> torch.Tensor:
+        """``loss`` plus the adapter's regulariser when training (logged as ``train_adapter_regularization``).
+
+        Call it on the loss ``_step`` returns; ``training_step`` calls it when ``_step`` did not, so no task
+        trains without the regulariser. A regulariser the tuner's forward already put into the model
+        output's ``.loss`` (AdaLoRA under a peft task model) is logged, not added again.
+        """
+        if stage != "train":
+            return loss
+        self._adapter_loss_added = True
+        penalty = self.regularization_loss()
+        in_output, self._output_loss_regularized = self._output_loss_regularized, False
+        if penalty is None:
+            return loss
+        self.log("train_adapter_regularization", penalty.detach(), on_step=True, on_epoch=True, batch_size=1)
+        return loss if in_output else loss + penalty
+
+    def after_optimizer_step(self, step: int) -> None:
+        """Run the adapter's per-step hook (AdaLoRA's rank allocation); ``step`` counts the optimizer steps
+        taken before this one."""
+        hook = self.adapter_hooks().after_optimizer_step
+        tuner = self.adapter_tuner()
+        if hook is not None and tuner is not None:
+            hook(tuner, step)
+
+    def optimizer_step(
+        self,
+        epoch: int,
+        batch_idx: int,
+        optimizer: Any,
+        optimizer_closure: Callable[[], Any] | None = None,
+    ) -> None:
+        # Lightning zeroes the gradients in the next step's closure, so the hook still sees this step's.
+        step = self.global_step  # optimizer steps completed before this one
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        self.after_optimizer_step(step)
+
+    def on_fit_start(self) -> None:
+        """A model built before the trainer (a ready module, a known input shape) gets the run-dependent
+        adapter options of this fit (AdaLoRA's ``total_step``) on its live config."""
+        steps = self._fit_steps()
+        if self.adapter_spec is None or steps == self._options_steps:
+            return  # built in this fit, with its step count
+        self._options_steps = steps
+        options = self._adapter_options(steps)
+        changed = {
+            key: value for key, value in options.items() if self.adapter_spec.options.get(key) != value
+        }
+        tuner = self.adapter_tuner()
+        if not changed or tuner is None:
+            return
+        for config in tuner.peft_config.values():
+            for key, value in changed.items():
+                setattr(config, key, value)
+        self._set_adapter_options(options)
+
+    def _adapter_options(self, total_steps: int | None) -> dict[str, Any]:
+        configure = self.adapter_hooks().configure_options
+        options = dict(self._given_adapter_options)
+        return dict(configure(options, total_steps)) if configure is not None else options
+
+    def _set_adapter_options(self, options: dict[str, Any]) -> None:
+        if options != self.adapter_spec.options:
+            self.adapter_spec = dataclasses.replace(self.adapter_spec, options=dict(options))
+        if self.hparams.get("adapter") is not None:
+            self.hparams["adapter"]["options"] = dict(options)
+
+    def _fit_steps(self) -> int | None:
+        """The fit's optimizer steps (Lightning's estimate); None outside ``fit`` or for an endless run."""
+        trainer = self._trainer
+        if trainer is None or trainer.state.fn != "fit":
+            return None
+        estimate = trainer.estimated_stepping_batches
+        return int(estimate) if math.isfinite(estimate) else None
+
+    def _watch_output_loss(self) -> None:
+        """Note when the tuner's own forward puts its regulariser into an output's ``.loss``."""
+        tuner = self.adapter_tuner()
+        if tuner is None or not adapter_hooks(type(tuner)).regularizer_in_output_loss:
+            return
+
+        def note(module: nn.Module, args: Any, output: Any) -> None:
+            self._output_loss_regularized = isinstance(getattr(output, "loss", None), torch.Tensor)
+
+        tuner.register_forward_hook(note)
+
+    # -- group objective -----------------------------------------------------------------
+    def _configure_group_loss(self) -> None:
+        """Build the group objective's nets and weights once the groups are known (given, or the datamodule's)."""
+        objective = self.group_objective
+        if objective is None or self.group_loss is not None or self.net is None:
+            return
+        trainer = self._trainer
+        datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
+        if objective.group_attributes is None and getattr(datamodule, "group_attributes", None):
+            objective = dataclasses.replace(
+                objective,
+                group_attributes=list(datamodule.group_attributes),
+                group_names=objective.group_names
+                or {key: list(value) for key, value in datamodule.group_names.items()},
+            )
+            self.group_objective = objective
+            self._record_group_objective()
+        if not objective.group_attributes:
+            return
+        attribute = objective.attribute or objective.group_attributes[0]
+        names = (objective.group_names or {}).get(attribute) or []
+        self.configure_group_metrics(list(names))
+        self.group_loss = GroupObjectiveLoss(
+            objective,
+            group_attributes=objective.group_attributes,
+            group_names=objective.group_names or {},
+            num_classes=self.hparams.get("num_classes"),
+            feature_dim=self._group_feature_width(),
+        )
+        count = self.group_loss.group_count()
+        self.val_group_loss, self.test_group_loss = WorstGroupLoss(count), WorstGroupLoss(count)
+
+    def _record_group_objective(self) -> None:
+        """Keep groups taken from the datamodule in the hparams, so a checkpoint rebuilds the objective."""
+        self._set_inferred("group_objective", dataclasses.asdict(self.group_objective))
+
+    def _group_feature_width(self) -> int | None:
+        """Width of ``z`` for the penalty: ``feature_dim``, ``num_classes`` (on logits),
+        ``model.num_features`` or a probe forward."""
+        objective = self.group_objective
+        if objective is None or not objective.needs_features:
+            return None
+        network = self._base_network()
+        if objective.penalty_on == "logits":
+            check_feature_split(network)
+            if self.hparams.get("num_classes"):
+                return int(self.hparams["num_classes"])
+            return self._probe_width(lambda x: self.model.forward_head(self.model.forward_features(x)))
+        if objective.feature_dim:
+            return int(objective.feature_dim)
+        check_feature_split(network)
+        width = getattr(network, "num_features", None)
+        if isinstance(width, int) and width > 0:
+            return width
+        return self._probe_width(self.model.forward_features)
+
+    def _probe_width(self, function: Callable[[torch.Tensor], torch.Tensor]) -> int:
+        from verticals.core.group_objective import pool_features
+
+        shape = self.hparams.get("input_shape")
+        if shape is None:
+            raise ValueError(
+                "Pass the group objective's `feature_dim` (the width of z) or `input_shape` to probe it."
+            )
+        was_training = self.model.training
+        self.model.eval()
+        with torch.no_grad():
+            width = pool_features(function(torch.zeros(2, *shape))).shape[-1]
+        self.model.train(was_training)
+        return int(width)
+
+    def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """``(z, output)``: ``z`` is what the group objective's penalty reads (``forward_features`` or, with
+        ``penalty_on: logits``, the output), None when it needs none; the output is ``forward(x)``'s."""
+        objective = self.group_objective
+        if objective is None or not objective.needs_features:
+            return None, self(x)
+        features = self.model.forward_features(x)
+        output = self.model.forward_head(features)
+        return (output if objective.penalty_on == "logits" else features), output
+
+    def group_objective_loss(
+        self,
+        per_sample: torch.Tensor,
+        batch: Mapping[str, Any],
+        stage: str,
+        *,
+        features: torch.Tensor | None = None,
+        target: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(task loss, loss to train on)`` from per-sample losses ``[N]``.
+
+        Without a group objective both are their mean. With one, the task loss is group-DRO's weighted loss
+        (training) or the mean, and the training loss adds the penalty on ``features`` (``z`` from
+        :meth:`forward_with_features`); ``target`` (``[N]`` class labels) serves ``conditional`` and
+        ``groups: sensitive_label``. Log the task loss as ``{stage}_loss`` and return the training loss.
+        """
+        objective = self.group_objective
+        if objective is None:
+            mean = per_sample.mean()
+            return mean, mean
+        groups = batch.get("group")
+        if groups is not None and groups.ndim == 1:
+            groups = groups[:, None]
+        if objective.penalty != "none" or objective.group_dro:
+            if groups is None:
+                raise ValueError(
+                    "The group objective (penalty / group-DRO) needs batches with a 'group' entry (LongTensor[N, A] "
+                    "codes of the group attributes); this batch has keys " + str(sorted(batch)) + "."
+                )
+            if self.group_loss is None:
+                raise ValueError(
+                    f"{type(self).__name__}'s group objective does not know the groups: pass "
+                    "`group_objective.group_attributes` and `group_names`, or use a datamodule that exposes them."
+                )
+        if self.group_loss is None or groups is None:
+            mean = per_sample.mean()
+            return mean, mean
+        task_loss, loss, estimate = self.group_loss(
+            per_sample,
+            groups,
+            target=target,
+            features=features,
+            train=stage == "train",
+            epochs_done=self._epochs_done(),
+        )
+        size = len(per_sample)
+        if estimate is not None:
+            self.log(f"{stage}_mi_estimate", estimate, on_step=False, on_epoch=True, batch_size=size)
+        if stage == "train" and loss is not task_loss:
+            self.log("train_total_loss", loss, on_step=True, on_epoch=True, batch_size=size)
+        worst = getattr(self, f"{stage}_group_loss", None)
+        if worst is not None:
+            worst.update(per_sample, self.group_loss.group_codes(groups, target))
+            self.log(f"{stage}_worst_group_loss", worst, on_step=False, on_epoch=True, batch_size=size)
+        return task_loss, loss
+
+    def _epochs_done(self) -> float | None:
+        """Training epochs completed, in fractions (for the penalty's warm-up); None outside a trainer."""
+        trainer = self._trainer
+        if trainer is None:
+            return None
+        batches = trainer.num_training_batches
+        per_epoch = batches if isinstance(batches, int) and batches > 0 else 1
+        return self.global_step / per_epoch
+
     # -- training ------------------------------------------------------------------------
     def _metric_clones(self) -> tuple[MetricCollection, MetricCollection, MetricCollection]:
         metrics = self.configure_metrics()
@@ -163,7 +476,9 @@ class AdapterTask(L.LightningModule):
         raise NotImplementedError
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
+        self._adapter_loss_added = False
+        loss = self._step(batch, "train")
+        return loss if self._adapter_loss_added else self.adapter_loss(loss)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._step(batch, "val")
@@ -175,7 +490,9 @@ class AdapterTask(L.LightningModule):
         return self(batch["x"])
 
     def configure_optimizers(self) -> Any:
-        parameters = [parameter for parameter in self.parameters() if parameter.requires_grad]
+        objective = self.group_loss
+        own = {id(parameter) for parameter in objective.own_parameters()} if objective is not None else set()
+        parameters = [p for p in self.parameters() if p.requires_grad and id(p) not in own]
         if not parameters:
             raise ValueError("Nothing to train: the adapter left no trainable parameters.")
         optimizer = torch.optim.AdamW(
@@ -217,6 +534,8 @@ class AdapterTask(L.LightningModule):
             "backbone": dict(self.backbone_reference),
             "trainable": self.trainable_names(),
         }
+        if self.group_loss is not None:
+            checkpoint["verticals"].update(self.group_loss.checkpoint_state())
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.configure_model()
@@ -227,6 +546,11 @@ class AdapterTask(L.LightningModule):
                 "checked against the backbone. Load weights with verticals.core.load_adapter instead."
             )
         check_backbone(info["backbone"], self.backbone_reference)
+        # Checkpoints of FairClassificationTask before the group objective kept q at the task's top level.
+        checkpoint["state_dict"] = {
+            (f"group_loss.{name}" if name.startswith("attribute_net.") else name): tensor
+            for name, tensor in checkpoint["state_dict"].items()
+        }
         own = set(self.trainable_names())
         saved = set(checkpoint["state_dict"])
         missing, unexpected = sorted(own - saved), sorted(saved - set(self.state_dict()))
@@ -235,6 +559,19 @@ class AdapterTask(L.LightningModule):
                 "The checkpoint's trained tensors don't match this task's adapter: "
                 f"missing {missing[:5]}, unexpected {unexpected[:5]}. Was it trained with another adapter config?"
             )
+        if self.group_loss is not None:
+            self.group_loss.load_checkpoint_state(info)
+
+
+def monitor_mode_of(name: str, default: str = "min") -> str:
+    """``min`` or ``max`` for a monitored metric's name (``val_worst_group_auroc`` -> ``max``,
+    ``val_auroc_gap`` -> ``min``); ``default`` when the name does not say."""
+    lowered = name.lower()
+    if any(key in lowered for key in _LOWER_IS_BETTER):
+        return "min"
+    if any(key in lowered for key in _HIGHER_IS_BETTER):
+        return "max"
+    return default
 
 
 def _freeze_unused(model: nn.Module, patterns: tuple[str, ...]) -> None:
@@ -243,3 +580,14 @@ def _freeze_unused(model: nn.Module, patterns: tuple[str, ...]) -> None:
     for name, parameter in model.named_parameters():
         if any(pattern.search(name) for pattern in compiled):
             parameter.requires_grad_(False)
+
+
+def _plain(value: Any) -> Any:
+    """Nested dicts/lists of plain values (jsonargparse may hand over its Namespace objects)."""
+    if hasattr(value, "as_dict"):
+        value = value.as_dict()
+    if isinstance(value, dict):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value

@@ -17,10 +17,15 @@ from verticals.core.tasks.base import AdapterTask
 
 
 class ForecastingTask(AdapterTask):
-    """Point forecasts trained with MSE (or MAE); model selection on validation MSE."""
+    """Point forecasts trained with MSE (or MAE); model selection on validation MSE.
+
+    With a ``group_objective`` (see ``AdapterTask``; e.g. group-DRO over the sites or sensors of the
+    series) the loss is taken per series first, then combined over the groups.
+    """
 
     monitor = "val_mse"
     mode = "min"
+    accepts_group_objective = True
 
     def __init__(self, *args: Any, horizon: int | None = None, loss: str = "mse", **kwargs: Any) -> None:
         if loss not in ("mse", "mae"):
@@ -53,15 +58,25 @@ class ForecastingTask(AdapterTask):
         )
 
     def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
-        forecast = self(batch["x"])
-        loss = self.loss_fn(forecast, batch["y"])
+        if self.group_objective is None:
+            forecast = self(batch["x"])
+            task_loss = loss = self.loss_fn(forecast, batch["y"])
+        else:
+            features, forecast = self.forward_with_features(batch["x"])
+            per_series = self.loss_fn(forecast, batch["y"], reduction="none").flatten(1).mean(dim=1)
+            task_loss, loss = self.group_objective_loss(per_series, batch, stage, features=features)
         metrics = getattr(self, f"{stage}_metrics")
         metrics.update(forecast.detach().flatten(), batch["y"].flatten())
         on_step = stage == "train"
         self.log(
-            f"{stage}_loss", loss, prog_bar=True, on_step=on_step, on_epoch=True, batch_size=len(forecast)
+            f"{stage}_loss",
+            task_loss,
+            prog_bar=True,
+            on_step=on_step,
+            on_epoch=True,
+            batch_size=len(forecast),
         )
         self.log_dict(
             metrics, on_step=False, on_epoch=True, prog_bar=stage != "train", batch_size=len(forecast)
         )
-        return loss
+        return self.adapter_loss(loss, stage)

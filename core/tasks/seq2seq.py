@@ -1,225 +1,100 @@
-"""Sequence-to-sequence tasks (speech recognition first) on Hugging Face encoder-decoders.
+"""Sequence-to-sequence tasks on Hugging Face-style encoder-decoders (``loss`` from ``labels``, ``generate``).
 
 Training is teacher-forced cross-entropy (the model's own ``loss`` from ``labels`` padded with -100, plus any
 regulariser the adapter exposes, e.g. S2-LoRA's L1 penalty); validation and test decode greedily with a cap
-on new tokens and score word and character error rates with jiwer after text normalisation, overall and per
-group (sum of errors / sum of reference words in each group), with the gap, the worst group and bootstrap
-confidence intervals at test time.
+on new tokens and score the generated text with the task's text metric (a ``SequenceMetric`` named in the
+config), overall and per group, and at test time with bootstrap CIs in the ``GroupReport``.
 """
 
 from __future__ import annotations
 
-import csv
-import json
-from collections.abc import Callable, Sequence
+import copy
+import functools
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import numpy as np
 import torch
-from peft import PeftModel
-from torchmetrics import Metric, MetricCollection
+from lightning.pytorch.cli import instantiate_class
+from torchmetrics import MetricCollection
 
 from verticals.core.adapters.summary import ParameterSummary, parameter_summary
+from verticals.core.group_report import GroupMetric, GroupReport, GroupReportResults
+from verticals.core.metrics.text import SequenceMetric, TokenErrorRate
 from verticals.core.tasks.base import AdapterTask
 
-__all__ = [
-    "NORMALIZERS",
-    "Seq2SeqTask",
-    "TranscriptErrors",
-    "group_report_markdown",
-    "group_wer_report",
-    "text_normalizer",
-    "utterance_errors",
-]
+__all__ = ["Seq2SeqTask", "build_text_metric"]
 
-NORMALIZERS = ("whisper_english", "whisper_basic", "lower", "none")
+TextMetricSpec = dict[str, Any] | str | SequenceMetric | None
 
 
-def text_normalizer(name: str) -> Callable[[str], str]:
-    """A transcript normaliser by name; WER is only comparable between systems under the same one.
+def build_text_metric(spec: TextMetricSpec) -> SequenceMetric:
+    """A ``SequenceMetric`` from a ``{class_path, init_args}`` dict, a class path, an instance or None.
 
-    ``whisper_english``: Whisper's ``EnglishTextNormalizer`` with an empty spelling map (works offline);
-    ``whisper_basic``: its language-independent ``BasicTextNormalizer``; ``lower``: lower-case and collapse
-    white space; ``none``: collapse white space only.
+    None gives the domain-free default, :class:`TokenErrorRate`.
     """
-    if name == "whisper_english":
-        from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
-
-        return EnglishTextNormalizer({})
-    if name == "whisper_basic":
-        from transformers.models.whisper.english_normalizer import BasicTextNormalizer
-
-        return BasicTextNormalizer()
-    if name == "lower":
-        return lambda text: " ".join(text.lower().split())
-    if name == "none":
-        return lambda text: " ".join(text.split())
-    raise ValueError(f"`normalizer` must be one of {list(NORMALIZERS)}, got {name!r}.")
-
-
-def utterance_errors(reference: str, hypothesis: str) -> tuple[int, int, int, int]:
-    """(word errors, reference words, character errors, reference characters) of one normalised pair.
-
-    An empty reference counts every hypothesis word (character) as an insertion over zero reference words,
-    so it still adds to the group's errors instead of being dropped.
-    """
-    ref_words, hyp_words = reference.split(), hypothesis.split()
-    if not ref_words:
-        return len(hyp_words), 0, len(hypothesis), 0
-    if not hyp_words:
-        return len(ref_words), len(ref_words), len(reference), len(reference)
-    import jiwer  # the speech extra's; the core imports without it
-
-    words = jiwer.process_words(reference, hypothesis)
-    chars = jiwer.process_characters(reference, hypothesis)
-    word_errors = words.substitutions + words.deletions + words.insertions
-    char_errors = chars.substitutions + chars.deletions + chars.insertions
-    return word_errors, len(ref_words), char_errors, len(reference)
-
-
-class TranscriptErrors(Metric):
-    """Streams per-utterance error counts and groups (gathered across processes) for corpus and group WER."""
-
-    full_state_update = False
-    higher_is_better = False
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        for name in ("word_errors", "words", "char_errors", "chars", "groups"):
-            self.add_state(name, default=[], dist_reduce_fx="cat")
-
-    def update(self, references: Sequence[str], hypotheses: Sequence[str], groups: torch.Tensor) -> None:
-        if len(references) != len(hypotheses) or len(references) != len(groups):
-            raise ValueError(
-                f"Got {len(references)} references, {len(hypotheses)} hypotheses and {len(groups)} group codes; "
-                "they must be one per utterance."
-            )
-        counts = torch.tensor([utterance_errors(r, h) for r, h in zip(references, hypotheses)], device=self.device)
-        counts = counts.reshape(-1, 4)
-        self.word_errors.append(counts[:, 0])
-        self.words.append(counts[:, 1])
-        self.char_errors.append(counts[:, 2])
-        self.chars.append(counts[:, 3])
-        self.groups.append(groups.to(self.device).reshape(-1).long())
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        """The per-utterance counts as numpy arrays (after gathering)."""
-
-        def cat(state: Any) -> np.ndarray:
-            if isinstance(state, list):
-                return torch.cat(state).cpu().numpy() if state else np.zeros(0, dtype=np.int64)
-            return state.cpu().numpy().reshape(-1)
-
-        return {name: cat(getattr(self, name)) for name in ("word_errors", "words", "char_errors", "chars", "groups")}
-
-    def compute(self) -> dict[str, float]:
-        counts = self.arrays()
-        return {
-            "wer": _rate(counts["word_errors"], counts["words"]),
-            "cer": _rate(counts["char_errors"], counts["chars"]),
-        }
-
-
-def _rate(errors: np.ndarray, totals: np.ndarray) -> float:
-    total = float(np.sum(totals))
-    return float(np.sum(errors)) / total if total else float("nan")
-
-
-def group_wer_report(
-    counts: dict[str, np.ndarray],
-    group_names: Sequence[str],
-    *,
-    n_bootstrap: int = 1000,
-    confidence: float = 0.95,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """WER and CER per group with bootstrap CIs (resampling utterances), plus the worst group and the gap."""
-    from verticals.core.metrics.bootstrap import bootstrap_ci
-    from verticals.core.metrics.fairness import summarize_groups
-
-    def wer(errors: np.ndarray, words: np.ndarray) -> float:
-        return _rate(errors, words)
-
-    overall = bootstrap_ci(
-        wer, counts["word_errors"], counts["words"], n_resamples=n_bootstrap, confidence=confidence, seed=seed,
-        strata=counts["groups"],
+    if spec is None:
+        return TokenErrorRate()
+    if isinstance(spec, SequenceMetric):
+        return spec
+    if isinstance(spec, str):
+        spec = {"class_path": spec}
+    if not isinstance(spec, Mapping) or "class_path" not in spec:
+        raise TypeError(
+            f"`text_metric` must be a {{class_path, init_args}} dict, a class path or a SequenceMetric, got {spec!r}."
+        )
+    unknown = set(spec) - {"class_path", "init_args"}
+    if unknown:
+        raise TypeError(f"`text_metric` takes only `class_path` and `init_args`; got also {sorted(unknown)}.")
+    metric = instantiate_class(
+        (), {"class_path": spec["class_path"], "init_args": dict(spec.get("init_args") or {})}
     )
-    groups: dict[str, dict[str, float]] = {}
-    for code, name in enumerate(group_names):
-        mask = counts["groups"] == code
-        if not mask.any():
-            continue
-        point, low, high = bootstrap_ci(
-            wer, counts["word_errors"][mask], counts["words"][mask], n_resamples=n_bootstrap,
-            confidence=confidence, seed=seed,
+    if not isinstance(metric, SequenceMetric):
+        raise TypeError(
+            f"`text_metric` {spec['class_path']!r} built a {type(metric).__name__}; it must subclass "
+            "verticals.core.metrics.text.SequenceMetric (per-sample statistics + aggregates)."
         )
-        groups[name] = {
-            "wer": point,
-            "wer_low": low,
-            "wer_high": high,
-            "cer": _rate(counts["char_errors"][mask], counts["chars"][mask]),
-            "utterances": int(mask.sum()),
-            "words": int(counts["words"][mask].sum()),
-        }
-    summary = summarize_groups({name: row["wer"] for name, row in groups.items()}, higher_is_better=False)
-    return {
-        "overall": {
-            "wer": overall[0],
-            "wer_low": overall[1],
-            "wer_high": overall[2],
-            "cer": _rate(counts["char_errors"], counts["chars"]),
-            "utterances": len(counts["words"]),
-        },
-        "groups": groups,
-        "summary": summary,
-        "bootstrap": {"resamples": n_bootstrap, "confidence": confidence, "seed": seed},
-    }
+    return metric
 
 
-def group_report_markdown(report: dict[str, Any]) -> str:
-    """The per-group WER table as markdown."""
-    level = int(round(100 * report["bootstrap"]["confidence"]))
-    lines = [
-        f"| group | utterances | WER | {level}% CI | CER |",
-        "|---|---|---|---|---|",
-    ]
-    rows = [("all", report["overall"]), *report["groups"].items()]
-    for name, row in rows:
-        lines.append(
-            f"| {name} | {row['utterances']} | {row['wer']:.4f} | [{row['wer_low']:.4f}, {row['wer_high']:.4f}] "
-            f"| {row['cer']:.4f} |"
-        )
-    summary = {k: v for k, v in report["summary"].items() if isinstance(v, (int, float, str))}
-    return "\n".join(lines) + "\n\n" + ", ".join(f"{k}: {v}" for k, v in summary.items()) + "\n"
+def _spec_of(spec: TextMetricSpec, metric: SequenceMetric) -> dict[str, Any]:
+    """A plain-types record of the metric for hparams (an instance records only its class)."""
+    if isinstance(spec, Mapping):
+        return {"class_path": spec["class_path"], "init_args": dict(spec.get("init_args") or {})}
+    return {"class_path": f"{type(metric).__module__}.{type(metric).__qualname__}", "init_args": {}}
 
 
 class Seq2SeqTask(AdapterTask):
-    """Teacher-forced training and generation-based WER/CER for an encoder-decoder (e.g. Whisper).
+    """Teacher-forced training and generation-based text metrics for an encoder-decoder.
 
-    The registered model (``speech.whisper``) must return an output with ``.loss`` when called with
-    ``input_features`` and ``labels``, and offer ``generate(input_features, max_new_tokens=...)``; a model
-    exposing ``.backbone`` is adapted as a whole and fingerprinted by its backbone. Batches carry
-    ``input_features``, ``labels`` (-100 padding), ``text`` (reference transcripts) and, optionally,
-    ``group`` (``[N, A]`` codes of the datamodule's ``group_attributes``).
+    The registered model must return an output with ``.loss`` when called with ``input_features`` and
+    ``labels``, and offer ``generate(input_features, max_new_tokens=...)``; a model exposing ``.backbone`` is
+    adapted as a whole and fingerprinted by its backbone. Batches carry ``input_features``, ``labels`` (-100
+    padding), ``text`` (reference strings) and, optionally, ``group`` (``[N, A]`` codes of the datamodule's
+    ``group_attributes``).
 
     Args:
-        max_new_tokens: cap on generated tokens (greedy decoding can loop on noisy audio).
-        normalizer: transcript normaliser applied to references and hypotheses (see :func:`text_normalizer`).
-        generate_at_validation: decode at validation to log ``val_wer`` (the default monitor); False logs
-            only the teacher-forced ``val_loss`` (cheaper) and monitors it.
-        group_attribute: which group attribute WER is split by (default: the datamodule's first).
-        n_bootstrap / ci_confidence: bootstrap resamples and level of the per-group CIs at test time.
+        max_new_tokens: cap on generated tokens (greedy decoding can loop on noisy inputs).
+        text_metric: the ``SequenceMetric`` that scores generated text, as ``{class_path, init_args}``
+            (e.g. a domain's error rate after its text normaliser); default :class:`TokenErrorRate`. Its
+            ``primary`` aggregate is logged as ``{stage}_<primary>``, per group, and monitored.
+        generate_at_validation: decode at validation to log the text metric (the default monitor); False
+            logs only the teacher-forced ``val_loss`` (cheaper) and monitors it.
+        group_attribute: which group attribute the logged per-group values split by (default: the
+            datamodule's first); the test-end ``GroupReport`` covers every attribute.
+        n_bootstrap / ci_confidence: bootstrap resamples and level of the group report's CIs.
     """
 
-    monitor = "val_wer"
+    monitor = "val_loss"
     mode = "min"
 
     def __init__(
         self,
         *args: Any,
         max_new_tokens: int = 64,
-        normalizer: str = "whisper_english",
+        text_metric: dict[str, Any] | str | None = None,
         generate_at_validation: bool = True,
         group_attribute: str | None = None,
         group_names: list[str] | None = None,
@@ -227,24 +102,40 @@ class Seq2SeqTask(AdapterTask):
         ci_confidence: float = 0.95,
         **kwargs: Any,
     ) -> None:
+        if "normalizer" in kwargs:
+            raise TypeError(
+                f"Seq2SeqTask no longer takes `normalizer` (got {kwargs['normalizer']!r}): text normalisation "
+                "belongs to the text metric. Name one that normalises, e.g. `text_metric: {class_path: "
+                f"verticals.domains.<domain>.metrics.<Metric>, init_args: {{normalizer: {kwargs['normalizer']}}}}}`."
+            )
         if max_new_tokens < 1:
             raise ValueError(f"`max_new_tokens` must be at least 1, got {max_new_tokens}.")
         if not 0.0 < ci_confidence < 1.0:
             raise ValueError(f"`ci_confidence` must be in (0, 1), got {ci_confidence}.")
-        self.normalize = text_normalizer(normalizer)
-        if not generate_at_validation and kwargs.get("monitor") is None:
-            kwargs["monitor"], kwargs["monitor_mode"] = "val_loss", "min"
+        if n_bootstrap < 0:
+            raise ValueError(f"`n_bootstrap` must be >= 0 (0: no CIs), got {n_bootstrap}.")
+        metric = build_text_metric(text_metric)
+        # A factory, not the metric itself: a Module can't be assigned before LightningModule.__init__.
+        self._new_text_metric: Callable[[], SequenceMetric] = functools.partial(copy.deepcopy, metric)
+        if kwargs.get("monitor") is None:
+            if generate_at_validation:
+                higher = metric.aggregates[metric.primary]
+                kwargs["monitor"], kwargs["monitor_mode"] = (
+                    f"val_{metric.primary}",
+                    "max" if higher else "min",
+                )
+            else:
+                kwargs["monitor"], kwargs["monitor_mode"] = "val_loss", "min"
         self.tokenizer: Any = None
-        self.group_report: dict[str, Any] | None = None
-        self.test_counts: dict[str, np.ndarray] | None = None
         super().__init__(*args, **kwargs)
+        self._set_inferred("text_metric", _spec_of(text_metric, metric))
 
     # -- model ---------------------------------------------------------------------------
     def configure_losses(self) -> None:
         """The loss is the model's own teacher-forced cross-entropy (``labels`` padded with -100)."""
 
     def configure_metrics(self) -> MetricCollection:
-        return MetricCollection({"transcript": TranscriptErrors()})
+        return MetricCollection({"text": self._new_text_metric()})
 
     def model_outputs_kwargs(self) -> dict[str, Any]:
         return {}
@@ -260,34 +151,31 @@ class Seq2SeqTask(AdapterTask):
         if self.tokenizer is None:
             self.tokenizer = getattr(datamodule, "tokenizer", None)
         if self.hparams.get("group_names") is None and getattr(datamodule, "group_names", None):
-            attributes = list(getattr(datamodule, "group_attributes", list(datamodule.group_names)))
-            attribute = self.hparams.get("group_attribute") or attributes[0]
-            if attribute not in attributes:
-                raise ValueError(f"`group_attribute` {attribute!r} is not one of the datamodule's {attributes}.")
+            attribute, names = self._split_groups(datamodule)
             self._set_inferred("group_attribute", attribute)
-            self._set_inferred("group_names", list(datamodule.group_names[attribute]))
+            self._set_inferred("group_names", names)
+
+    def setup(self, stage: str) -> None:
+        """Take the tokenizer and groups from the datamodule also when the model was given ready-built."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        if datamodule is not None:
+            self._infer_from_datamodule(datamodule)
+
+    def _split_groups(self, datamodule: Any) -> tuple[str, list[str]]:
+        """The attribute the logged per-group values split by, and its group names, from a datamodule."""
+        attributes = list(getattr(datamodule, "group_attributes", None) or list(datamodule.group_names))
+        attribute = self.hparams.get("group_attribute") or attributes[0]
+        if attribute not in attributes:
+            raise ValueError(f"`group_attribute` {attribute!r} is not one of the datamodule's {attributes}.")
+        return attribute, list(datamodule.group_names[attribute])
 
     def configure_model(self) -> None:
         if self.net is not None:
             return
-        self._fill_adalora_total_step()
         super().configure_model()
         if self.tokenizer is None:
             processor = getattr(self._base_network(), "processor", None)
             self.tokenizer = getattr(processor, "tokenizer", processor)
-
-    def _fill_adalora_total_step(self) -> None:
-        """AdaLoRA's rank schedule needs the number of optimizer steps: take it from the trainer if unset."""
-        spec = self.adapter_spec
-        if spec is None or spec.method.lower() != "adalora" or spec.options.get("total_step"):
-            return
-        minimum = int(spec.options.get("tinit", 0)) + int(spec.options.get("tfinal", 0)) + 1
-        trainer = self._trainer
-        total = minimum
-        if trainer is not None and trainer.state.fn == "fit":
-            total = max(int(trainer.estimated_stepping_batches), minimum)
-        spec.options = {**spec.options, "total_step": total}
-        self.hparams["adapter"]["options"] = dict(spec.options)
 
     def parameter_summary(self) -> ParameterSummary:
         base = self._base_network()
@@ -298,16 +186,9 @@ class Seq2SeqTask(AdapterTask):
     def forward(self, input_features: torch.Tensor, labels: torch.Tensor | None = None) -> Any:
         return self.model(input_features=input_features, labels=labels)
 
-    def regularization_loss(self) -> torch.Tensor | None:
-        """The adapter's own regulariser (S2-LoRA's ``β Σ‖λ‖₁``), if it has one."""
-        model = self.model
-        tuner = model.base_model if isinstance(model, PeftModel) else None
-        penalty = getattr(type(tuner), "regularization_loss", None) if tuner is not None else None
-        return penalty(tuner) if penalty is not None else None
-
     @torch.no_grad()
-    def transcribe(self, input_features: torch.Tensor) -> list[str]:
-        """Greedy transcripts (raw, not normalised) of a batch of features."""
+    def generate_text(self, input_features: torch.Tensor) -> list[str]:
+        """Greedy outputs (decoded, stripped, not normalised) of a batch of inputs."""
         if self.tokenizer is None:
             raise RuntimeError(
                 "Seq2SeqTask has no tokenizer to decode with: use a datamodule with a `tokenizer` attribute or "
@@ -325,97 +206,99 @@ class Seq2SeqTask(AdapterTask):
         size = len(features)
         output = self(features, labels=labels)
         loss = output.loss
-        penalty = self.regularization_loss() if stage == "train" else None
-        if penalty is not None:
-            self.log("train_regularization", penalty, on_step=True, on_epoch=True, batch_size=size)
-            loss = loss + penalty
-        self.log(f"{stage}_loss", loss, prog_bar=True, on_step=stage == "train", on_epoch=True, batch_size=size)
+        loss = self.adapter_loss(loss, stage)  # + the adapter's regulariser when training
+        self.log(
+            f"{stage}_loss", loss, prog_bar=True, on_step=stage == "train", on_epoch=True, batch_size=size
+        )
         if stage == "test" or (stage == "val" and self.hparams["generate_at_validation"]):
-            hypotheses = [self.normalize(text) for text in self.transcribe(features)]
-            references = [self.normalize(text) for text in batch["text"]]
             groups = batch.get("group")
-            codes = groups[:, self._group_column()] if groups is not None else torch.zeros(size, dtype=torch.long)
-            getattr(self, f"{stage}_metrics")["transcript"].update(references, hypotheses, codes)
+            metric = getattr(self, f"{stage}_metrics")["text"]
+            metric.update(batch["text"], self.generate_text(features), groups)
+            if stage == "test":
+                self._last_outputs = dict(metric.last_statistics)
+                if groups is not None:
+                    self._last_outputs["group"] = groups[:, None] if groups.ndim == 1 else groups
         return loss
 
-    def _group_column(self) -> int:
-        attribute = self.hparams.get("group_attribute")
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        attributes = list(getattr(datamodule, "group_attributes", []) or [])
-        return attributes.index(attribute) if attribute in attributes else 0
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        tuner = self.model.base_model if isinstance(self.model, PeftModel) else None
-        if tuner is not None and type(tuner).__name__ == "AdaLoraModel":
-            tuner.update_and_allocate(self.global_step)  # after the optimizer step, before zero_grad
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
+        """The text metric's per-sample statistics (and ``group``), for the ``GroupReport``."""
+        self._last_outputs = {}
+        self._step(batch, "test")
+        return self._last_outputs
 
     def on_validation_epoch_end(self) -> None:
         if self.hparams["generate_at_validation"]:
-            self._log_error_rates("val")
+            self._log_text_metric("val")
 
     def on_test_epoch_end(self) -> None:
-        counts = self._log_error_rates("test")
-        names = self.hparams.get("group_names") or ["all"]
-        self.test_counts = counts
-        if counts is not None and len(counts["words"]):
-            self.group_report = group_wer_report(
-                counts, names, n_bootstrap=self.hparams["n_bootstrap"], confidence=self.hparams["ci_confidence"]
-            )
-            self._write_group_report()
+        self._log_text_metric("test")
 
-    def _log_error_rates(self, stage: str) -> dict[str, np.ndarray] | None:
-        """Log WER/CER overall and per group from the utterances of every process; returns the counts."""
-        metric = getattr(self, f"{stage}_metrics")["transcript"]
+    def _logged_groups(self) -> tuple[int, list[str]]:
+        """The group column and names the logged per-group values use: the datamodule's at the time, so a
+        checkpoint tested on data with other groups logs that data's groups."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        if datamodule is not None and getattr(datamodule, "group_names", None):
+            attribute, names = self._split_groups(datamodule)
+            attributes = list(getattr(datamodule, "group_attributes", None) or list(datamodule.group_names))
+            return attributes.index(attribute), names
+        return 0, list(self.hparams.get("group_names") or [])
+
+    def _log_text_metric(self, stage: str) -> None:
+        """Log every aggregate, and the primary one per group with the worst group and the gap, from the
+        samples of every process."""
+        metric = getattr(self, f"{stage}_metrics")["text"]
         with metric.sync_context(should_sync=metric._to_sync, should_unsync=True):
-            counts = metric.arrays()
+            arrays = metric.arrays()
         metric.reset()
-        if not len(counts["words"]):
-            return None
-        self.log(f"{stage}_wer", _rate(counts["word_errors"], counts["words"]), prog_bar=True)
-        rates = {f"{stage}_cer": _rate(counts["char_errors"], counts["chars"])}
-        names = self.hparams.get("group_names") or []
+        if not len(arrays["group"]):
+            return
+        values = metric.aggregate(arrays)
+        primary = metric.primary
+        self.log(f"{stage}_{primary}", values[primary], prog_bar=True)
+        logged = {f"{stage}_{name}": value for name, value in values.items() if name != primary}
+        column, names = self._logged_groups()
+        codes = (
+            arrays["group"][:, column]
+            if column < arrays["group"].shape[1]
+            else np.zeros(len(arrays["group"]))
+        )
         per_group = {}
         for code, name in enumerate(names):
-            mask = counts["groups"] == code
-            if mask.any():
-                per_group[name] = _rate(counts["word_errors"][mask], counts["words"][mask])
-                rates[f"{stage}_wer_{name}"] = per_group[name]
+            rows = codes == code
+            if rows.any():
+                per_group[name] = metric.aggregate({key: value[rows] for key, value in arrays.items()})[
+                    primary
+                ]
+                logged[f"{stage}_{primary}_{name}"] = per_group[name]
         if len(per_group) > 1:
-            rates[f"{stage}_wer_worst_group"] = max(per_group.values())
-            rates[f"{stage}_wer_gap"] = max(per_group.values()) - min(per_group.values())
-        self.log_dict(rates)
-        return counts
+            worst = max(per_group.values()) if not metric.aggregates[primary] else min(per_group.values())
+            logged[f"{stage}_{primary}_worst_group"] = worst
+            logged[f"{stage}_{primary}_gap"] = max(per_group.values()) - min(per_group.values())
+        self.log_dict(logged)
 
-    def _write_group_report(self) -> None:
-        trainer = self._trainer
-        if trainer is None or not trainer.is_global_zero or self.group_report is None:
-            return
-        from verticals.core.callbacks import run_directory
+    # -- group report --------------------------------------------------------------------
+    def configure_callbacks(self) -> list[L.Callback]:
+        callbacks = super().configure_callbacks()
+        if not any(isinstance(callback, GroupReport) for callback in callbacks):
+            callbacks.append(
+                GroupReport(n_bootstrap=self.hparams["n_bootstrap"], confidence=self.hparams["ci_confidence"])
+            )
+        return callbacks
 
-        directory = Path(run_directory(trainer))
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / "wer_by_group.json").write_text(json.dumps(self.group_report, indent=2, default=float) + "\n")
-        (directory / "wer_by_group.md").write_text(group_report_markdown(self.group_report))
-        rows = self.test_utterance_rows()
-        if rows:  # per utterance, in test-loader order: paired comparisons between runs
-            with (directory / "test_utterance_errors.csv").open("w", newline="") as handle:
-                writer = csv.DictWriter(handle, fieldnames=list(rows[0]), lineterminator="\n")
-                writer.writeheader()
-                writer.writerows(rows)
+    def group_report_metrics(self) -> dict[str, GroupMetric]:
+        """Every aggregate of the text metric, as a function of the per-sample statistics of any samples."""
+        return self.test_metrics["text"].group_report_metrics()
 
-    def test_utterance_rows(self) -> list[dict[str, Any]]:
-        """The last test's error counts per utterance, in test-loader order, with each one's group name."""
-        if self.test_counts is None:
-            return []
-        names = self.hparams.get("group_names") or ["all"]
-        columns = ("word_errors", "words", "char_errors", "chars")
-        rows = []
-        for index, code in enumerate(self.test_counts["groups"].tolist()):
-            group = names[code] if code < len(names) else str(code)
-            counts = {column: int(self.test_counts[column][index]) for column in columns}
-            rows.append({"utterance": index, "group": group, **counts})
-        return rows
+    def extra_group_report(
+        self,
+        arrays: Mapping[str, np.ndarray],
+        groups: Mapping[str, np.ndarray],
+        directory: Path,
+        results: GroupReportResults,
+    ) -> Any:
+        """What the text metric adds to the report (e.g. a per-sample table), if it has an own hook."""
+        extra = getattr(self.test_metrics["text"], "extra_group_report", None)
+        return extra(arrays, groups, directory, results) if extra is not None else None
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[str]:
-        return self.transcribe(batch["input_features"])
-
+        return self.generate_text(batch["input_features"])

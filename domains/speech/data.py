@@ -27,9 +27,9 @@ from typing import Literal
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from verticals.core.data import EpochShuffleSampler, SplitDataModule
+from verticals.core.data import BaseDataModule, encode_group_matrix
 from verticals.domains.speech.audio import (
     TARGET_SAMPLE_RATE,
     AudioCounts,
@@ -114,13 +114,16 @@ class SpeechCollator:
         }
 
 
-class SpeechDataModule(SplitDataModule):
+class SpeechDataModule(BaseDataModule):
     """Base: turns each split's ``UtteranceSource`` list into cached features, labels and loaders.
 
-    Subclasses set ``group_attributes``/``group_names`` and implement ``_sources(split)``.
+    Subclasses set ``group_attributes``/``group_names`` and implement ``_sources(split)``. Loaders come
+    from the core's one factory (``BaseDataModule.dataloader``); a last training batch of one utterance is
+    kept (Whisper has no BatchNorm).
     """
 
     group_attributes: list[str] = ["condition"]
+    drop_single_last = False
 
     def __init__(
         self,
@@ -132,10 +135,7 @@ class SpeechDataModule(SplitDataModule):
         seed: int = 0,
         num_workers: int = 0,
     ) -> None:
-        super().__init__()
-        if batch_size < 1:
-            raise ValueError(f"`batch_size` must be >= 1, got {batch_size}.")
-        self.batch_size, self.seed, self.num_workers = batch_size, seed, num_workers
+        super().__init__(batch_size=batch_size, seed=seed, num_workers=num_workers)
         self.max_source_positions = max_source_positions
         self.feature_extractor = window_feature_extractor(max_source_positions)
         self.tokenizer = whisper_tokenizer()
@@ -183,7 +183,8 @@ class SpeechDataModule(SplitDataModule):
         return self.cache_dir / "features" / digest[:2] / f"{digest}.safetensors"
 
     def _prepare(self, source: UtteranceSource, counts: AudioCounts) -> Utterance | None:
-        group = self.group_names[self.group_attributes[0]].index(source.group)
+        attribute = self.group_attributes[0]
+        group = int(encode_group_matrix({attribute: [source.group]}, self.group_names)[0, 0])
         path = self._cache_path(source.key)
         if path.is_file():
             tensors = load_file(str(path))
@@ -261,16 +262,11 @@ class SpeechDataModule(SplitDataModule):
         for split in wanted.get(stage or "", SPLITS):
             self.dataset(split)
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        dataset = self.dataset(split)
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            sampler=EpochShuffleSampler(len(dataset), self.seed) if shuffle else None,
-            collate_fn=SpeechCollator(self.frames),
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
+    def split_dataset(self, split: str) -> UtteranceDataset:
+        return self.dataset(split)
+
+    def collate_fn(self, split: str) -> SpeechCollator:
+        return SpeechCollator(self.frames)
 
 
 class SyntheticSpeechDataModule(SpeechDataModule):
@@ -537,4 +533,4 @@ class CommonVoiceDataModule(SpeechDataModule):
 
 def iter_batches(datamodule: SpeechDataModule, split: str) -> Iterable[dict[str, object]]:
     """Batches of ``split`` in order (for evaluation scripts that do not run a Trainer)."""
-    return datamodule._loader(split, shuffle=False)
+    return datamodule.dataloader(split, shuffle=False)

@@ -3,7 +3,7 @@
     python -m verticals.domains.speech.evaluate --model tiny.en --utterances 50 --max-source-positions 500
 
 Transcripts and references are normalised with Whisper's ``EnglishTextNormalizer`` and scored with
-the core ``Seq2SeqTask``'s per-utterance counts (jiwer; corpus-level: errors summed over utterances, divided by reference words / characters).
+``TranscriptErrors``' per-utterance counts (jiwer; corpus-level: errors summed over utterances, divided by reference words / characters).
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from verticals.core.tasks.seq2seq import utterance_errors
 from verticals.domains.speech.conditions import Condition
 from verticals.domains.speech.data import SyntheticSpeechDataModule
+from verticals.domains.speech.metrics import utterance_errors
 from verticals.domains.speech.models import load_whisper
 from verticals.domains.speech.text import normalize_transcript
 
@@ -63,7 +63,7 @@ def transcribe_split(
     hypotheses, references, groups = [], [], []
     model.eval()
     with torch.inference_mode():
-        for batch in datamodule._loader(split, shuffle=False):
+        for batch in datamodule.dataloader(split, shuffle=False):
             tokens = model.generate(input_features=batch["input_features"])
             hypotheses += tokenizer.batch_decode(tokens, skip_special_tokens=True)
             references += batch["text"]
@@ -88,7 +88,7 @@ def score_groups(
         rows = [i for i, g in enumerate(groups) if g == index]
         if not rows:
             continue
-        # the core task's per-utterance counts: an empty hypothesis deletes every reference word
+        # TranscriptErrors' per-utterance counts: an empty hypothesis deletes every reference word
         counts = np.array(
             [
                 utterance_errors(normalize_transcript(references[i]), normalize_transcript(hypotheses[i]))
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     scores = score_groups(hypotheses, references, groups, datamodule.group_names["condition"])
     done = time.perf_counter()
     if args.compare_ctranslate2:
-        features = torch.cat([b["input_features"] for b in datamodule._loader("test", shuffle=False)])
+        features = torch.cat([b["input_features"] for b in datamodule.dataloader("test", shuffle=False)])
         reference = ctranslate2_transcripts(features, processor.tokenizer, args.max_new_tokens)
         pairs = [(h.strip(), r.strip()) for h, r in zip(hypotheses, reference)]
         same = sum(h == r for h, r in pairs)

@@ -5,6 +5,9 @@ and a tiny random Whisper of the same class for tests.
 built locally (no hub). ``max_source_positions`` shortens the encoder window (500 positions = 10 s, like
 whisper.cpp's ``audio_ctx``): HF Whisper otherwise pads every input to 30 s, so the encoder dominates
 the cost of short utterances. The feature extractor returned pads to the same window.
+
+Importing this module registers the ``hf_whisper`` backbone family, so the target presets ``attention``,
+``qv``, ``mlp``, ``all-linear`` and ``blocks`` name Whisper's encoder and decoder layers.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
+from verticals.core.adapters.families import every_block_has, has_modules, register_family
 from verticals.core.registry import register_model
 from verticals.core.seeding import seeded
 
@@ -39,6 +43,7 @@ __all__ = [
     "WhisperModule",
     "cache_root",
     "converted_tiny_en",
+    "is_hf_whisper",
     "load_whisper",
     "tiny_random_config",
     "whisper_generation_config",
@@ -316,3 +321,43 @@ class WhisperModule(nn.Module):
 
 
 register_model(name="speech.whisper", builder=WhisperModule)
+
+
+_WHISPER_ATTENTION = {f"{projection}_proj": nn.Linear for projection in ("q", "k", "v", "out")}
+
+
+def is_hf_whisper(module: nn.Module) -> bool:
+    """An HF Whisper encoder-decoder (``WhisperModel``): the structure the ``hf_whisper`` presets name.
+
+    Encoder: ``conv1``/``conv2`` (Conv1d) and ``layers.N`` with ``self_attn.{q,k,v,out}_proj`` and
+    ``fc1``/``fc2``; decoder: ``embed_tokens`` and ``layers.N`` with ``encoder_attn`` as well.
+    """
+    encoder_layer = {
+        **{f"self_attn.{name}": kind for name, kind in _WHISPER_ATTENTION.items()},
+        "fc1": nn.Linear,
+        "fc2": nn.Linear,
+    }
+    decoder_layer = {
+        **encoder_layer,
+        **{f"encoder_attn.{name}": kind for name, kind in _WHISPER_ATTENTION.items()},
+    }
+    return (
+        has_modules(module, {"encoder.conv1": nn.Conv1d, "encoder.conv2": nn.Conv1d})
+        and has_modules(module, {"decoder.embed_tokens": nn.Embedding})
+        and every_block_has(module, "encoder.layers", encoder_layer)
+        and every_block_has(module, "decoder.layers", decoder_layer)
+    )
+
+
+_LAYERS = r"(?:encoder|decoder)\.layers\.\d+"
+register_family(
+    name="hf_whisper",
+    detect=is_hf_whisper,
+    presets={
+        "attention": _LAYERS + r"\.(?:self_attn|encoder_attn)\.(?:q_proj|k_proj|v_proj|out_proj)",
+        "qv": _LAYERS + r"\.(?:self_attn|encoder_attn)\.(?:q_proj|v_proj)",
+        "mlp": _LAYERS + r"\.(?:fc1|fc2)",
+        "all-linear": _LAYERS + r"\..*",
+        "blocks": _LAYERS,
+    },
+)

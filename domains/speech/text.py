@@ -13,7 +13,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from verticals.core.tasks.seq2seq import text_normalizer
+from verticals.domains.speech.metrics import text_normalizer
 
 __all__ = ["normalize_transcript", "sentences"]
 
@@ -209,5 +209,6 @@ def _normalizer() -> Callable[[str], str]:
 
 def normalize_transcript(text: str) -> str:
     """Whisper's ``EnglishTextNormalizer`` (lower case, no punctuation, standard spellings), for WER/CER:
-    the ``whisper_english`` normaliser of the core's ``Seq2SeqTask``, so both score alike."""
+    the ``whisper_english`` normaliser of ``TranscriptErrors``, the speech configs' text metric, so both
+    score alike."""
     return _normalizer()(text)

@@ -18,13 +18,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from verticals.core.data import ArrayClassificationDataModule, make_loader
+from verticals.core.data import ArrayClassificationDataModule, BaseDataModule
 
 log = logging.getLogger(__name__)
 
@@ -605,7 +604,7 @@ class WindowDataset(Dataset):
         }
 
 
-class ForecastingDataModule(L.LightningDataModule):
+class ForecastingDataModule(BaseDataModule):
     """Sliding-window forecasting on one series (univariate or multivariate), split by time.
 
     Source: a series bundled with sktime (``series``, see ``BUNDLED_FORECASTING_SERIES``) or
@@ -635,7 +634,7 @@ class ForecastingDataModule(L.LightningDataModule):
         seed: int = 0,
         normalize: bool = True,
     ) -> None:
-        super().__init__()
+        super().__init__(batch_size=batch_size, seed=seed, num_workers=num_workers)
         for name, value, low in (
             ("context_length", context_length, 1),
             ("horizon", horizon, 1),
@@ -786,25 +785,16 @@ class ForecastingDataModule(L.LightningDataModule):
         std = torch.as_tensor(self.std, dtype=y.dtype, device=y.device)[:, None]
         return y * std + mean
 
-    # -- dataloaders --------------------------------------------------------------------
-    def _dataset(self, split: str) -> WindowDataset:
+    # -- datasets (the loaders are the core's: BaseDataModule.dataloader) ------------------
+    def split_dataset(self, split: str) -> WindowDataset:
+        """Windows whose targets lie in ``split``; ``"val"`` is the training windows when ``val_size=0``."""
+        if split == "val" and self.val_size == 0:
+            split = "train"
         values = torch.from_numpy(self.values)
         return WindowDataset(values, self.window_starts(split), self.context_length, self.horizon)
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return make_loader(
-            self._dataset(split),
-            self.batch_size,
-            shuffle=shuffle,
-            seed=self.seed,
-            num_workers=self.num_workers,
-        )
-
     def setup(self, stage: str | None = None) -> None:
         self._load()  # read and check the lengths before the first loader
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
         if self.val_size == 0:
@@ -812,12 +802,4 @@ class ForecastingDataModule(L.LightningDataModule):
                 "ForecastingDataModule: val_size=0, so validation runs on the training windows; validation "
                 "metrics are not a held-out estimate. Set val_size >= horizon to hold out a period."
             )
-            return self._loader("train", shuffle=False)
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        """Predicts the test windows, in time order."""
-        return self._loader("test", shuffle=False)
+        return super().val_dataloader()

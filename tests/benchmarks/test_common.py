@@ -69,4 +69,11 @@ def test_alternate_runs_in_abba_order(common):
         {"a": runner("a"), "b": runner("b")}, 3, on_result=lambda name, repeat, result: seen.append(result)
     )
     assert calls == [(0, "a"), (0, "b"), (1, "b"), (1, "a"), (2, "a"), (2, "b")]
-    assert results == {"a": ["a0", "a1", "a2"], "b": ["b0", "b1", "b2"]} and seen == ["a0", "b0", "b1", "a1", "a2", "b2"]
+    assert results == {"a": ["a0", "a1", "a2"], "b": ["b0", "b1", "b2"]} and seen == [
+        "a0",
+        "b0",
+        "b1",
+        "a1",
+        "a2",
+        "b2",
+    ]

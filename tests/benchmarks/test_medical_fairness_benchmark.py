@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from verticals.core.metrics import bootstrap_indices, percentile_interval
+from verticals.core.metrics.groups import intersect
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +50,78 @@ def test_paired_comparison_measures_gap_reduction_and_auroc_change(benchmark) ->
     assert low <= fixed["gap_change"]["value"] <= high
 
     shuffled = dict(reference, target=target[::-1])
-    with pytest.raises(ValueError, match="test sets differ"):
+    with pytest.raises(ValueError, match="'target' arrays differ: a paired bootstrap needs the same samples"):
         benchmark.paired_comparison(reference, shuffled, names, n_bootstrap=5, seed=0)
+
+
+def _paired_comparison_before_the_core(benchmark, reference, other, names, n_bootstrap, seed):
+    """``paired_comparison`` as the benchmark had it before the paired bootstrap moved to ``verticals.core.seeds``."""
+    sensitive = benchmark.SENSITIVE
+    target, codes = reference["target"], reference[sensitive]
+    a, b = benchmark.positive_scores(reference["logits"]), benchmark.positive_scores(other["logits"])
+    per_group = benchmark.group_aurocs(a, target, codes, len(names[sensitive]))
+    best, worst = int(np.nanargmax(per_group)), int(np.nanargmin(per_group))
+    auroc, signed_gap = benchmark.auroc, benchmark.signed_gap
+
+    def statistics(rows):
+        y, c, sa, sb = target[rows], codes[rows], a[rows], b[rows]
+        return (
+            auroc(sa, y),
+            auroc(sb, y),
+            signed_gap(sa, y, c, best, worst),
+            signed_gap(sb, y, c, best, worst),
+        )
+
+    point = statistics(np.arange(len(target)))
+    strata = intersect({"g": codes, "y": target})
+    samples = (
+        np.array(
+            [
+                statistics(rows)
+                for rows in bootstrap_indices(len(target), n_bootstrap, seed=seed, strata=strata)
+            ]
+        )
+        if n_bootstrap > 0
+        else np.empty((0, 4))
+    )
+
+    def interval(values):
+        return percentile_interval(values) if len(values) else (math.nan, math.nan)
+
+    auroc_change = samples[:, 1] - samples[:, 0] if len(samples) else samples
+    gap_change = samples[:, 3] - samples[:, 2] if len(samples) else samples
+    with np.errstate(divide="ignore", invalid="ignore"):
+        reduction = 1.0 - samples[:, 3] / samples[:, 2] if len(samples) else samples
+    return {
+        "best_group": names[sensitive][best],
+        "worst_group": names[sensitive][worst],
+        "reference_auroc": point[0],
+        "auroc": point[1],
+        "auroc_change": {"value": point[1] - point[0], **dict(zip(("low", "high"), interval(auroc_change)))},
+        "reference_gap": point[2],
+        "gap": point[3],
+        "gap_change": {"value": point[3] - point[2], **dict(zip(("low", "high"), interval(gap_change)))},
+        "gap_reduction": {
+            "value": 1.0 - point[3] / point[2] if point[2] else math.nan,
+            **dict(zip(("low", "high"), interval(reduction))),
+        },
+    }
+
+
+@pytest.mark.parametrize("n_bootstrap, seed, n", [(0, 0, 300), (200, 0, 300), (200, 5, 120), (50, 2, 40)])
+def test_paired_comparison_is_unchanged_by_the_move_to_the_core(benchmark, n_bootstrap, seed, n) -> None:
+    rng = np.random.default_rng(seed)
+    target = rng.integers(0, 2, n)
+    tone = rng.choice(3, n, p=[0.5, 0.3, 0.2])
+    names = {"skin_tone": ["light", "medium", "dark"], "sex": ["female"]}
+    scores = [
+        1 / (1 + np.exp(-(2 * target - 1 + np.where(tone == 2, width, 0.4) * rng.normal(size=n))))
+        for width in (1.5, 0.6)
+    ]
+    reference, other = _outputs(scores[0], target, tone), _outputs(scores[1], target, tone)
+    new = benchmark.paired_comparison(reference, other, names, n_bootstrap=n_bootstrap, seed=seed)
+    old = _paired_comparison_before_the_core(benchmark, reference, other, names, n_bootstrap, seed)
+    assert json.dumps(new) == json.dumps(old)  # bit for bit, NaN bounds included
 
 
 def test_planted_structure_reaches_every_run(benchmark, tmp_path: Path) -> None:
@@ -57,14 +131,18 @@ def test_planted_structure_reaches_every_run(benchmark, tmp_path: Path) -> None:
     value = argv[argv.index("--data.init_args.planted") + 1]
     assert json.loads(value) == {"dark_fraction": 0.5, "marker_dark_benign": 0.0}
     assert benchmark.planted_text(args.planted) == "dark_fraction=0.5, marker_dark_benign=0"
-    assert "--data.init_args.planted" not in benchmark.run_arguments("lora", benchmark.parse_args([]), tmp_path)
+    assert "--data.init_args.planted" not in benchmark.run_arguments(
+        "lora", benchmark.parse_args([]), tmp_path
+    )
     for bad in (["--planted", "dark_fraction"], ["--planted", "dark_fraction=half"], ["--planted", "seed=1"]):
         with pytest.raises(SystemExit):
             benchmark.parse_args(bad)
 
 
 def test_variants_cover_every_penalty_weight_and_step_size(benchmark) -> None:
-    runs = benchmark.variants(["lora", "fair_lora", "group_dro"], [1, 3], [None, 0.1], ["club", "adversarial"])
+    runs = benchmark.variants(
+        ["lora", "fair_lora", "group_dro"], [1, 3], [None, 0.1], ["club", "adversarial"]
+    )
     labels = [label for label, _, _ in runs]
     assert labels == [
         "lora", "fair_lora λ=1", "fair_lora λ=3", "fair_lora adversarial λ=1", "fair_lora adversarial λ=3",
@@ -72,7 +150,10 @@ def test_variants_cover_every_penalty_weight_and_step_size(benchmark) -> None:
     ]  # fmt: skip
     overrides = dict((label, extra) for label, _, extra in runs)
     assert overrides["fair_lora λ=3"] == ["--model.init_args.fairness_weight", "3"]  # the config's CLUB
-    assert overrides["fair_lora adversarial λ=1"][-2:] == ["--model.init_args.fairness_penalty", "adversarial"]
+    assert overrides["fair_lora adversarial λ=1"][-2:] == [
+        "--model.init_args.fairness_penalty",
+        "adversarial",
+    ]
     assert overrides["group_dro η=0.1"][-2:] == ["--model.init_args.dro_step_size", "0.1"]
     assert benchmark.parse_args([]).fair_penalties == ["club"]
     with pytest.raises(SystemExit):
@@ -174,4 +255,12 @@ def test_tiny_run_writes_markdown_and_json(benchmark, tmp_path: Path) -> None:
     assert "--model.init_args.dro_step_size" in resumed["runs"][4]["overrides"]
     assert 0 <= resumed["runs"][4]["validation"]["worst_group_auroc"] <= 1
     with pytest.raises(ValueError, match="other settings"):
-        benchmark.main([*argv[: argv.index("--epochs")], "--epochs", "2", *argv[argv.index("--epochs") + 2 :], "--resume"])
+        benchmark.main(
+            [
+                *argv[: argv.index("--epochs")],
+                "--epochs",
+                "2",
+                *argv[argv.index("--epochs") + 2 :],
+                "--resume",
+            ]
+        )

@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 
@@ -32,10 +33,32 @@ def test_selection_on_validation_with_and_without_the_auroc_budget(seeds) -> Non
             "group_dro η=0.1": run("group_dro", 0.95, 0.94),
         },
     }
-    assert seeds.select_on_validation(summaries) == {"group_dro": {0: "group_dro η=0.1", 1: "group_dro η=0.1"}}
+    assert seeds.select_on_validation(summaries) == {
+        "group_dro": {0: "group_dro η=0.1", 1: "group_dro η=0.1"}
+    }
     assert seeds.select_on_validation(summaries, 0.02) == {"group_dro": {0: "group_dro", 1: "group_dro"}}
     del summaries[1]["lora"]  # no reference validation AUROC: the budgeted rule cannot choose in seed 1
     assert seeds.select_on_validation(summaries, 0.02) == {}
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [0.81, 0.77, 0.9],
+        [0.5, math.nan, 0.7, 0.61],
+        [0.42],
+        [math.nan, math.nan],
+        [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.95],
+    ],
+)
+def test_seed_statistics_are_unchanged_by_the_move_to_the_core(seeds, values) -> None:
+    array = np.asarray(values, dtype=float)  # the benchmark's own formula before the move
+    before = {
+        "values": [float(v) for v in array],
+        "mean": float(np.nanmean(array)) if np.isfinite(array).any() else math.nan,
+        "sd": float(np.nanstd(array, ddof=1)) if np.isfinite(array).sum() > 1 else math.nan,
+    }
+    assert json.dumps(seeds.stats(values)) == json.dumps(before)
 
 
 def test_two_tiny_seeds_are_run_aggregated_and_resumed(seeds, tmp_path: Path, monkeypatch) -> None:
@@ -118,7 +141,9 @@ def test_two_tiny_seeds_are_run_aggregated_and_resumed(seeds, tmp_path: Path, mo
     (other / "seed_7.json").write_text(
         (tmp_path / "results" / "per_seed" / "seed_1.json").read_text().replace('"seed": 1,', '"seed": 7,')
     )
-    pooled = seeds.main([*argv[: argv.index("--")], "--seeds", "0", "--include", str(other), *argv[argv.index("--") :]])
+    pooled = seeds.main(
+        [*argv[: argv.index("--")], "--seeds", "0", "--include", str(other), *argv[argv.index("--") :]]
+    )
     assert pooled["summary"]["seeds"] == [0, 7] and pooled["included"] == [7]
     assert "seeds [7] come from `--include`" in output.read_text()
     assert pooled["summary"]["runs"]["lora"]["gap"]["values"] == summary["runs"]["lora"]["gap"]["values"]

@@ -16,7 +16,17 @@ def benchmark(load_script):
 
 def test_tiny_run_writes_markdown_and_json(benchmark, tmp_path: Path) -> None:
     output = tmp_path / "speech_voices.md"
-    argv = ["--model", "tiny-random", "--voices", "en-us+m3", "en-us+m5", "--rates", "140", "--sentences", "2"]
+    argv = [
+        "--model",
+        "tiny-random",
+        "--voices",
+        "en-us+m3",
+        "en-us+m5",
+        "--rates",
+        "140",
+        "--sentences",
+        "2",
+    ]
     argv += ["--max-source-positions", "250", "--max-new-tokens", "3", "--cache-dir", str(tmp_path / "cache")]
     results = benchmark.main([*argv, "--output", str(output)])
     rows = json.loads(output.with_suffix(".json").read_text())["rows"]

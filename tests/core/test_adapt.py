@@ -21,16 +21,20 @@ from verticals.core import (
     unmerge,
 )
 
-# (method, family, options) rows: every row adapts, trains only what it should, and round-trips through peft.
+# (method, family, targets, options) rows: every row adapts, trains only what it should, and round-trips
+# through peft.
 METHODS = [
-    ("lora", "hf_bert", {"r": 4, "lora_alpha": 8}),
-    ("lora", "timm_vit", {"r": 2}),
-    ("lora", "open_clip", {"r": 2}),
-    ("lora", "hf_whisper", {"r": 2}),
-    ("lora", "generic", {"r": 2}),
-    ("ia3", "timm_vit", {"feedforward_modules": None}),
-    ("loha", "timm_vit", {"r": 2}),
-    ("bottleneck", "timm_vit", {"bottleneck_dim": 4}),
+    ("lora", "hf_bert", "attention", {"r": 4, "lora_alpha": 8}),
+    ("lora", "timm_vit", "attention", {"r": 2}),
+    ("lora", "open_clip", "attention", {"r": 2}),
+    ("lora", "hf_whisper", "attention", {"r": 2}),
+    ("lora", "generic", "attention", {"r": 2}),
+    ("lora", "timm_convnext", "all-linear", {"r": 3}),  # no depthwise conv: any rank works
+    ("lora", "monai_vit", "attention", {"r": 2}),
+    ("ia3", "timm_vit", "mlp", {}),
+    ("loha", "timm_vit", "attention", {"r": 2}),
+    ("bottleneck", "timm_vit", "blocks", {"bottleneck_dim": 4}),
+    ("s2lora", "timm_vit", "all-linear", {"r": 2, "init_weights": False}),
 ]
 
 
@@ -44,11 +48,17 @@ def _inputs(family: str) -> dict:
         return {"x": torch.randn(2, 3, 8, 8)}
     if family == "open_clip":
         return {"x": torch.randn(2, 4, 16)}
+    if family == "timm_convnext":
+        return {"x": torch.randn(2, 3, 32, 32)}
+    if family == "monai_vit":
+        return {"x": torch.randn(2, 1, 16, 16)}
     return {"x": torch.randn(2, 8)}
 
 
 def _output(model, inputs) -> torch.Tensor:
     out = model(**inputs)
+    if isinstance(out, tuple):  # MONAI's ViT returns (logits, hidden states)
+        return out[0]
     return out.last_hidden_state if hasattr(out, "last_hidden_state") else out
 
 
@@ -60,9 +70,10 @@ def _randomise_adapter(model) -> None:
                 parameter.add_(0.1 * torch.randn_like(parameter))
 
 
-@pytest.mark.parametrize(("method", "family", "options"), METHODS, ids=[f"{m}-{f}" for m, f, _ in METHODS])
-def test_adapter_round_trips_through_stock_peft(tmp_path, make_backbone, method, family, options):
-    targets = "blocks" if method == "bottleneck" else "attention" if method != "ia3" else "mlp"
+@pytest.mark.parametrize(
+    ("method", "family", "targets", "options"), METHODS, ids=[f"{m}-{f}" for m, f, _, _ in METHODS]
+)
+def test_adapter_round_trips_through_stock_peft(tmp_path, make_backbone, method, family, targets, options):
     if method == "ia3":
         options = {
             "feedforward_modules": build_peft_config(make_backbone(family), "lora", "mlp").target_modules
@@ -220,15 +231,23 @@ class _HeadAndConvHead(torch.nn.Module):
 def test_trainable_modules_are_exactly_the_named_ones(tmp_path):
     from safetensors.torch import load_file
 
-    model = adapt(_HeadAndConvHead(), AdapterSpec(method="lora", targets=["fc"], trainable=["head"], options={"r": 2}))
+    model = adapt(
+        _HeadAndConvHead(), AdapterSpec(method="lora", targets=["fc"], trainable=["head"], options={"r": 2})
+    )
     trained = [name for name, parameter in model.named_parameters() if parameter.requires_grad]
-    assert not any("conv_head" in name for name in trained) and any(".head.modules_to_save." in n for n in trained)
+    assert not any("conv_head" in name for name in trained) and any(
+        ".head.modules_to_save." in n for n in trained
+    )
     with torch.no_grad():
         model.base_model.model.head.modules_to_save["default"].weight.add_(1.0)
         model.base_model.model.fc.lora_B["default"].weight.add_(0.1)
     save_adapter(model, tmp_path)
-    saved = load_file(str(tmp_path / "adapter_model.safetensors"))  # conv_head's copy, unchanged, for stock peft
-    torch.testing.assert_close(saved["base_model.model.conv_head.weight"], model.base_model.model.conv_head.weight)
+    saved = load_file(
+        str(tmp_path / "adapter_model.safetensors")
+    )  # conv_head's copy, unchanged, for stock peft
+    torch.testing.assert_close(
+        saved["base_model.model.conv_head.weight"], model.base_model.model.conv_head.weight
+    )
     x = torch.randn(3, 4)
     reloaded = load_adapter(_HeadAndConvHead(), tmp_path, is_trainable=True)
     assert not any("conv_head" in n for n, p in reloaded.named_parameters() if p.requires_grad)

@@ -1,4 +1,4 @@
-"""The ``verticals`` command: packaged configs, run, resume, errors, and a 2-process CPU DDP fit."""
+"""The ``verticals`` command: packaged configs, run, run over seeds, resume, errors, and a 2-process CPU DDP fit."""
 
 from __future__ import annotations
 
@@ -7,13 +7,25 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
+from scipy import stats
 
-from verticals.core.cli import find_last_checkpoint, main, packaged_configs, resolve_config, run_cli
+from verticals.core.cli import (
+    SeedSweep,
+    find_last_checkpoint,
+    main,
+    packaged_configs,
+    resolve_config,
+    run_cli,
+)
 
 TINY_MODEL = "{encoder: tiny-bert, num_layers: 2}"
 TINY_FORECAST_MODEL = "{encoder: tiny-bert, num_layers: 2, patch_length: 8, stride: 4}"
+
+
+pytestmark = pytest.mark.domains  # the CLI runs the timeseries domain's packaged configs (see conftest.py)
 
 
 def _tiny(config: str, root: Path, *extra: str) -> list[str]:
@@ -46,7 +58,9 @@ def _keep_argv(monkeypatch):
 
 # The tiny model arguments here are the time-series encoder's; each other domain runs its own configs in
 # tests/domains/<domain>/test_configs.py.
-@pytest.mark.parametrize("name", sorted(name for name in packaged_configs() if name.startswith("timeseries/")))
+@pytest.mark.parametrize(
+    "name", sorted(name for name in packaged_configs() if name.startswith("timeseries/"))
+)
 def test_every_packaged_config_runs(tmp_path, name):
     cli = run_cli(["fit", *_tiny(name, tmp_path, "--trainer.fast_dev_run", "true")])
     assert cli.trainer.state.finished
@@ -85,6 +99,76 @@ def test_run_writes_adapter_metrics_and_report(tmp_path):
     assert report["parameters"]["trainable"] > 0 and report["timing"]["samples_per_second"] > 0
     assert report["backbone"]["source"] == "tiny-bert"
     assert "| accuracy |" in (run_dir / "report.md").read_text()
+
+
+def _tiny_probe(root: Path, *extra: str) -> list[str]:
+    """The linear probe on the tiny encoder: one short epoch, validation and test cut to a few batches."""
+    limits = [
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.limit_train_batches",
+        "2",
+        "--trainer.limit_val_batches",
+        "1",
+    ]
+    return _tiny(
+        "timeseries/gunpoint_linear_probe", root, *limits, "--trainer.limit_test_batches", "3", *extra
+    )
+
+
+def test_run_over_seeds_writes_one_report_with_every_seed(tmp_path):
+    sweep = run_cli(["run", *_tiny_probe(tmp_path), "--seeds", "3", "1"])
+    assert isinstance(sweep, SeedSweep) and sweep.directory.parent == tmp_path
+    assert sweep.directory.name.startswith("seeds_")
+    report = json.loads((sweep.directory / "seeds.json").read_text())
+    assert report == json.loads(json.dumps(sweep.report)) and report["complete"] and report["seeds"] == [3, 1]
+    runs = {run["seed"]: run for run in report["runs"]}
+    assert list(runs) == [3, 1]
+    for seed, version in ((3, "version_0"), (1, "version_1")):  # each seed its own version, in order
+        assert runs[seed]["run_dir"] == f"../{version}"
+        assert runs[seed]["test"] == json.loads((tmp_path / version / "report.json").read_text())["test"]
+        assert yaml.safe_load((tmp_path / version / "config.yaml").read_text())["seed_everything"] == seed
+    assert runs[3]["test"]["test_loss"] != runs[1]["test"]["test_loss"]  # the seed reached the training
+    for metric in ("test_auroc", "test_loss"):
+        values = np.array([runs[3]["test"][metric], runs[1]["test"][metric]])
+        summary = report["summary"][metric]
+        assert summary["values"] == values.tolist() and summary["n"] == 2
+        assert summary["mean"] == pytest.approx(values.mean()) and summary["std"] == pytest.approx(
+            values.std(ddof=1)
+        )
+        low, high = stats.t.interval(0.95, df=1, loc=values.mean(), scale=stats.sem(values))
+        assert (summary["low"], summary["high"]) == pytest.approx((low, high))
+    markdown = (sweep.directory / "seeds.md").read_text()
+    assert "| loss |" in markdown and "95% CI" in markdown and "[../version_1](../version_1)" in markdown
+    # one seed of the sweep is the same run as `verticals run --seed_everything 1`
+    single = run_cli(["run", *_tiny_probe(tmp_path / "single"), "--seed_everything", "1"])
+    assert {k: float(v) for k, v in single.trainer.callback_metrics.items() if k.startswith("test_")} == runs[
+        1
+    ]["test"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["fit", "--seeds", "0", "1"],
+            "--seeds trains and tests once per seed.*`verticals run`.*`fit` does one run",
+        ),
+        (["test", "--seeds=0,1"], "`verticals run`.*`test` does one run"),
+        (["run", "--seeds", "0", "0"], "distinct, got \\[0\\] more than once"),
+        (["run", "--seeds", "zero"], "--seeds takes integers, got 'zero'"),
+        (["run", "--seeds"], "--seeds needs at least one seed"),
+        (
+            ["run", "--seeds", "0", "--seed_everything", "3"],
+            "--seed_everything cannot be combined with --seeds",
+        ),
+        (["run", "--seeds", "0", "1", "--ckpt_path", "last"], "--ckpt_path cannot be combined with --seeds"),
+    ],
+)
+def test_seeds_errors_name_the_fix(tmp_path, args, message):
+    with pytest.raises(SystemExit, match=message):
+        run_cli([args[0], *_tiny_probe(tmp_path), *args[1:]])
+    assert not list(tmp_path.iterdir())  # refused before anything ran
 
 
 def test_resume_from_last(tmp_path):

@@ -13,6 +13,11 @@ import torch
 from verticals.core.data import (
     ArrayClassificationDataModule,
     ArrayDataset,
+    BaseDataModule,
+    EpochShuffleSampler,
+    GroupedDataModule,
+    check_groups,
+    encode_group_matrix,
     encode_labels,
     make_loader,
     stratified_split,
@@ -260,3 +265,81 @@ def test_training_loader_drops_a_last_batch_of_one_sample_only():
     assert sizes(9, shuffle=False) == [4, 4, 1]  # evaluation keeps every sample
     assert sizes(10, shuffle=True) == [4, 4, 2]
     assert sizes(1, shuffle=True) == [1]
+
+
+# -- the one datamodule base and the group protocol -------------------------------------------------
+class _Splits(BaseDataModule):
+    """Splits of ``arange(size)``; optional groups and collate function, to exercise the base."""
+
+    def __init__(self, sizes: dict[str, int], batch_size: int = 4, seed: int = 0, collate=None) -> None:
+        super().__init__(batch_size=batch_size, seed=seed)
+        self.sizes, self.collate = sizes, collate
+
+    def split_dataset(self, split: str) -> torch.utils.data.Dataset:
+        return torch.utils.data.TensorDataset(torch.arange(self.sizes[split]))
+
+    def collate_fn(self, split: str):
+        return self.collate
+
+
+def _values(loader) -> list[int]:
+    return [int(v) for batch in loader for v in batch[0]]
+
+
+def test_base_datamodule_builds_every_loader_through_one_factory():
+    dm = _Splits({"train": 9, "val": 5, "test": 6}, seed=3)
+    train = dm.train_dataloader()
+    assert isinstance(train.sampler, EpochShuffleSampler) and train.sampler.seed == 3
+    order = _values(train)
+    assert len(order) == 8 and len(set(order)) == 8  # shuffled; the lone ninth sample is dropped
+    assert order == _values(make_loader(dm.split_dataset("train"), 4, shuffle=True, seed=3))
+    train.sampler.set_epoch(1)
+    assert _values(train) != order  # a new order every epoch, fixed by (seed, epoch)
+    assert _values(dm.val_dataloader()) == list(range(5))
+    assert _values(dm.test_dataloader()) == _values(dm.predict_dataloader()) == list(range(6))
+    assert _values(dm.dataloader("train", shuffle=False)) == list(range(9))
+    with pytest.raises(ValueError, match=r"`split` must be one of \('train', 'val', 'test'\), got 'holdout'"):
+        dm.dataloader("holdout")
+
+    class KeepsSingles(_Splits):
+        drop_single_last = False
+
+    singles = KeepsSingles({"train": 9}, collate=lambda items: {"n": len(items)})
+    assert [batch["n"] for batch in singles.train_dataloader()] == [4, 4, 1]
+    with pytest.raises(ValueError, match="batch_size"):
+        _Splits({}, batch_size=0)
+    with pytest.raises(NotImplementedError, match="split_dataset"):
+        BaseDataModule().train_dataloader()
+
+
+def test_group_protocol_defaults_setters_and_checks():
+    dm = _Splits({"train": 2})
+    assert isinstance(dm, GroupedDataModule) and dm.group_attributes == [] and dm.group_names == {}
+    check_groups(dm)  # no groups is a valid answer
+    dm.group_attributes = ("site", "sex")
+    dm.group_names = {"site": ("a", "b"), "sex": ["F", "M"]}
+    check_groups(dm)
+    assert dm.group_attributes == ["site", "sex"] and dm.group_names["site"] == ["a", "b"]
+    dm.group_names = {"site": ["a", "b"]}
+    with pytest.raises(
+        ValueError, match=r"`group_names` has attributes \['site'\] but `group_attributes` is"
+    ):
+        check_groups(dm)
+    dm.group_names = {"site": ["a", "b"], "sex": []}
+    with pytest.raises(ValueError, match=r"attribute\(s\) \['sex'\] have no categories"):
+        check_groups(dm)
+    with pytest.raises(TypeError, match="group_attributes"):
+        check_groups(object())
+
+
+def test_encode_group_matrix_codes_columns_in_attribute_order():
+    names = {"site": ["2", "10"], "sex": ["F", "M"]}
+    codes = encode_group_matrix({"sex": ["M", "F", "M"], "site": [10, "2", "10"]}, names)
+    assert codes.dtype == np.int64 and codes.tolist() == [[1, 1], [0, 0], [1, 1]]
+    assert encode_group_matrix({}, names).shape == (0, 0)
+    with pytest.raises(ValueError, match=r"Attribute 'sex': .*\['X'\] .*\['F', 'M'\]"):
+        encode_group_matrix({"sex": ["F", "X"]}, names)
+    with pytest.raises(ValueError, match="'age' has no entry in `group_names`"):
+        encode_group_matrix({"age": ["1"]}, names)
+    with pytest.raises(ValueError, match="one value per sample"):
+        encode_group_matrix({"sex": ["F"], "site": ["2", "10"]}, names)

@@ -243,3 +243,79 @@ def test_enum_that_ignores_the_new_member_raises_and_rolls_back() -> None:
         _add_enum_member(colour, "BLUE")
     assert [c.name for c in colour] == ["RED", "GREEN"]
     assert not hasattr(colour, "BLUE")
+
+
+# --- the module kinds a method targets, declared by the method --------------------------------------------
+
+
+class LinearAndPointwise(nn.Module):
+    """``mlp.fc1`` is a Linear, ``mlp.fc2`` a 1x1 Conv1d: both are linear maps for the ``all-linear`` preset."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mlp = nn.Module()
+        self.mlp.fc1 = nn.Linear(6, 6)
+        self.mlp.fc2 = nn.Conv1d(6, 6, kernel_size=1)
+        self.norm = nn.LayerNorm(6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.mlp.fc2(self.mlp.fc1(x).transpose(1, 2)).transpose(1, 2))
+
+
+def test_methods_declare_their_target_kinds_on_their_config() -> None:
+    from peft import LNTuningConfig, LoraConfig
+
+    from verticals.core.adapters.s2lora import S2LoRAConfig
+    from verticals.core.peft_methods import target_kinds
+
+    assert BottleneckConfig.target_kinds == (nn.Module,) and target_kinds(BottleneckConfig) == (nn.Module,)
+    assert target_kinds(S2LoRAConfig) == (nn.Linear,)
+    assert target_kinds(LNTuningConfig) == (nn.LayerNorm,)  # a peft built-in, declared by the core helper
+    assert target_kinds(LoraConfig) is None  # default: every kind LoRA wraps
+    assert "target_kinds" not in S2LoRAConfig(r=2).to_dict()  # a ClassVar, not a saved field
+
+
+def test_a_preset_is_narrowed_to_the_kinds_the_method_declares() -> None:
+    from verticals.core import adapt
+
+    lora = adapt(LinearAndPointwise(), "lora", targets="all-linear", r=2)
+    assert set(lora.peft_config["default"].target_modules) == {"mlp.fc1", "mlp.fc2"}
+    s2lora = adapt(LinearAndPointwise(), "s2lora", targets="all-linear", r=2)
+    assert set(s2lora.peft_config["default"].target_modules) == {"mlp.fc1"}  # S2-LoRA: nn.Linear only
+    ln = adapt(LinearAndPointwise(), "ln_tuning", targets="layernorm")
+    assert set(ln.peft_config["default"].target_modules) == {"norm"}
+    with pytest.raises(ValueError, match=r"of the kinds this method adapts \(LayerNorm\)"):
+        adapt(LinearAndPointwise(), "ln_tuning", targets="mlp")
+
+
+def test_declare_target_kinds_validates_and_rejects_conflicts() -> None:
+    from peft import LoraConfig
+
+    from verticals.core.peft_methods import _DECLARED_KINDS, declare_target_kinds, target_kinds
+
+    class ConvOnlyLora(LoraConfig):
+        pass
+
+    try:
+        declare_target_kinds(config_cls=ConvOnlyLora, kinds=(nn.Conv2d,))
+        declare_target_kinds(config_cls=ConvOnlyLora, kinds=(nn.Conv2d,))  # the same again: a no-op
+        assert target_kinds(ConvOnlyLora) == (nn.Conv2d,)
+        with pytest.raises(ValueError, match="already declared"):
+            declare_target_kinds(config_cls=ConvOnlyLora, kinds=(nn.Linear,))
+    finally:
+        _DECLARED_KINDS.pop(ConvOnlyLora, None)
+    with pytest.raises(TypeError, match="non-empty tuple of nn.Module subclasses"):
+        declare_target_kinds(config_cls=ConvOnlyLora, kinds=(int,))
+    with pytest.raises(ValueError, match="declares `target_kinds` itself"):
+        declare_target_kinds(config_cls=BottleneckConfig, kinds=(nn.Linear,))
+
+
+def test_register_method_checks_the_declared_kinds() -> None:
+    class BadKindsConfig(ScaleConfig):
+        target_kinds = [nn.Linear]  # a list, not a tuple
+
+    with pytest.raises(TypeError, match="`target_kinds` of .*BadKindsConfig must be a non-empty tuple"):
+        register_method(
+            name=SCALE_NAME, config_cls=BadKindsConfig, model_cls=ScaleModel, prefix=ScaleModel.prefix
+        )
+    assert SCALE_NAME.upper() not in PeftType.__members__

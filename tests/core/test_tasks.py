@@ -8,7 +8,12 @@ import torch
 
 from verticals.core.registry import build_model, register_model, registered_models
 from verticals.core.tasks import ClassificationTask, ForecastingTask
-from verticals.domains.timeseries.data import ForecastingDataModule, UCRDataModule
+
+pytestmark = pytest.mark.domains  # the timeseries domain's model and data throughout (see conftest.py)
+_timeseries = pytest.importorskip(
+    "verticals.domains.timeseries.data", reason="the timeseries domain is blocked"
+)
+ForecastingDataModule, UCRDataModule = _timeseries.ForecastingDataModule, _timeseries.UCRDataModule
 
 MODEL = "timeseries.patch_transformer"
 TINY = {"encoder": "tiny-bert", "num_layers": 2}
@@ -187,7 +192,9 @@ def test_checkpoint_keeps_batchnorm_statistics_of_a_full_fine_tune(tmp_path):
 
     def network() -> nn.Module:
         torch.manual_seed(0)
-        return nn.Sequential(nn.Conv1d(1, 4, 5), nn.BatchNorm1d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 146, 2))
+        return nn.Sequential(
+            nn.Conv1d(1, 4, 5), nn.BatchNorm1d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 146, 2)
+        )
 
     task = ClassificationTask(model=network(), adapter={"method": "full"}, num_classes=2)
     _trainer(tmp_path, limit_val_batches=0).fit(task, UCRDataModule("GunPoint", batch_size=8))

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 from peft.config import PeftConfig
 from peft.utils import PeftType
+from torch import nn
 
 PLACEMENTS = ("sequential", "parallel")
 ACTIVATIONS = ("gelu", "relu", "silu")
@@ -47,6 +48,9 @@ class BottleneckConfig(PeftConfig):
         modules_to_save (`Optional[list[str]]`):
             Modules besides the adapters to train and save, e.g. a freshly initialised classification head.
     """
+
+    #: Bottleneck adapters wrap whole blocks (any module with a feature-sized output), not single layers.
+    target_kinds: ClassVar[tuple[type[nn.Module], ...]] = (nn.Module,)
 
     target_modules: list[str] | str | None = field(
         default=None,

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from peft.config import PeftConfig
 from peft.utils import PeftType
+from torch import nn
 
 
 @dataclass
@@ -23,8 +25,8 @@ class S2LoRAConfig(PeftConfig):
     Args:
         target_modules (`Union[list[str], str]`):
             Names of the ``nn.Linear`` modules to adapt: a list of names or name endings, or a regex that must
-            match the full module name. Defaults to peft's LoRA targets for known transformers architectures
-            (``q_proj``/``v_proj`` for Whisper).
+            match the full module name. Defaults to peft's LoRA targets for the transformers architectures it
+            knows (such as ``q_proj``/``v_proj``).
         exclude_modules (`Optional[Union[list[str], str]]`):
             Names (list) or a regex (string) of modules not to adapt.
         r (`int`):
@@ -45,6 +47,9 @@ class S2LoRAConfig(PeftConfig):
             Modules besides the adapters to train and save, e.g. a new head.
     """
 
+    #: S2-LoRA adapts nn.Linear layers only (one shared low-rank pair per weight shape).
+    target_kinds: ClassVar[tuple[type[nn.Module], ...]] = (nn.Linear,)
+
     target_modules: list[str] | str | None = field(
         default=None,
         metadata={
@@ -58,7 +63,9 @@ class S2LoRAConfig(PeftConfig):
         default=None, metadata={"help": "Names (list) or a regex (string) of modules not to adapt."}
     )
     r: int = field(default=8, metadata={"help": "Rank of the shared low-rank pairs (length of each λ)."})
-    alpha: float = field(default=8.0, metadata={"help": "Scale numerator: the update is scaled by alpha / r."})
+    alpha: float = field(
+        default=8.0, metadata={"help": "Scale numerator: the update is scaled by alpha / r."}
+    )
     dropout: float = field(default=0.0, metadata={"help": "Dropout probability on the adapter's input."})
     lambda_init: float = field(default=1.0, metadata={"help": "Initial value of every rank coefficient λ."})
     sparsity_weight: float = field(
@@ -88,6 +95,8 @@ class S2LoRAConfig(PeftConfig):
                 raise ValueError(f"`{name}` must be a finite number, got {value!r}.")
             setattr(self, name, float(value))
         if self.sparsity_weight < 0:
-            raise ValueError(f"`sparsity_weight` must be >= 0 (0 turns the L1 penalty off), got {self.sparsity_weight}.")
+            raise ValueError(
+                f"`sparsity_weight` must be >= 0 (0 turns the L1 penalty off), got {self.sparsity_weight}."
+            )
         if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"`dropout` must be a probability in [0, 1), got {self.dropout!r}.")

@@ -7,8 +7,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
+from verticals.core import manifest_data
+from verticals.core.data import ImageDecodeError, check_groups
 from verticals.domains.medical.data import GeneratedDermatologyDataModule, ManifestDataModule, patient_split
 from verticals.domains.medical.synthetic import DermatologySpec, generate_dermatology, render_lesion
 
@@ -52,7 +55,10 @@ def test_ink_marker_is_a_group_dependent_shortcut(tmp_path: Path) -> None:
     plain = render_lesion(np.random.default_rng(4), 64, True, False, spec)
     marked = render_lesion(np.random.default_rng(4), 64, True, False, spec, marker=True)
     purple = (marked[..., 2] > marked[..., 1] + 0.2) & (marked[..., 0] > marked[..., 1] + 0.1)
-    assert purple.sum() > 10 and not ((plain[..., 2] > plain[..., 1] + 0.2) & (plain[..., 0] > plain[..., 1] + 0.1)).any()
+    assert (
+        purple.sum() > 10
+        and not ((plain[..., 2] > plain[..., 1] + 0.2) & (plain[..., 0] > plain[..., 1] + 0.1)).any()
+    )
     with pytest.raises(ValueError, match="marker_dark_benign"):
         generate_dermatology(tmp_path, DermatologySpec(num_images=10, marker_dark_benign=1.2))
 
@@ -66,8 +72,11 @@ def test_planted_strengths_are_spec_fields_and_change_the_cache_key(tmp_path: Pa
     assert 0.02 < float(noise.std()) < 0.08  # per-image sigma: 0.05 x U(0.5, 1.5), a little clipped
     assert np.array_equal(clean, draw(dark_noise=0.0))
     assert float(np.abs(draw(dark_noise=0.0, dark_variegation=0.5) - clean).max()) > 0.01
+
     def benign(**fields: float) -> np.ndarray:  # evenly brown pigment: opacity alone sets its contrast
-        return render_lesion(np.random.default_rng(3), 64, False, True, DermatologySpec(dark_noise=0.0, **fields))
+        return render_lesion(
+            np.random.default_rng(3), 64, False, True, DermatologySpec(dark_noise=0.0, **fields)
+        )
 
     assert float(benign(dark_lesion_opacity=0.2).std()) < float(benign().std())  # fainter: less contrast
     default = DermatologySpec()
@@ -104,7 +113,9 @@ def test_generated_datamodule_planted_overrides(tmp_path: Path) -> None:
     dm = GeneratedDermatologyDataModule(
         num_images=40, generated_size=32, root=str(tmp_path), image_size=32, planted={"dark_fraction": 0.6}
     )
-    assert dm.spec.dark_fraction == 0.6 and dm.spec.key() != DermatologySpec(num_images=40, image_size=32).key()
+    assert (
+        dm.spec.dark_fraction == 0.6 and dm.spec.key() != DermatologySpec(num_images=40, image_size=32).key()
+    )
     with pytest.raises(ValueError, match=r"Unknown `planted` field\(s\) \['dark_fractoin'\]"):
         GeneratedDermatologyDataModule(num_images=40, root=str(tmp_path), planted={"dark_fractoin": 0.5})
     with pytest.raises(ValueError, match="generation_seed"):
@@ -127,7 +138,10 @@ def test_few_shot_keeps_k_training_images_per_class_and_whole_eval_splits(tmp_pa
     assert list(again[again.stage == "train"].path) == list(train.path)  # seeded
     few.setup()
     assert len(few.datasets["train"]) == 6 and sum(len(b["y"]) for b in few.train_dataloader()) == 6
-    with pytest.raises(ValueError, match=r"`shots_per_class`=500 but the training split has only 24 image\(s\) of class 'benign'"):
+    with pytest.raises(
+        ValueError,
+        match=r"`shots_per_class`=500 but the training split has only 24 image\(s\) of class 'benign'",
+    ):
         _ = GeneratedDermatologyDataModule(**options, shots_per_class=500).table
     with pytest.raises(ValueError, match="`shots_per_class` must be >= 1"):
         GeneratedDermatologyDataModule(**options, shots_per_class=0)
@@ -163,3 +177,25 @@ def test_patient_split_holds_out_whole_patients() -> None:
     assert not ({patients[i] for i in keep} & {patients[i] for i in held})
     with pytest.raises(ValueError, match="patient"):
         patient_split(["a", "a"], 0.5, seed=0)
+
+
+def test_medical_datamodules_are_the_core_manifest_datamodule_with_medical_layouts(tmp_path: Path) -> None:
+    dm = GeneratedDermatologyDataModule(
+        num_images=40, generated_size=32, root=str(tmp_path), image_size=32, batch_size=8
+    )
+    assert isinstance(dm, manifest_data.ManifestDataModule) and dm.split_by == "patient"
+    assert dm.mean == (0.485, 0.456, 0.406) and dm.hparams["num_images"] == 40
+    check_groups(dm)
+    table = dm.table
+    test_rows = table[table.stage == "test"]
+    batches = list(dm.test_dataloader())
+    assert torch.cat([b["group"] for b in batches]).tolist() == dm.group_codes(test_rows).tolist()
+    assert torch.cat([b["y"] for b in batches]).tolist() == test_rows.y.tolist()
+    broken = test_rows.path.iloc[1]
+    Path(broken).write_bytes(b"not an image")
+    fresh = GeneratedDermatologyDataModule(
+        num_images=40, generated_size=32, root=str(tmp_path), image_size=32, batch_size=8
+    )
+    line = int(fresh.table.line[fresh.table.path == broken].iloc[0])
+    with pytest.raises(ImageDecodeError, match=rf"manifest\.csv, line {line}: Cannot decode {broken}"):
+        list(fresh.test_dataloader())

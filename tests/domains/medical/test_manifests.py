@@ -33,10 +33,42 @@ def _ham(tmp_path: Path, rows: list[dict]) -> Path:
 
 
 HAM_ROWS = [
-    {"lesion_id": "HAM_0000118", "image_id": "ISIC_0027419", "dx": "bkl", "dx_type": "histo", "age": "80.0", "sex": "male", "localization": "scalp"},
-    {"lesion_id": "HAM_0000118", "image_id": "ISIC_0025030", "dx": "bkl", "dx_type": "histo", "age": "80.0", "sex": "male", "localization": "scalp"},
-    {"lesion_id": "HAM_0002730", "image_id": "ISIC_0026769", "dx": "mel", "dx_type": "histo", "age": "35.0", "sex": "female", "localization": "back"},
-    {"lesion_id": "HAM_0001466", "image_id": "ISIC_0031633", "dx": "nv", "dx_type": "follow_up", "age": "55.0", "sex": "female", "localization": "ear"},
+    {
+        "lesion_id": "HAM_0000118",
+        "image_id": "ISIC_0027419",
+        "dx": "bkl",
+        "dx_type": "histo",
+        "age": "80.0",
+        "sex": "male",
+        "localization": "scalp",
+    },
+    {
+        "lesion_id": "HAM_0000118",
+        "image_id": "ISIC_0025030",
+        "dx": "bkl",
+        "dx_type": "histo",
+        "age": "80.0",
+        "sex": "male",
+        "localization": "scalp",
+    },
+    {
+        "lesion_id": "HAM_0002730",
+        "image_id": "ISIC_0026769",
+        "dx": "mel",
+        "dx_type": "histo",
+        "age": "35.0",
+        "sex": "female",
+        "localization": "back",
+    },
+    {
+        "lesion_id": "HAM_0001466",
+        "image_id": "ISIC_0031633",
+        "dx": "nv",
+        "dx_type": "follow_up",
+        "age": "55.0",
+        "sex": "female",
+        "localization": "ear",
+    },
 ]
 
 
@@ -48,12 +80,16 @@ def test_ham10000_layout(tmp_path: Path) -> None:
     assert list(table.sex) == ["male", "male", "female", "female"]
     assert list(table.age_band) == ["60+", "60+", "<40", "40-59"]
     assert table.patient[0] == table.patient[1] == "HAM_0000118"  # split by lesion
+    assert list(table.line) == [2, 3, 4, 5]  # CSV lines, for messages that name a bad file
     assert all(Path(p).is_file() for p in table.path)
     assert attribute_categories(table, "age_band") == ["<40", "40-59", "60+"]
 
 
 def test_ham10000_unknown_sex_is_missing_and_can_be_dropped(tmp_path: Path) -> None:
-    rows = [*HAM_ROWS, {**HAM_ROWS[3], "image_id": "ISIC_0000001", "lesion_id": "HAM_9", "sex": "unknown", "age": ""}]
+    rows = [
+        *HAM_ROWS,
+        {**HAM_ROWS[3], "image_id": "ISIC_0000001", "lesion_id": "HAM_9", "sex": "unknown", "age": ""},
+    ]
     csv = _ham(tmp_path, rows)
     with pytest.raises(ManifestError, match=r"row 6 .*'sex'.*missing_attributes='drop'"):
         read_manifest(csv, layout="ham10000")
@@ -80,38 +116,86 @@ def test_errors_name_row_and_column(tmp_path: Path) -> None:
 
 def test_isic2020_layout(tmp_path: Path) -> None:
     rows = [
-        {"image_name": "ISIC_2637011", "patient_id": "IP_7279968", "sex": "male", "age_approx": "45.0",
-         "anatom_site_general_challenge": "head/neck", "diagnosis": "unknown", "benign_malignant": "benign", "target": "0"},
-        {"image_name": "ISIC_0015719", "patient_id": "IP_3075186", "sex": "female", "age_approx": "45.0",
-         "anatom_site_general_challenge": "upper extremity", "diagnosis": "melanoma", "benign_malignant": "malignant", "target": "1"},
+        {
+            "image_name": "ISIC_2637011",
+            "patient_id": "IP_7279968",
+            "sex": "male",
+            "age_approx": "45.0",
+            "anatom_site_general_challenge": "head/neck",
+            "diagnosis": "unknown",
+            "benign_malignant": "benign",
+            "target": "0",
+        },
+        {
+            "image_name": "ISIC_0015719",
+            "patient_id": "IP_3075186",
+            "sex": "female",
+            "age_approx": "45.0",
+            "anatom_site_general_challenge": "upper extremity",
+            "diagnosis": "melanoma",
+            "benign_malignant": "malignant",
+            "target": "1",
+        },
     ]
     for row in rows:
         _png(tmp_path / "train" / f"{row['image_name']}.jpg".replace(".jpg", ".png"))
     csv = tmp_path / "ISIC_2020_Training_GroundTruth.csv"
     pd.DataFrame(rows).to_csv(csv, index=False)
     table = read_manifest(csv, layout="isic2020")
-    assert list(table.label) == ["benign", "malignant"] and list(table.patient) == ["IP_7279968", "IP_3075186"]
+    assert list(table.label) == ["benign", "malignant"] and list(table.patient) == [
+        "IP_7279968",
+        "IP_3075186",
+    ]
 
 
 def test_fitzpatrick17k_layout(tmp_path: Path) -> None:
     rows = [
-        {"md5hash": "5e82a45bc5d78bd24ae9202d194423f8", "fitzpatrick_scale": "3", "fitzpatrick_centaur": "3",
-         "label": "drug induced pigmentary changes", "nine_partition_label": "inflammatory",
-         "three_partition_label": "non-neoplastic", "qc": "", "url": "https://x", "url_alphanum": "x"},
-        {"md5hash": "fa2911a9b13b6f8af79cb700937cc14f", "fitzpatrick_scale": "6", "fitzpatrick_centaur": "5",
-         "label": "melanoma", "nine_partition_label": "malignant melanoma",
-         "three_partition_label": "malignant", "qc": "", "url": "https://y", "url_alphanum": "y"},
-        {"md5hash": "0000a9b13b6f8af79cb700937cc14f00", "fitzpatrick_scale": "-1", "fitzpatrick_centaur": "1",
-         "label": "psoriasis", "nine_partition_label": "inflammatory",
-         "three_partition_label": "non-neoplastic", "qc": "", "url": "https://z", "url_alphanum": "z"},
+        {
+            "md5hash": "5e82a45bc5d78bd24ae9202d194423f8",
+            "fitzpatrick_scale": "3",
+            "fitzpatrick_centaur": "3",
+            "label": "drug induced pigmentary changes",
+            "nine_partition_label": "inflammatory",
+            "three_partition_label": "non-neoplastic",
+            "qc": "",
+            "url": "https://x",
+            "url_alphanum": "x",
+        },
+        {
+            "md5hash": "fa2911a9b13b6f8af79cb700937cc14f",
+            "fitzpatrick_scale": "6",
+            "fitzpatrick_centaur": "5",
+            "label": "melanoma",
+            "nine_partition_label": "malignant melanoma",
+            "three_partition_label": "malignant",
+            "qc": "",
+            "url": "https://y",
+            "url_alphanum": "y",
+        },
+        {
+            "md5hash": "0000a9b13b6f8af79cb700937cc14f00",
+            "fitzpatrick_scale": "-1",
+            "fitzpatrick_centaur": "1",
+            "label": "psoriasis",
+            "nine_partition_label": "inflammatory",
+            "three_partition_label": "non-neoplastic",
+            "qc": "",
+            "url": "https://z",
+            "url_alphanum": "z",
+        },
     ]
     for row in rows:
         _png(tmp_path / "images" / f"{row['md5hash']}.png")
     csv = tmp_path / "fitzpatrick17k.csv"
     pd.DataFrame(rows).to_csv(csv, index=False)
     table = read_manifest(csv, layout="fitzpatrick17k", missing_attributes="drop")
-    assert list(table.skin_type) == ["III-IV", "V-VI"] and list(table.label) == ["non-neoplastic", "malignant"]
-    both = read_manifest(csv, layout="fitzpatrick17k", attributes=["skin_type", "fitzpatrick"], missing_attributes="drop")
+    assert list(table.skin_type) == ["III-IV", "V-VI"] and list(table.label) == [
+        "non-neoplastic",
+        "malignant",
+    ]
+    both = read_manifest(
+        csv, layout="fitzpatrick17k", attributes=["skin_type", "fitzpatrick"], missing_attributes="drop"
+    )
     assert list(both.fitzpatrick) == ["3", "6"]
     bad = tmp_path / "bad.csv"
     pd.DataFrame([{**rows[0], "fitzpatrick_scale": "9"}]).to_csv(bad, index=False)
@@ -122,12 +206,33 @@ def test_fitzpatrick17k_layout(tmp_path: Path) -> None:
 def test_chexpert_layout(tmp_path: Path) -> None:
     findings = {"No Finding": "", "Cardiomegaly": "", "Pleural Effusion": ""}
     rows = [
-        {"Path": "CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg", "Sex": "Female", "Age": "68",
-         "Frontal/Lateral": "Frontal", "AP/PA": "AP", **findings, "Pleural Effusion": "1.0"},
-        {"Path": "CheXpert-v1.0-small/train/patient00001/study2/view1_frontal.jpg", "Sex": "Female", "Age": "68",
-         "Frontal/Lateral": "Frontal", "AP/PA": "AP", **findings, "Pleural Effusion": "-1.0"},
-        {"Path": "CheXpert-v1.0-small/train/patient00002/study1/view1_frontal.jpg", "Sex": "Male", "Age": "34",
-         "Frontal/Lateral": "Frontal", "AP/PA": "PA", **findings, "No Finding": "1.0"},
+        {
+            "Path": "CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg",
+            "Sex": "Female",
+            "Age": "68",
+            "Frontal/Lateral": "Frontal",
+            "AP/PA": "AP",
+            **findings,
+            "Pleural Effusion": "1.0",
+        },
+        {
+            "Path": "CheXpert-v1.0-small/train/patient00001/study2/view1_frontal.jpg",
+            "Sex": "Female",
+            "Age": "68",
+            "Frontal/Lateral": "Frontal",
+            "AP/PA": "AP",
+            **findings,
+            "Pleural Effusion": "-1.0",
+        },
+        {
+            "Path": "CheXpert-v1.0-small/train/patient00002/study1/view1_frontal.jpg",
+            "Sex": "Male",
+            "Age": "34",
+            "Frontal/Lateral": "Frontal",
+            "AP/PA": "PA",
+            **findings,
+            "No Finding": "1.0",
+        },
     ]
     for row in rows:
         _png(tmp_path / row["Path"].replace(".jpg", ".png"), grey=True)
@@ -145,7 +250,14 @@ def test_chexpert_layout(tmp_path: Path) -> None:
 
 
 def test_age_band() -> None:
-    assert [age_band(a, [40, 60]) for a in (0, 39.9, 40, 59, 60, 90)] == ["<40", "<40", "40-59", "40-59", "60+", "60+"]
+    assert [age_band(a, [40, 60]) for a in (0, 39.9, 40, 59, 60, 90)] == [
+        "<40",
+        "<40",
+        "40-59",
+        "40-59",
+        "60+",
+        "60+",
+    ]
 
 
 def test_real_layouts_feed_the_datamodule(tmp_path: Path) -> None:

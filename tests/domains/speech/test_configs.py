@@ -79,8 +79,10 @@ def test_every_speech_config_runs_fit_and_test(tmp_path, cache_dir, name):
     metrics = cli.trainer.callback_metrics
     assert {"test_wer", "test_wer_clear", "test_wer_noisy", "test_wer_gap"} <= set(metrics)
     run = Path(cli.trainer.log_dir)
-    report = json.loads((run / "wer_by_group.json").read_text())
-    assert set(report["groups"]) == {"clear", "noisy"}
+    report = json.loads((run / "groups.json").read_text())
+    assert set(report["groupings"]["condition"]["groups"]) == {"clear", "noisy"}
+    assert report["metrics"] == {"wer": False, "cer": False}  # TranscriptErrors from the config
+    assert (run / "test_utterance_errors.csv").is_file()
     assert (
         "test_wer_clear" in (run / "report.md").read_text() or "wer_clear" in (run / "report.md").read_text()
     )
@@ -115,8 +117,9 @@ def _trainable_on_tiny_en_shapes(name: str) -> int:
 
 def test_s2lora_config_stays_within_a_quarter_of_lora_qv_parameters():
     """The issue's budget: S2-LoRA at most 1/4 of LoRA q/v's trainable parameters (tiny.en's shapes)."""
-    s2lora, lora = _trainable_on_tiny_en_shapes("speech/whisper_s2lora"), _trainable_on_tiny_en_shapes(
-        "speech/whisper_lora_qv"
+    s2lora, lora = (
+        _trainable_on_tiny_en_shapes("speech/whisper_s2lora"),
+        _trainable_on_tiny_en_shapes("speech/whisper_lora_qv"),
     )
     assert lora == 147_456  # r=8 on q and v of 24 attention blocks: 24 * 8 * (384 + 384)
     # one shared pair per shape (384x384, fc1 1536x384, fc2 384x1536) + 7 coefficients per adapted linear

@@ -81,7 +81,9 @@ def test_synthetic_accepts_user_defined_conditions(tmp_path):
     assert datamodule.group_names == {"condition": ["clear", "slow"]}
     clear, slow_item = datamodule.dataset("test")
     assert clear.text == slow_item.text and slow_item.group == 1
-    assert clear.features.shape != slow_item.features.shape or not torch.equal(clear.features, slow_item.features)  # another voice, other audio
+    assert clear.features.shape != slow_item.features.shape or not torch.equal(
+        clear.features, slow_item.features
+    )  # another voice, other audio
     with pytest.raises(ValueError, match="distinct names"):
         _synthetic(tmp_path, conditions=["clear", Condition("clear", (Voice("en-us+m5"),))])
 
