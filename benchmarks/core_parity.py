@@ -390,7 +390,10 @@ def compare_entry(before: dict[str, Any], after: dict[str, Any], before_base: Pa
     row["metrics_only_before"] = sorted(set(old) - set(new))
     row["metrics_only_after"] = sorted(set(new) - set(old))
     row["metric_deltas"] = {key: new[key] - old[key] for key in common}
-    row["metrics_equal"] = bool(common) and all(old[k] == new[k] for k in common)
+    same = [
+        old[k] == new[k] or (np.isnan(old[k]) and np.isnan(new[k])) for k in common
+    ]  # NaN: undefined in both
+    row["metrics_equal"] = bool(common) and all(same)
     finite = [abs(d) for d in row["metric_deltas"].values() if np.isfinite(d)]
     row["max_metric_delta"] = max(finite, default=0.0)
     old_out, new_out = before.get("outputs", {}), after.get("outputs", {})
@@ -447,7 +450,9 @@ def markdown(command: str, before: dict[str, Any], after: dict[str, Any], rows: 
     for name in names:
         old, new = before["results"].get(name), after["results"].get(name)
         if old is None or new is None:
-            which = "no before record (new config)" if old is None else "not in this run (config removed?)"
+            packaged = (old or {}).get("config", name) in a_env["configs"]
+            which = "new config: no before record" if old is None else "config removed"
+            which = "not run (not in --configs)" if old is not None and packaged else which
             lines.append(f"| {name} | {which} |  |  |  |  |  |  |  |  |  |  |")
             continue
         status = (

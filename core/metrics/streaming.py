@@ -101,7 +101,9 @@ class SubgroupMetrics(Metric):
         table = group_table_arrays(scores, target, groups, len(self.group_names), thresholds, self.n_bins)
         summary = summary_from_table(table)
         values = {"auroc": auroc(scores, target)}
-        values.update({name: summary[name] for name in (summary if self.full else _SUMMARY) if name in summary})
+        values.update(
+            {name: summary[name] for name in (summary if self.full else _SUMMARY) if name in summary}
+        )
         for column in table if self.full else _PER_GROUP:
             for index, group in enumerate(self.group_names):
                 values[f"{column}/{group}"] = float(table[column][index])

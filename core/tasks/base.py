@@ -188,8 +188,9 @@ class AdapterTask(L.LightningModule):
             "source": getattr(network, "backbone_source", type(backbone).__name__),
             "fingerprint": fingerprint(backbone),
         }
-        self._options_steps = self._fit_steps()
-        self._set_adapter_options(self._adapter_options(self._options_steps))
+        if self.adapter_hooks().configure_options is not None:
+            self._options_steps = self._fit_steps()
+            self._set_adapter_options(self._adapter_options(self._options_steps))
         self.net = adapt(network, self.adapter_spec)
         self._watch_output_loss()
         _freeze_unused(self.net, getattr(network, "unused_parameters", ()))
@@ -275,8 +276,10 @@ class AdapterTask(L.LightningModule):
     def on_fit_start(self) -> None:
         """A model built before the trainer (a ready module, a known input shape) gets the run-dependent
         adapter options of this fit (AdaLoRA's ``total_step``) on its live config."""
+        if self.adapter_spec is None or self.adapter_hooks().configure_options is None:
+            return
         steps = self._fit_steps()
-        if self.adapter_spec is None or steps == self._options_steps:
+        if steps == self._options_steps:
             return  # built in this fit, with its step count
         self._options_steps = steps
         options = self._adapter_options(steps)
