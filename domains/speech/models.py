@@ -32,6 +32,7 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from verticals.core.adapters.families import every_block_has, has_modules, register_family
+from verticals.core.adapters.s2lora import S2LoRAModel
 from verticals.core.registry import register_model
 from verticals.core.seeding import seeded
 
@@ -57,6 +58,9 @@ FRAMES_PER_POSITION = 2
 HOP_LENGTH = 160
 SAMPLING_RATE = 16_000
 DEFAULT_MAX_NEW_TOKENS = 96
+
+# S2-LoRA without target_modules on an HF Whisper adapts the attention q/v projections (the paper's setting).
+S2LoRAModel.target_module_mapping.setdefault("whisper", ["q_proj", "v_proj"])
 
 
 def cache_root() -> Path:

@@ -5,7 +5,7 @@
 ``ModuleNotFoundError``), so a core module or core test that needs a domain shows up as a failure; a
 throwaway domain a test builds in a temporary folder still imports. Tests that exercise a domain on purpose (a packaged config, a domain's model by name)
 say so with ``@pytest.mark.domains`` (or a module-level ``pytestmark``) and are skipped in that run.
-``tests/core/test_core_is_domain_free.py`` starts that run.
+``scripts/test.sh`` (what CI runs) makes that run after the full suite.
 """
 
 from __future__ import annotations

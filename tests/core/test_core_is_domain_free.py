@@ -1,15 +1,13 @@
 """The core names no domain and works without any: no domain words in ``core/``, every core module imports
-with the domain packages blocked, and the core's tests pass that way (``VERTICALS_BLOCK_DOMAINS=1``)."""
+with the domain packages blocked; ``scripts/test.sh`` also runs the core's tests that way
+(``VERTICALS_BLOCK_DOMAINS=1``)."""
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
 from pathlib import Path
-
-import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 CORE = ROOT / "core"
@@ -80,18 +78,3 @@ def test_every_core_module_imports_with_the_domains_blocked():
     result = _blocked_python(code)
     assert result.returncode == 0, result.stderr[-3000:]
     assert int(result.stdout.split()[0]) > 20
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("VERTICALS_BLOCK_DOMAINS") == "1", reason="already the blocked run")
-def test_core_tests_pass_with_the_domains_blocked():
-    """The whole core suite again, in a subprocess with every domain package blocked (minutes)."""
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(TESTS), "-m", "not slow"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, "VERTICALS_BLOCK_DOMAINS": "1"},
-        timeout=3600,
-    )
-    assert result.returncode == 0, result.stdout[-5000:]

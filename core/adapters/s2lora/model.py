@@ -29,7 +29,7 @@ class S2LoRAModel(BaseTuner):
         >>> import verticals.core  # registers "s2lora" with peft
         >>> from peft import get_peft_model
         >>> from verticals.core.adapters.s2lora import S2LoRAConfig
-        >>> model = get_peft_model(whisper, S2LoRAConfig(target_modules=["q_proj", "v_proj"], r=8))
+        >>> model = get_peft_model(encoder_decoder, S2LoRAConfig(target_modules=["q_proj", "v_proj"], r=8))
         >>> loss = model(**batch).loss + model.regularization_loss()
         ```
     """
@@ -37,8 +37,8 @@ class S2LoRAModel(BaseTuner):
     prefix: str = "s2lora_"
     tuner_layer_cls = S2LoRALayer
     uses_shared_state: bool = True
-    # peft's LoRA defaults, plus Whisper's attention projections (the S2-LoRA paper's backbone).
-    target_module_mapping = {**TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING, "whisper": ["q_proj", "v_proj"]}
+    # peft's LoRA defaults per HF model type; a domain adds its own model types to this mapping at import.
+    target_module_mapping = dict(TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING)
 
     def _pre_injection_hook(self, model: nn.Module, config: PeftConfig, adapter_name: str) -> None:
         self._containers(adapter_name)
