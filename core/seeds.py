@@ -57,13 +57,15 @@ def sweep_seeds(
 ) -> dict[int, T]:
     """``run(seed)`` for every seed (``skip(seed)`` true: left out), ``jobs`` at a time; results by seed.
 
+    An empty ``seeds`` runs nothing; otherwise the seeds must pass ``check_seeds``.
     ``jobs > 1`` runs seeds in threads, for runs that start their own process (a seed's training must not
     share a process's global random state with another). ``on_result(seed, result)`` sees each result in
     seed order as it is available (progress, partial reports). An exception in one seed is passed to
     ``on_error`` and the sweep goes on, or, without ``on_error``, raised after the earlier seeds' results
     were handed to ``on_result``.
     """
-    seeds = check_seeds(seeds)
+    seeds = list(seeds)
+    seeds = check_seeds(seeds) if seeds else []  # nothing left to run (all skipped upstream) is fine
     if jobs < 1:
         raise ValueError(f"`jobs` must be >= 1, got {jobs}.")
     pending = [seed for seed in seeds if skip is None or not skip(seed)]

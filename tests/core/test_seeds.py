@@ -96,6 +96,9 @@ def test_sweep_with_jobs_keeps_seed_order():
     seen = []
     results = sweep_seeds(range(6), lambda seed: seed**2, jobs=3, on_result=lambda s, r: seen.append(s))
     assert results == {s: s**2 for s in range(6)} and seen == list(range(6))
+    assert sweep_seeds([], lambda seed: pytest.fail("nothing to run")) == {}
+    with pytest.raises(ValueError, match="distinct"):
+        sweep_seeds([1, 1], lambda seed: seed)
     with pytest.raises(ValueError, match="`jobs` must be >= 1, got 0"):
         sweep_seeds([0], lambda seed: seed, jobs=0)
 
