@@ -19,7 +19,8 @@ overrides ``seed_everything``; a comparison repeats the record's seeds and budge
 
 ``--record`` writes the JSON and one ``.npz`` per run in a folder named after it (``<stem>/``).
 ``--compare`` runs the configs again with the installed code and writes a markdown table: metric equality,
-the largest metric and output differences, and whether the outputs are bit-identical. Each config runs in
+the largest metric and output differences, and whether the outputs are bit-identical; it exits with 1 when a
+config's metrics or outputs differ, or a config that ran before fails now. Each config runs in
 its own Python process (the same interpreter and environment), so results do not depend on which configs ran
 before it. Only APIs that exist before and after the core redesign are used: ``run_cli``,
 ``packaged_configs`` and Lightning.
@@ -516,6 +517,28 @@ def markdown(command: str, before: dict[str, Any], after: dict[str, Any], rows: 
     return "\n".join(lines) + "\n"
 
 
+def parity_failures(before: dict[str, Any], after: dict[str, Any], rows: dict[str, dict]) -> list[str]:
+    """What breaks parity, one line per config (empty when there is none): metrics that differ, outputs that
+    are not bit-identical, or a run that was ok in ``before`` and failed in ``after``. Configs new in
+    ``after`` and runs that had already failed before have nothing to be compared with and are not counted."""
+    failures = []
+    for key, entry in after["results"].items():
+        old = before["results"].get(key)
+        if old is None or old["status"] != "ok":
+            continue
+        if entry["status"] != "ok":
+            failures.append(f"{key}: ok before, {entry['status']} after")
+            continue
+        row = rows[key]
+        if not row["metrics_equal"]:
+            failures.append(f"{key}: test metrics differ (max |Δ| {_number(row['max_metric_delta'])})")
+        if not row["outputs_identical"]:
+            failures.append(
+                f"{key}: test outputs not bit-identical (max |Δ| {_number(row['max_output_delta'])})"
+            )
+    return failures
+
+
 def compare(
     before_path: Path,
     output: Path,
@@ -567,13 +590,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--npz", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    argv = sys.argv[1:] if argv is None else [str(arg) for arg in argv]
     args = parser.parse_args(argv)
     if args.child:
         _child_main(args)
         return 0
     if args.compare and (args.seeds or args.full_budget):
         parser.error("--compare repeats the record's own seeds and budget; drop --seeds / --full-budget.")
-    command = shlex.join(["python", *([os.path.relpath(__file__, Path.cwd())]), *sys.argv[1:]])
+    command = shlex.join(["python", os.path.relpath(__file__, Path.cwd()), *argv])
     if args.record:
         from verticals.core.cli import packaged_configs
 
@@ -582,7 +606,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         report = record(args.record, names, settings, args.timeout, args.keep_workdir, command)
         return int(any(entry["status"] != "ok" for entry in report["results"].values()))
     rows = compare(args.compare, args.output, args.configs, args.timeout, args.keep_workdir, command)
-    return int(not all(row["metrics_equal"] for row in rows.values()))
+    before = json.loads(args.compare.read_text())
+    after = json.loads(args.output.with_suffix(".json").read_text())
+    failures = parity_failures(before, after, rows)
+    for failure in failures:
+        print(f"[core_parity] parity broken: {failure}", file=sys.stderr)
+    return int(bool(failures))
 
 
 if __name__ == "__main__":
