@@ -521,7 +521,20 @@ class AdapterTask(L.LightningModule):
         # The same instances on every trainer call, so fit's timing reaches the report written at test.
         if getattr(self, "_run_callbacks", None) is None:
             self._run_callbacks = default_callbacks(monitor=self.monitor, mode=self.mode)
+            report = self.group_report_callback()
+            if report is not None:
+                self._run_callbacks.append(report)
         return self._run_callbacks
+
+    def group_report_callback(self) -> L.Callback | None:
+        """The per-group report this run writes at test end: a ``GroupReport`` when the task has a
+        ``report_bootstrap`` (number of bootstrap resamples, 0 for none) that is not None, else none."""
+        bootstrap = self.hparams.get("report_bootstrap")
+        if bootstrap is None:
+            return None
+        from verticals.core.group_report import GroupReport
+
+        return GroupReport(n_bootstrap=bootstrap)
 
     # -- checkpoints ---------------------------------------------------------------------
     def trainable_names(self) -> list[str]:

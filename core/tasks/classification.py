@@ -6,14 +6,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC, MulticlassF1Score
 
-from verticals.core.group_report import GroupMetric, GroupReport, GroupReportResults
+from verticals.core.group_report import GroupMetric, GroupReportResults
 from verticals.core.metrics.fairness import auroc
 from verticals.core.metrics.report import FairnessResults, write_fairness_files
 from verticals.core.metrics.streaming import SubgroupMetrics
@@ -55,13 +54,6 @@ class ClassificationTask(AdapterTask):
                 f"`report_bootstrap` must be >= 0 (or None for no report), got {report_bootstrap}."
             )
         super().__init__(*args, **kwargs)
-
-    def configure_callbacks(self) -> list[L.Callback]:
-        callbacks = super().configure_callbacks()
-        bootstrap = self.hparams.get("report_bootstrap")
-        if bootstrap is not None and not any(isinstance(callback, GroupReport) for callback in callbacks):
-            callbacks.append(GroupReport(n_bootstrap=bootstrap))
-        return callbacks
 
     def _shapes_known(self) -> bool:
         return self.hparams.get("num_classes") is not None

@@ -20,7 +20,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -31,7 +30,7 @@ from monai.networks.utils import one_hot
 from torch import nn
 
 from verticals.core.group_objective import GroupObjective
-from verticals.core.group_report import GroupMetric, GroupReport
+from verticals.core.group_report import GroupMetric
 from verticals.core.tasks.base import AdapterTask
 
 Loss = Literal["dice", "ce", "focal", "dice_ce", "dice_focal"]
@@ -266,13 +265,6 @@ class SegmentationTask(AdapterTask):
                 "`groups: sensitive_label` don't apply. Use `groups: sensitive` or `intersectional`, unconditional."
             )
         return objective
-
-    def configure_callbacks(self) -> list[L.Callback]:
-        callbacks = super().configure_callbacks()
-        bootstrap = self.hparams.get("report_bootstrap")
-        if bootstrap is not None and not any(isinstance(callback, GroupReport) for callback in callbacks):
-            callbacks.append(GroupReport(n_bootstrap=bootstrap))
-        return callbacks
 
     # -- shapes --------------------------------------------------------------------------
     def _shapes_known(self) -> bool:

@@ -277,13 +277,9 @@ class Seq2SeqTask(AdapterTask):
         self.log_dict(logged)
 
     # -- group report --------------------------------------------------------------------
-    def configure_callbacks(self) -> list[L.Callback]:
-        callbacks = super().configure_callbacks()
-        if not any(isinstance(callback, GroupReport) for callback in callbacks):
-            callbacks.append(
-                GroupReport(n_bootstrap=self.hparams["n_bootstrap"], confidence=self.hparams["ci_confidence"])
-            )
-        return callbacks
+    def group_report_callback(self) -> L.Callback:
+        """Always a ``GroupReport``: the text metric per group with bootstrap CIs."""
+        return GroupReport(n_bootstrap=self.hparams["n_bootstrap"], confidence=self.hparams["ci_confidence"])
 
     def group_report_metrics(self) -> dict[str, GroupMetric]:
         """Every aggregate of the text metric, as a function of the per-sample statistics of any samples."""
