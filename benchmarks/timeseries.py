@@ -58,11 +58,11 @@ from _common import (
     runs_root,
     write_reports,
 )
-from lightning.pytorch.callbacks import EarlyStopping
 
 from verticals.core import AdapterSpec, adapt, build_model
 from verticals.core.callbacks import Timing
 from verticals.core.cli import packaged_configs, run_cli
+from verticals.core.report import stopped_before_budget
 from verticals.core.seeds import seed_statistics, sweep_seeds
 from verticals.domains.timeseries.data import UCRDataModule
 
@@ -196,7 +196,7 @@ def train_method(
         "epochs_run": int(trainer.current_epoch),
         "max_steps": int(trainer.max_steps),
         "steps_run": int(trainer.global_step),
-        "stopped_early": bool(getattr(find_callback(trainer, EarlyStopping), "stopped_epoch", 0)),
+        "stopped_early": stopped_before_budget(trainer),
         "test_accuracy": metrics["test_accuracy"],
         "test_metrics": {key: value for key, value in metrics.items() if key.startswith("test_")},
         "selection": {

@@ -27,12 +27,12 @@ from typing import Any, cast
 
 from jsonargparse import Namespace
 from lightning import LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 
 from verticals.core.callbacks import run_directory
-from verticals.core.report import write_seed_report
+from verticals.core.report import stopped_before_budget, write_seed_report
 from verticals.core.seeds import check_seeds, summarize_seeds, sweep_seeds
 
 DOMAINS_PACKAGE = "verticals.domains"
@@ -301,7 +301,6 @@ def _configs(args: Sequence[str]) -> list[str]:
 def _seed_record(trainer: Trainer, seed: int) -> dict[str, Any]:
     """One seed's row of the sweep report: its run directory, test metrics and how long it trained."""
     checkpoint = trainer.checkpoint_callback
-    stopping = next((c for c in trainer.callbacks if isinstance(c, EarlyStopping)), None)
     return {
         "seed": seed,
         "root": str(trainer.default_root_dir),
@@ -316,7 +315,7 @@ def _seed_record(trainer: Trainer, seed: int) -> dict[str, Any]:
         ),
         "epochs": int(trainer.current_epoch),
         "steps": int(trainer.global_step),
-        "stopped_early": bool(stopping is not None and stopping.stopped_epoch > 0),
+        "stopped_early": stopped_before_budget(trainer),
     }
 
 

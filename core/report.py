@@ -15,6 +15,19 @@ import torch
 from verticals.core.seeds import CONFIDENCE, INTERVAL
 
 
+def stopped_before_budget(trainer: Any) -> bool:
+    """Whether fit ended before ``max_steps`` / ``max_epochs`` (early stopping, or another callback's stop).
+
+    Read from the loop counters, which testing the best checkpoint leaves alone, unlike callback state:
+    ``trainer.test(ckpt_path="best")`` reloads ``EarlyStopping``'s state as it was at the best epoch.
+    """
+    steps_left = trainer.max_steps is None or trainer.max_steps < 0 or trainer.global_step < trainer.max_steps
+    epochs_left = (
+        trainer.max_epochs is None or trainer.max_epochs < 0 or trainer.current_epoch < trainer.max_epochs
+    )
+    return bool(steps_left and epochs_left)
+
+
 def adapter_size_bytes(directory: Path) -> int:
     """Bytes of the weight files in an exported adapter directory."""
     return sum(path.stat().st_size for path in directory.glob("*.safetensors")) if directory.is_dir() else 0

@@ -4,7 +4,8 @@ One seed on a small set is a smoke test, not a result: the same config can move 
 ``sweep_seeds`` runs anything once per seed; ``summarize_seeds`` turns per-seed metrics into
 mean ± sample standard deviation and a t-interval over seeds (the seeds are the sampling unit, so the
 interval is about the training procedure, not one model). ``paired_bootstrap`` compares two models on the
-same test samples with one resampling shared by both, which cancels the test set's own sampling noise.
+same test samples with one resampling shared by both, so the sampling noise both share cancels out of the
+difference.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -123,7 +124,7 @@ def test_run_over_seeds_writes_one_report_with_every_seed(tmp_path):
     report = json.loads((sweep.directory / "seeds.json").read_text())
     assert report == json.loads(json.dumps(sweep.report)) and report["complete"] and report["seeds"] == [3, 1]
     runs = {run["seed"]: run for run in report["runs"]}
-    assert list(runs) == [3, 1]
+    assert list(runs) == [3, 1] and not runs[3]["stopped_early"]  # max_epochs 1 reached
     for seed, version in ((3, "version_0"), (1, "version_1")):  # each seed its own version, in order
         assert runs[seed]["run_dir"] == f"../{version}"
         assert runs[seed]["test"] == json.loads((tmp_path / version / "report.json").read_text())["test"]
@@ -145,6 +146,22 @@ def test_run_over_seeds_writes_one_report_with_every_seed(tmp_path):
     assert {k: float(v) for k, v in single.trainer.callback_metrics.items() if k.startswith("test_")} == runs[
         1
     ]["test"]
+
+
+def test_one_seed_report_and_a_run_stopped_early(tmp_path):
+    """One seed: no spread (n/a), and a run that early stopping ends before its budget is marked as such."""
+    stop_at_once = tmp_path / "stop.yaml"
+    stop_at_once.write_text(
+        "trainer:\n  callbacks:\n    - class_path: lightning.pytorch.callbacks.EarlyStopping\n"
+        "      init_args: {monitor: val_loss, stopping_threshold: 1.0e+9, check_on_train_epoch_end: false}\n"
+    )
+    args = _tiny_probe(tmp_path / "runs", "--config", str(stop_at_once), "--trainer.max_epochs", "5")
+    sweep = run_cli(["run", *args, "--seeds", "7"])
+    (run,) = sweep.report["runs"]
+    assert run["stopped_early"] and run["epochs"] == 1 and run["steps"] == 2
+    accuracy = sweep.report["summary"]["test_accuracy"]
+    assert accuracy["n"] == 1 and math.isnan(accuracy["std"]) and math.isnan(accuracy["low"])
+    assert "n/a" in (sweep.directory / "seeds.md").read_text()
 
 
 @pytest.mark.parametrize(
