@@ -62,3 +62,15 @@ def test_the_detector_checks_the_whole_structure():
     model.model.decoder.layers[1].encoder_attn.v_proj = nn.Identity()
     assert not is_hf_whisper(model.model)
     assert "hf_whisper" not in [family.name for family in detect_families(model)]
+
+
+def test_s2lora_without_target_modules_adapts_q_and_v_of_a_whisper():
+    """The speech domain registers Whisper's default S2-LoRA targets (the paper's q/v projections)."""
+    from peft import get_peft_model
+
+    from verticals.core.adapters.s2lora import S2LoRAConfig, S2LoRALayer
+
+    whisper, _ = load_whisper(TINY_RANDOM)
+    model = get_peft_model(whisper, S2LoRAConfig(r=2))
+    adapted = {m.module_name.rsplit(".", 1)[-1] for m in model.modules() if isinstance(m, S2LoRALayer)}
+    assert adapted == {"q_proj", "v_proj"}
