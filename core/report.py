@@ -62,11 +62,7 @@ def write_report(
         "best_validation": best_validation,
         "checkpoint": checkpoint,
         "timing": timing,
-        "environment": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "machine": platform.machine(),
-        },
+        "environment": _environment(),
     }
     (run_dir / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     (run_dir / "report.md").write_text(_markdown(report))
@@ -128,11 +124,7 @@ def write_seed_report(
         "interval": INTERVAL,
         "runs": runs,
         "summary": summary,
-        "environment": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "machine": platform.machine(),
-        },
+        "environment": _environment(),
     }
     (directory / "seeds.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     (directory / "seeds.md").write_text(_seed_markdown(report))
@@ -180,3 +172,8 @@ def _seed_markdown(report: dict[str, Any]) -> str:
             + " |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _environment() -> dict[str, str]:
+    """Python, torch and machine type, recorded in every report so numbers can be traced to a setup."""
+    return {"python": platform.python_version(), "torch": torch.__version__, "machine": platform.machine()}
