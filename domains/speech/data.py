@@ -27,6 +27,7 @@ from typing import Literal
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import Dataset
 
 from verticals.core.data import BaseDataModule, encode_group_matrix
@@ -102,10 +103,9 @@ class SpeechCollator:
         self.frames = frames
 
     def __call__(self, items: Sequence[Utterance]) -> dict[str, object]:
-        longest = max(len(item.labels) for item in items)
-        labels = torch.full((len(items), longest), -100, dtype=torch.long)
-        for row, item in enumerate(items):
-            labels[row, : len(item.labels)] = torch.tensor(item.labels, dtype=torch.long)
+        labels = pad_sequence(
+            [torch.tensor(item.labels, dtype=torch.long) for item in items], batch_first=True, padding_value=-100
+        )
         return {
             "input_features": torch.stack([expand_features(i.features, i.fill, self.frames) for i in items]),
             "labels": labels,

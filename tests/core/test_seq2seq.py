@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader
 from torchmetrics.text import CharErrorRate, WordErrorRate
 
@@ -105,13 +106,9 @@ class TinySequenceData(L.LightningDataModule):
 
     @staticmethod
     def collate(items: list[dict]) -> dict:
-        width = max(len(item["labels"]) for item in items)
-        labels = torch.full((len(items), width), -100, dtype=torch.long)
-        for row, item in enumerate(items):
-            labels[row, : len(item["labels"])] = item["labels"]
         return {
             "input_features": torch.stack([item["input_features"] for item in items]),
-            "labels": labels,
+            "labels": pad_sequence([item["labels"] for item in items], batch_first=True, padding_value=-100),
             "text": [item["text"] for item in items],
             "group": torch.stack([item["group"] for item in items]),
         }

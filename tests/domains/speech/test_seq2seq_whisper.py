@@ -8,6 +8,7 @@ import random
 import lightning as L
 import pytest
 import torch
+from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader
 
 from verticals.core.tasks import Seq2SeqTask
@@ -50,13 +51,9 @@ class TinySpeechData(L.LightningDataModule):
 
     @staticmethod
     def collate(items: list[dict]) -> dict:
-        width = max(len(item["labels"]) for item in items)
-        labels = torch.full((len(items), width), -100, dtype=torch.long)
-        for row, item in enumerate(items):
-            labels[row, : len(item["labels"])] = item["labels"]
         return {
             "input_features": torch.stack([item["input_features"] for item in items]),
-            "labels": labels,
+            "labels": pad_sequence([item["labels"] for item in items], batch_first=True, padding_value=-100),
             "text": [item["text"] for item in items],
             "group": torch.stack([item["group"] for item in items]),
         }
