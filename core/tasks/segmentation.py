@@ -182,6 +182,11 @@ class SegmentationTask(AdapterTask):
     ``{stage}_surface_dice[/<class>]``. Class means average the per-class means over samples; a class
     absent from a sample's mask gives no Dice/IoU for that sample (MONAI's ``ignore_empty``).
     ``test_step`` returns per-sample ``[N, K]`` arrays of each metric (and ``group``) for the group report.
+
+    A model whose ``batch_inputs`` attribute names batch keys (a promptable model's ``boxes``, ``points``)
+    receives those entries as keyword arguments. Test batches of 2-D slices that carry ``volume_index`` also
+    give the Dice of each whole volume rebuilt from its slices: ``test_volume_dice[/<class>]`` and
+    ``volume_dice``.
     """
 
     monitor = "val_dice"
@@ -189,6 +194,9 @@ class SegmentationTask(AdapterTask):
     accepts_group_objective = True
     _mask_kind: str | None = None  # "points" | "image" | "volume", from the first mask seen
     _last_outputs: dict[str, torch.Tensor] | None = None
+    #: After testing batches that carry ``volume_index`` (2-D slices of 3-D scans): Dice per volume and
+    #: class ``[volumes, K]`` over the ``metric_labels``, each volume rebuilt from its slices; else None.
+    volume_dice: torch.Tensor | None = None
 
     def __init__(
         self,
@@ -383,11 +391,28 @@ class SegmentationTask(AdapterTask):
             self.train_metrics, self.val_metrics, self.test_metrics = self._metric_clones()
 
     # -- inference -----------------------------------------------------------------------
-    def infer(self, x: torch.Tensor, *, sliding_window: bool = True) -> torch.Tensor:
-        """Logits for ``x``: through MONAI's sliding window when ``roi_size`` is set (and asked for)."""
+    def model_inputs(self, batch: Any) -> dict[str, torch.Tensor]:
+        """The batch entries the model takes besides ``x``: those its ``batch_inputs`` attribute names
+        (a promptable model's boxes and points …) that the batch holds, passed as keyword arguments."""
+        if not isinstance(batch, dict):
+            return {}
+        names = getattr(self._base_network(), "batch_inputs", ())
+        return {name: batch[name] for name in names if name in batch}
+
+    def infer(
+        self, x: torch.Tensor, *, sliding_window: bool = True, inputs: dict[str, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """Logits for ``x`` (and the model's other ``inputs``): through MONAI's sliding window when
+        ``roi_size`` is set (and asked for)."""
         roi_size = self.hparams.get("roi_size")
+        inputs = inputs or {}
         if not sliding_window or roi_size is None:
-            return self(x)
+            return self.model(x, **inputs) if inputs else self(x)
+        if inputs:
+            raise ValueError(
+                f"`roi_size` is set, but the model also takes {sorted(inputs)} per image (prompts given in image "
+                "coordinates), which a sliding window would cut apart. Set `roi_size: null` and feed whole images."
+            )
         if self._mask_kind == "points":
             raise ValueError(
                 "`roi_size` is set, but the masks are point sets [N, P]: a sliding window needs a grid (images "
@@ -470,10 +495,16 @@ class SegmentationTask(AdapterTask):
         windowed = stage != "train" and self.hparams.get("roi_size") is not None
         objective = self.group_objective
         features = None
+        inputs = self.model_inputs(batch)
         if objective is not None and objective.needs_features and not windowed:
+            if inputs:
+                raise ValueError(
+                    f"The group objective's penalty reads `forward_features(x)`, but this model also takes "
+                    f"{sorted(inputs)}: use group-DRO alone (`penalty: none`) with a promptable model."
+                )
             features, logits = self.forward_with_features(batch["x"])
         else:
-            logits = self.infer(batch["x"], sliding_window=stage != "train")
+            logits = self.infer(batch["x"], sliding_window=stage != "train", inputs=inputs)
         target, valid = self._encode_target(y, logits)
         per_sample = self.criterion(self._scored_channels(logits), target, valid)
         if objective is None or (objective.needs_features and features is None):
@@ -491,6 +522,8 @@ class SegmentationTask(AdapterTask):
         )
         predicted = self.labels_from_logits(logits.detach())
         values = self._update_metrics(stage, predicted, y.long(), valid, batch.get("spacing"))
+        if stage == "test" and "volume_index" in batch:
+            self._count_volume_overlap(predicted, y.long(), valid, batch["volume_index"])
         if stage == "test":
             if "group" in batch:
                 group = batch["group"]
@@ -566,8 +599,62 @@ class SegmentationTask(AdapterTask):
     def on_validation_epoch_end(self) -> None:
         self._log_epoch("val")
 
+    def on_test_epoch_start(self) -> None:
+        self._volume_counts = {}
+
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test")
+        self._log_volume_dice()
+
+    # -- slices of volumes -----------------------------------------------------------------
+    def _count_volume_overlap(
+        self,
+        predicted: torch.Tensor,
+        y: torch.Tensor,
+        valid: torch.Tensor | None,
+        volume_index: torch.Tensor,
+    ) -> None:
+        """Add each slice's per-class overlap, predicted and true voxel counts to its volume's totals."""
+        labels = self.metric_labels
+        predicted_onehot = _one_hot_labels(predicted, labels)
+        truth_onehot = _one_hot_labels(y, labels)
+        if valid is not None:
+            keep = valid[:, None].to(truth_onehot.dtype)
+            predicted_onehot, truth_onehot = predicted_onehot * keep, truth_onehot * keep
+        overlap = (predicted_onehot * truth_onehot).flatten(2).sum(-1)
+        counts = torch.stack(
+            [overlap, predicted_onehot.flatten(2).sum(-1), truth_onehot.flatten(2).sum(-1)], dim=-1
+        ).double()  # [N, K, 3]
+        totals = getattr(self, "_volume_counts", None)
+        if totals is None:
+            totals = self._volume_counts = {}
+        for row, volume in enumerate(torch.as_tensor(volume_index).reshape(-1).tolist()):
+            previous = totals.get(int(volume))
+            totals[int(volume)] = counts[row].cpu() if previous is None else previous + counts[row].cpu()
+
+    def _log_volume_dice(self) -> None:
+        """Dice of each volume rebuilt from its slices (summed overlaps over summed sizes, per class), its
+        mean over volumes as ``test_volume_dice`` and per class; summed across processes. A class absent
+        from a volume's truth gives no value for that volume (as MONAI's ``ignore_empty``)."""
+        totals: dict[int, torch.Tensor] = getattr(self, "_volume_counts", None) or {}
+        local_count = torch.tensor(max(totals, default=-1) + 1, device=self.device)
+        count = int(_gathered(self, local_count).max())
+        if count == 0:
+            self.volume_dice = None
+            return
+        dense = torch.zeros(count, len(self.metric_labels), 3, dtype=torch.float64, device=self.device)
+        for volume, values in totals.items():
+            dense[volume] = values.to(self.device)
+        dense = _gathered(self, dense)
+        dense = dense.sum(0) if dense.ndim == 4 else dense
+        overlap, predicted, truth = dense.unbind(-1)
+        dice = torch.where(truth > 0, 2 * overlap / (predicted + truth).clamp_min(1), torch.nan)
+        seen = (dense.sum(dim=(1, 2)) > 0).cpu()
+        self.volume_dice = dice[seen].float().cpu()  # [volumes, K], in volume-index order
+        per_class = _nanmean_columns(self.volume_dice)
+        self.log("test_volume_dice", _nanmean(per_class))
+        for label, value in zip(self.metric_labels, per_class):
+            self.log(f"test_volume_dice/{self.class_names[label]}", value)
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         """Per-sample ``[N, K]`` metric values over the ``metric_labels`` (``dice``, ``iou``, and ``hd95`` /
@@ -579,7 +666,7 @@ class SegmentationTask(AdapterTask):
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         """Label maps ``[N, *S]`` of label values (sliding window when ``roi_size`` is set)."""
         x = batch["x"] if isinstance(batch, dict) else batch
-        return self.labels_from_logits(self.infer(x))
+        return self.labels_from_logits(self.infer(x, inputs=self.model_inputs(batch)))
 
     # -- group report --------------------------------------------------------------------
     def group_report_metrics(self) -> dict[str, GroupMetric]:
@@ -652,6 +739,22 @@ def class_mean(arrays: dict[str, np.ndarray], *, key: str) -> float:
 def _nanmean_np(values: np.ndarray) -> float:
     finite_or_inf = values[~np.isnan(values)]
     return float(finite_or_inf.mean()) if finite_or_inf.size else float("nan")
+
+
+def _nanmean_columns(values: torch.Tensor) -> torch.Tensor:
+    """Column means over the finite entries (nan for a column with none)."""
+    finite = torch.isfinite(values)
+    total = torch.where(finite, values, torch.zeros_like(values)).sum(0)
+    count = finite.sum(0)
+    return torch.where(count > 0, total / count.clamp_min(1), torch.nan)
+
+
+def _gathered(module: Any, tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` from every process stacked on a new first axis (itself, unstacked, in one process)."""
+    trainer = getattr(module, "_trainer", None)
+    if trainer is None or trainer.world_size == 1:
+        return tensor
+    return module.all_gather(tensor)
 
 
 def _nanmean(values: torch.Tensor) -> torch.Tensor:

@@ -449,3 +449,36 @@ def test_module_called_with_keywords_only() -> None:
     model = get_peft_model(Caller(), BottleneckConfig(target_modules=["inner"], placement="parallel"))
     randomize_adapters(model)
     assert run(model, {"x": torch.randn(2, DIM)}).shape == (2, DIM)
+
+
+def test_parallel_modules_mix_placements_in_one_config(tmp_path) -> None:
+    """Medical SAM Adapter's layout: sequential after attention, parallel beside the MLP, D/4 wide."""
+    config = BottleneckConfig(
+        target_modules=r"blocks\.\d+\.(attn|mlp)",
+        parallel_modules=r"blocks\.\d+\.mlp",
+        bottleneck_ratio=0.25,
+        scaling=0.5,
+    )
+    model = get_peft_model(tiny_vit(), config)
+    base = model.get_base_model()
+    for block in base.blocks:
+        assert block.attn.placement["default"] == "sequential"
+        assert block.mlp.placement["default"] == "parallel"
+        assert block.mlp.bottleneck_down["default"].out_features == block.mlp.hidden_size["default"] // 4
+    model.save_pretrained(tmp_path)
+    reloaded = PeftModel.from_pretrained(tiny_vit(), tmp_path)
+    assert reloaded.get_base_model().blocks[0].mlp.placement["default"] == "parallel"
+
+
+def test_parallel_modules_as_a_list_match_name_endings() -> None:
+    config = BottleneckConfig(target_modules=["blocks.0.mlp", "blocks.1.mlp"], parallel_modules=["1.mlp"])
+    model = get_peft_model(tiny_vit(), config)
+    blocks = model.get_base_model().blocks
+    assert blocks[0].mlp.placement["default"] == "sequential"
+    assert blocks[1].mlp.placement["default"] == "parallel"
+
+
+@pytest.mark.parametrize("ratio", [0, 1.5, "0.25", True])
+def test_bad_bottleneck_ratio_names_the_field(ratio: Any) -> None:
+    with pytest.raises(ValueError, match=r"`bottleneck_ratio` must be a fraction in \(0, 1\]"):
+        BottleneckConfig(target_modules=["mlp"], bottleneck_ratio=ratio)

@@ -561,3 +561,57 @@ def test_group_report_writes_dice_per_group_with_cis(tmp_path):
     sites = report["groupings"]["site"]["groups"]
     assert set(sites) == {"a", "b"} and sites["a"]["count"] == 4
     assert sites["a"]["dice"]["low"] <= sites["a"]["dice"]["value"] <= sites["a"]["dice"]["high"]
+
+
+class PromptedSegmenter(OneConvSegmenter):
+    """The stand-in with a per-image prompt: it adds ``shift [N]`` to the class-1 logit, so the prompt
+    changes the prediction (as a SAM box does); the task must pass it from the batch."""
+
+    batch_inputs = ("shift", "unused")
+
+    def forward(self, x: torch.Tensor, shift: torch.Tensor | None = None) -> torch.Tensor:
+        logits = super().forward(x)
+        if shift is None:
+            raise ValueError("the batch lacks `shift`")
+        return logits + torch.stack([torch.zeros_like(shift), shift], 1)[:, :, None, None].to(logits.dtype)
+
+
+def test_batch_inputs_the_model_names_reach_it(tmp_path):
+    truth, _ = _squares()
+    truth = (truth > 0).long()
+    zeros = torch.zeros(2, 2, 8, 8)  # the conv alone predicts class 0 everywhere
+    model = PromptedSegmenter(2, 2)
+    with torch.no_grad():
+        model.conv.weight.zero_(), model.conv.bias.zero_()
+    split = {"x": zeros, "y": truth, "shift": torch.tensor([5.0, -5.0])}
+    data = MaskData({"test": split, "train": split}, 2)
+    task = task_for(model, spatial_metrics=[])
+    collect = Collect()
+    trainer(tmp_path, callbacks=[collect]).test(task, data, verbose=False)
+    dice = collect.arrays()["dice"][:, 0]
+    # Sample 0 is shifted to class 1 everywhere (Dice 2·25/(64+25)); sample 1 predicts no class 1 (Dice 0).
+    np.testing.assert_allclose(dice, [2 * 25 / 89, 0.0], rtol=1e-6)
+    predictions = trainer(tmp_path).predict(task, data)
+    assert predictions[0][0].eq(1).all() and predictions[0][1].eq(0).all()
+    windowed = task_for(PromptedSegmenter(2, 2), num_classes=2, roi_size=[4, 4])
+    with pytest.raises(ValueError, match=r"also takes \['shift'\].*sliding window"):
+        windowed.configure_model()
+        windowed.infer(zeros, inputs={"shift": torch.zeros(2)})
+
+
+def test_volume_dice_rebuilds_each_volume_from_its_slices(tmp_path):
+    truth, predicted = _squares()  # two slices; class 1: 24/32 and 1.0; class 2: 12/15 and 1.0
+    x = one_hot(predicted[:, None], 3, dim=1)
+    # Volume 0: slice 0; volume 1: slices 1, 0, 1.
+    split = {"x": x.repeat(2, 1, 1, 1), "y": truth.repeat(2, 1, 1), "volume_index": torch.tensor([0, 1, 1, 1])}
+    data = MaskData({"test": split, "train": split}, 3)
+    data.batch_size = 3  # volume 1's slices arrive in two batches
+    task = task_for(oracle(3), spatial_metrics=[])
+    metrics = trainer(tmp_path).test(task, data, verbose=False)[0]
+    # Volume 1 sums slices 1, 0, 1: class 1 overlap 16+12+16 = 44 over (16+16+16) + (16+16+16) voxels.
+    # Class 2: overlap 9+6+9 = 24, predicted 9+6+9 = 24, true 9+9+9 = 27.
+    volume_one = [2 * 44 / 96, 2 * 24 / (24 + 27)]
+    expected = np.array([[24 / 32, 12 / 15], volume_one])
+    np.testing.assert_allclose(task.volume_dice.numpy(), expected, rtol=1e-6)
+    assert metrics["test_volume_dice/c2"] == pytest.approx(expected[:, 1].mean())
+    assert metrics["test_volume_dice"] == pytest.approx(expected.mean(0).mean())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
@@ -30,6 +31,9 @@ class BottleneckConfig(PeftConfig):
             Names of modules not to wrap, with the same matching rules as `target_modules`.
         bottleneck_dim (`int`):
             Width of the bottleneck, i.e. the output size of the down-projection. Defaults to 64.
+        bottleneck_ratio (`Optional[float]`):
+            Width of the bottleneck as a fraction of each wrapped module's feature width (Medical SAM Adapter:
+            0.25, i.e. D -> D/4), for backbones whose stages differ in width; overrides `bottleneck_dim`.
         scaling (`Union[float, str]`):
             Factor on the adapter's output: a fixed number (default 1.0), or ``"learnable"`` for a trained
             scalar that starts at 0.1, as in AdaptFormer and Earth-Adapter.
@@ -37,6 +41,10 @@ class BottleneckConfig(PeftConfig):
             ``"sequential"`` (Houlsby): ``h = m(x); h = h + s * up(act(down(h)))``.
             ``"parallel"`` (AdaptFormer): ``h = m(x) + s * up(act(down(x)))``, which needs the module's input
             and output shapes to match.
+        parallel_modules (`Optional[Union[list[str], str]]`):
+            Targets that take the ``"parallel"`` placement while the others take `placement`, with the same
+            matching rules as `target_modules`: one config can put adapters after attention and beside the
+            MLP, as Medical SAM Adapter does.
         activation (`str`):
             Nonlinearity between the projections: ``"gelu"`` (default), ``"relu"`` or ``"silu"``.
         dropout (`float`):
@@ -69,6 +77,10 @@ class BottleneckConfig(PeftConfig):
     bottleneck_dim: int = field(
         default=64, metadata={"help": "Width of the bottleneck (output size of the down-projection)."}
     )
+    bottleneck_ratio: float | None = field(
+        default=None,
+        metadata={"help": "Bottleneck width as a fraction of each module's width (overrides bottleneck_dim)."},
+    )
     scaling: float | str = field(
         default=1.0,
         metadata={
@@ -83,6 +95,10 @@ class BottleneckConfig(PeftConfig):
                 "adapter branch that reads the module's input."
             )
         },
+    )
+    parallel_modules: list[str] | str | None = field(
+        default=None,
+        metadata={"help": "Targets (names, list; or a regex) that take the 'parallel' placement."},
     )
     activation: Literal["gelu", "relu", "silu"] = field(
         default="gelu", metadata={"help": "Nonlinearity between the projections: 'gelu', 'relu' or 'silu'."}
@@ -109,9 +125,17 @@ class BottleneckConfig(PeftConfig):
             self.target_modules = set(self.target_modules)
         if isinstance(self.exclude_modules, (list, tuple)):
             self.exclude_modules = set(self.exclude_modules)
+        if isinstance(self.parallel_modules, (list, tuple, set)):
+            self.parallel_modules = sorted(self.parallel_modules)
 
         if not _is_int(self.bottleneck_dim) or self.bottleneck_dim < 1:
             raise ValueError(f"`bottleneck_dim` must be a positive integer, got {self.bottleneck_dim!r}.")
+        if self.bottleneck_ratio is not None and (
+            not _is_number(self.bottleneck_ratio) or not 0.0 < self.bottleneck_ratio <= 1.0
+        ):
+            raise ValueError(
+                f"`bottleneck_ratio` must be a fraction in (0, 1] of the module's width, got {self.bottleneck_ratio!r}."
+            )
         if isinstance(self.scaling, str):
             if self.scaling != LEARNABLE:
                 raise ValueError(f"`scaling` must be a number or {LEARNABLE!r}, got {self.scaling!r}.")
@@ -127,6 +151,26 @@ class BottleneckConfig(PeftConfig):
             raise ValueError(f"`dropout` must be a probability in [0, 1), got {self.dropout!r}.")
         if self.hidden_size is not None and (not _is_int(self.hidden_size) or self.hidden_size < 1):
             raise ValueError(f"`hidden_size` must be a positive integer or None, got {self.hidden_size!r}.")
+
+
+def placement_for(config: BottleneckConfig, module_name: str) -> str:
+    """The placement of the adapter on ``module_name``: ``"parallel"`` if it is one of the config's
+    ``parallel_modules`` (exact name or name ending for a list, full match for a regex), else ``placement``."""
+    chosen = config.parallel_modules
+    if chosen is None:
+        return config.placement
+    if isinstance(chosen, str):
+        matched = re.fullmatch(chosen, module_name) is not None
+    else:
+        matched = any(module_name == name or module_name.endswith("." + name) for name in chosen)
+    return "parallel" if matched else config.placement
+
+
+def bottleneck_width(config: BottleneckConfig, hidden: int) -> int:
+    """The down-projection's width for a module of ``hidden`` features."""
+    if config.bottleneck_ratio is None:
+        return config.bottleneck_dim
+    return max(1, round(hidden * config.bottleneck_ratio))
 
 
 def _is_int(value: object) -> bool:

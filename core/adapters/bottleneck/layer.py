@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
-from .config import LEARNABLE, LEARNABLE_SCALE_INIT, BottleneckConfig
+from .config import LEARNABLE, LEARNABLE_SCALE_INIT, BottleneckConfig, bottleneck_width, placement_for
 
 _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "gelu": F.gelu,
@@ -70,8 +70,10 @@ class BottleneckLayer(nn.Module, BaseTunerLayer):
                 "it has no nn.Linear, `hidden_size`/`embed_dim` attribute or LayerNorm inside. "
                 "Set `hidden_size` in the BottleneckConfig."
             )
+        placement = placement_for(config, self.module_name)
+        width = bottleneck_width(config, hidden)
         if (
-            config.placement == "parallel"
+            placement == "parallel"
             and isinstance(base, nn.Linear)
             and base.in_features != base.out_features
         ):
@@ -82,8 +84,8 @@ class BottleneckLayer(nn.Module, BaseTunerLayer):
             )
 
         device, dtype = _device_and_dtype(base)
-        down = nn.Linear(hidden, config.bottleneck_dim, device=device, dtype=dtype)
-        up = nn.Linear(config.bottleneck_dim, hidden, device=device, dtype=dtype)
+        down = nn.Linear(hidden, width, device=device, dtype=dtype)
+        up = nn.Linear(width, hidden, device=device, dtype=dtype)
         if not down.weight.is_meta:  # under low_cpu_mem_usage, the weights come from a checkpoint instead
             with torch.no_grad():
                 down.bias.zero_()
@@ -102,7 +104,7 @@ class BottleneckLayer(nn.Module, BaseTunerLayer):
             if adapter_name in self.bottleneck_scale:
                 del self.bottleneck_scale[adapter_name]
             self.scaling[adapter_name] = float(config.scaling)
-        self.placement[adapter_name] = config.placement
+        self.placement[adapter_name] = placement
         self.activation[adapter_name] = config.activation
         self.hidden_size[adapter_name] = hidden
         self.set_adapter(self.active_adapters, inference_mode=config.inference_mode)
