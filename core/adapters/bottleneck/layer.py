@@ -72,11 +72,7 @@ class BottleneckLayer(nn.Module, BaseTunerLayer):
             )
         placement = placement_for(config, self.module_name)
         width = bottleneck_width(config, hidden)
-        if (
-            placement == "parallel"
-            and isinstance(base, nn.Linear)
-            and base.in_features != base.out_features
-        ):
+        if placement == "parallel" and isinstance(base, nn.Linear) and base.in_features != base.out_features:
             raise ValueError(
                 f"`placement='parallel'` adds a branch on the input of '{self.module_name}' to its output, "
                 f"but this nn.Linear maps {base.in_features} to {base.out_features} features. Use "
