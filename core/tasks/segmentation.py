@@ -122,6 +122,32 @@ def _masked_sample_mean(values: torch.Tensor, valid: torch.Tensor) -> torch.Tens
     return (values * weight).flatten(1).sum(dim=1) / weight.flatten(1).sum(dim=1).clamp_min(1.0)
 
 
+class MissedClassHausdorff(HausdorffDistanceMetric):
+    """MONAI's 95th-percentile Hausdorff distance, except that a class present in the truth but absent from
+    the prediction scores the sample's diagonal (the largest distance its grid allows, in spacing units)
+    rather than NaN: MONAI's NaN would drop exactly the worst failures from the mean and make a model that
+    never predicts a class look perfect. A class absent from the truth stays NaN (no distance to measure)."""
+
+    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        distances = super()._compute_tensor(y_pred, y, **kwargs)
+        missed = y.flatten(2).any(-1) & ~y_pred.flatten(2).any(-1)  # [N, K]
+        if not bool(missed.any()):
+            return distances
+        shape = torch.tensor(y.shape[2:], dtype=torch.float64)
+        spacing = kwargs.get("spacing")
+        rows = []
+        for row in range(len(y)):
+            if spacing is None:
+                step = torch.ones_like(shape)
+            elif isinstance(spacing, (list, tuple)) and spacing and isinstance(spacing[0], (list, tuple)):
+                step = torch.tensor(spacing[row], dtype=torch.float64)
+            else:
+                step = torch.as_tensor(spacing, dtype=torch.float64).expand_as(shape)
+            rows.append(float(torch.linalg.vector_norm(shape * step)))
+        diagonal = torch.tensor(rows, dtype=distances.dtype, device=distances.device)[:, None]
+        return torch.where(missed.to(distances.device), diagonal.expand_as(distances), distances)
+
+
 @dataclass
 class StageMetrics:
     """MONAI's cumulative metrics for one stage; each call returns per-sample, per-class values ``[N, K]``
@@ -129,7 +155,7 @@ class StageMetrics:
 
     dice: DiceMetric
     iou: MeanIoU
-    hd95: HausdorffDistanceMetric | None = None
+    hd95: MissedClassHausdorff | None = None
     surface_dice: SurfaceDiceMetric | None = None
 
     def items(self) -> list[tuple[str, Any]]:
@@ -261,8 +287,16 @@ class SegmentationTask(AdapterTask):
             raise ValueError(
                 f"`report_bootstrap` must be >= 0 (or None for no report), got {report_bootstrap}."
             )
-        # The base's save_hyperparameters reads these arguments (as normalised above) from this frame.
+        # The base's save_hyperparameters reads these arguments (as normalised above) from this frame; under
+        # LightningCLI it takes the config as given instead, so the normalised values are written back.
         super().__init__(*args, **kwargs)
+        normalised = {
+            "num_classes": num_classes,
+            "spatial_metrics": spatial_metrics,
+            "spatial_metrics_stages": spatial_metrics_stages,
+        }
+        for key, value in normalised.items():
+            self._set_inferred(key, value)
 
     def configure_group_objective(self) -> GroupObjective | None:
         """The base's, refusing what needs one class label per sample (a mask has one per element)."""
@@ -358,7 +392,7 @@ class SegmentationTask(AdapterTask):
             dice=DiceMetric(include_background=True, reduction="mean_batch"),
             iou=MeanIoU(include_background=True, reduction="mean_batch"),
             hd95=(
-                HausdorffDistanceMetric(include_background=True, percentile=95, reduction="mean_batch")
+                MissedClassHausdorff(include_background=True, percentile=95, reduction="mean_batch")
                 if "hd95" in spatial
                 else None
             ),
@@ -584,7 +618,8 @@ class SegmentationTask(AdapterTask):
         for name, metric in metrics.items():
             if metric.get_buffer() is None:  # not computed at this stage (or on point sets)
                 continue
-            per_class = _quiet(metric.aggregate)().float().reshape(-1)
+            # Per-class means over the samples that have a value; NaN (not MONAI's 0) for a class with none.
+            per_class = _nanmean_columns(metric.get_buffer().float().reshape(-1, len(names)))
             mean_name = "miou" if name == "iou" else name
             self.log(
                 f"{stage}_{mean_name}", _nanmean(per_class), prog_bar=stage != "train" and name == "dice"

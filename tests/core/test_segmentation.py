@@ -615,3 +615,17 @@ def test_volume_dice_rebuilds_each_volume_from_its_slices(tmp_path):
     np.testing.assert_allclose(task.volume_dice.numpy(), expected, rtol=1e-6)
     assert metrics["test_volume_dice/c2"] == pytest.approx(expected[:, 1].mean())
     assert metrics["test_volume_dice"] == pytest.approx(expected.mean(0).mean())
+
+
+def test_a_missed_class_scores_the_diagonal_not_a_perfect_distance(tmp_path):
+    truth, _ = _squares()
+    predicted = (truth == 1).long()  # class 2 is never predicted
+    x = one_hot(predicted[:, None], 3, dim=1)
+    data = MaskData({split: {"x": x, "y": truth} for split in ("train", "test")}, 3)
+    collect = Collect()
+    task = task_for(oracle(3), spacing=[1.0, 2.0])
+    metrics = trainer(tmp_path, callbacks=[collect]).test(task, data, verbose=False)[0]
+    diagonal = math.hypot(8 * 1.0, 8 * 2.0)
+    np.testing.assert_allclose(collect.arrays()["hd95"][:, 1], [diagonal, diagonal], rtol=1e-6)
+    assert metrics["test_hd95/c2"] == pytest.approx(diagonal)
+    assert metrics["test_hd95/c1"] == pytest.approx(0.0)  # class 1 is perfect
