@@ -3,7 +3,8 @@
 Besides every peft method (``lora``, ``adalora``, ``ia3``, ``loha``, ``ln_tuning`` …) and the methods
 verticals registers with peft (``bottleneck``, ``s2lora`` …), three training regimes that are not adapters
 are accepted so that one config key can compare them all: ``linear_probe`` (only ``trainable`` modules
-train), ``bitfit`` (only bias terms train, Ben Zaken et al. 2022) and ``full`` (everything trains).
+train), ``bitfit`` (only bias terms train, Ben Zaken et al. 2022), ``full`` (everything trains) and
+``frozen`` (nothing trains: a zero-shot baseline evaluated with ``max_epochs: 0``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from verticals.core.adapters.modules_to_save import restrict_modules_to_save
 from verticals.core.adapters.targets import resolve_targets
 from verticals.core.peft_methods import target_kinds
 
-REGIMES = ("linear_probe", "bitfit", "full")
+REGIMES = ("linear_probe", "bitfit", "full", "frozen")
 
 
 @dataclasses.dataclass
@@ -31,7 +32,7 @@ class AdapterSpec:
 
     Args:
         method: a peft method name (``lora``, ``adalora``, ``ln_tuning`` …), a verticals method
-            (``bottleneck``, ``s2lora``), or a regime: ``linear_probe`` / ``bitfit`` / ``full``.
+            (``bottleneck``, ``s2lora``), or a regime: ``linear_probe`` / ``bitfit`` / ``full`` / ``frozen``.
         targets: a preset (``attention``, ``qv``, ``mlp``, ``all-linear``, ``blocks``, ``layernorm``, or
             one a backbone family adds, such as ``clip_qkv``), a regex over module names, or a list of
             module names; resolved per backbone family (``verticals.core.adapters.families``) and narrowed
@@ -135,6 +136,13 @@ def _set_regime(
         model.requires_grad_(True)
         return
     model.requires_grad_(False)
+    if regime == "frozen":
+        if trainable:
+            raise ValueError(
+                f"Method 'frozen' trains nothing, but `trainable` names {list(trainable)}: use 'linear_probe' to "
+                "train those modules."
+            )
+        return
     if regime == "bitfit":
         _enable_biases(model, targets)
         for name in resolve_targets(model, list(trainable), kinds=(nn.Module,)) if trainable else []:

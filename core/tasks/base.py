@@ -497,6 +497,8 @@ class AdapterTask(L.LightningModule):
         own = {id(parameter) for parameter in objective.own_parameters()} if objective is not None else set()
         parameters = [p for p in self.parameters() if p.requires_grad and id(p) not in own]
         if not parameters:
+            if self.adapter_spec is not None and self.adapter_spec.method == "frozen":
+                return None  # a zero-shot evaluation: nothing to optimise
             raise ValueError("Nothing to train: the adapter left no trainable parameters.")
         optimizer = torch.optim.AdamW(
             parameters, lr=self.hparams["learning_rate"], weight_decay=self.hparams["weight_decay"]
