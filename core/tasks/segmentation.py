@@ -657,9 +657,10 @@ class SegmentationTask(AdapterTask):
             keep = valid[:, None].to(truth_onehot.dtype)
             predicted_onehot, truth_onehot = predicted_onehot * keep, truth_onehot * keep
         overlap = (predicted_onehot * truth_onehot).flatten(2).sum(-1)
+        slices = torch.ones_like(overlap)  # so a volume with nothing true or predicted still counts as tested
         counts = torch.stack(
-            [overlap, predicted_onehot.flatten(2).sum(-1), truth_onehot.flatten(2).sum(-1)], dim=-1
-        ).double()  # [N, K, 3]
+            [overlap, predicted_onehot.flatten(2).sum(-1), truth_onehot.flatten(2).sum(-1), slices], dim=-1
+        ).double()  # [N, K, 4]
         totals = getattr(self, "_volume_counts", None)
         if totals is None:
             totals = self._volume_counts = {}
@@ -677,14 +678,14 @@ class SegmentationTask(AdapterTask):
         if count == 0:
             self.volume_dice = None
             return
-        dense = torch.zeros(count, len(self.metric_labels), 3, dtype=torch.float64, device=self.device)
+        dense = torch.zeros(count, len(self.metric_labels), 4, dtype=torch.float64, device=self.device)
         for volume, values in totals.items():
             dense[volume] = values.to(self.device)
         dense = _gathered(self, dense)
         dense = dense.sum(0) if dense.ndim == 4 else dense
-        overlap, predicted, truth = dense.unbind(-1)
+        overlap, predicted, truth, slices = dense.unbind(-1)
         dice = torch.where(truth > 0, 2 * overlap / (predicted + truth).clamp_min(1), torch.nan)
-        seen = (dense.sum(dim=(1, 2)) > 0).cpu()
+        seen = (slices[:, 0] > 0).cpu()  # every tested volume, an empty one included (a row of NaN)
         self.volume_dice = dice[seen].float().cpu()  # [volumes, K], in volume-index order
         per_class = _nanmean_columns(self.volume_dice)
         self.log("test_volume_dice", _nanmean(per_class))

