@@ -580,12 +580,7 @@ class SegmentationTask(AdapterTask):
         spacing: torch.Tensor | None,
     ) -> dict[str, torch.Tensor]:
         """Feed one batch of label maps to the stage's MONAI metrics; per-sample ``[N, K]`` values by name."""
-        labels = self.metric_labels
-        predicted_onehot = _one_hot_labels(predicted, labels)
-        truth_onehot = _one_hot_labels(y, labels)
-        if valid is not None:
-            keep = valid[:, None].to(truth_onehot.dtype)
-            predicted_onehot, truth_onehot = predicted_onehot * keep, truth_onehot * keep
+        predicted_onehot, truth_onehot = self._scored_one_hots(predicted, y, valid)
         metrics: StageMetrics | None = getattr(self, f"{stage}_metrics")
         if metrics is None:
             raise ValueError(
@@ -600,6 +595,19 @@ class SegmentationTask(AdapterTask):
             elif spatial:
                 values[name] = _quiet(metric)(predicted_onehot, truth_onehot, spacing=self._spacing(spacing))
         return {name: value.detach().float() for name, value in values.items()}
+
+    def _scored_one_hots(
+        self, predicted: torch.Tensor, y: torch.Tensor, valid: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One-hot maps ``[N, K, *S]`` of the ``metric_labels`` in prediction and truth, ignored elements zeroed
+        in both (so MONAI's own background / ignore options stay off)."""
+        labels = self.metric_labels
+        predicted_onehot = _one_hot_labels(predicted, labels)
+        truth_onehot = _one_hot_labels(y, labels)
+        if valid is not None:
+            keep = valid[:, None].to(truth_onehot.dtype)
+            predicted_onehot, truth_onehot = predicted_onehot * keep, truth_onehot * keep
+        return predicted_onehot, truth_onehot
 
     def _spacing(self, batch_spacing: torch.Tensor | None) -> Any:
         if batch_spacing is not None:
@@ -650,12 +658,7 @@ class SegmentationTask(AdapterTask):
         volume_index: torch.Tensor,
     ) -> None:
         """Add each slice's per-class overlap, predicted and true voxel counts to its volume's totals."""
-        labels = self.metric_labels
-        predicted_onehot = _one_hot_labels(predicted, labels)
-        truth_onehot = _one_hot_labels(y, labels)
-        if valid is not None:
-            keep = valid[:, None].to(truth_onehot.dtype)
-            predicted_onehot, truth_onehot = predicted_onehot * keep, truth_onehot * keep
+        predicted_onehot, truth_onehot = self._scored_one_hots(predicted, y, valid)
         overlap = (predicted_onehot * truth_onehot).flatten(2).sum(-1)
         slices = torch.ones_like(overlap)  # so a volume with nothing true or predicted still counts as tested
         counts = torch.stack(

@@ -21,6 +21,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from verticals.core.adapters.batchnorm import keep_batchnorm_statistics
 from verticals.core.adapters.families import register_family
 from verticals.core.registry import register_model
 from verticals.domains.medical.clip import CLIP_QKV_PRESET, CLIP_QKV_TARGETS, CLIPClassifier, is_biomedclip
@@ -87,9 +88,7 @@ class EfficientNetClassifier(nn.Module):
     def train(self, mode: bool = True) -> EfficientNetClassifier:
         super().train(mode)
         if self.freeze_batchnorm:
-            for module in self.backbone.modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                    module.eval()
+            keep_batchnorm_statistics(self.backbone)
         return self
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

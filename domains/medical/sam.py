@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from verticals.core.adapters.batchnorm import keep_batchnorm_statistics
 from verticals.domains.medical.sam_prompts import check_prompts
 
 __all__ = [
@@ -624,9 +625,7 @@ class SamSegmenter(nn.Module):
     def train(self, mode: bool = True) -> SamSegmenter:
         super().train(mode)
         if self.freeze_batchnorm:
-            for module in self.backbone.modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                    module.eval()
+            keep_batchnorm_statistics(self.backbone)
         return self
 
     # -- forward ---------------------------------------------------------------------------------

@@ -118,6 +118,11 @@ def _rgb_unit(image: np.ndarray) -> np.ndarray:
     return np.clip(scaled, 0.0, 1.0)
 
 
+def _plain(tensor: torch.Tensor) -> torch.Tensor:
+    """A MONAI ``MetaTensor`` as a plain tensor (a plain one as it is)."""
+    return tensor.as_tensor() if hasattr(tensor, "as_tensor") else torch.as_tensor(tensor)
+
+
 def resize_slices(image: np.ndarray, label: np.ndarray, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``image [n, H, W]`` or ``[n, H, W, 3]`` and ``label [n, H, W]`` resized to ``size`` × ``size`` (MONAI).
 
@@ -133,8 +138,9 @@ def resize_slices(image: np.ndarray, label: np.ndarray, size: int) -> tuple[torc
     planes = planes.permute(0, 3, 1, 2).reshape(count * 3, height, width) if rgb else planes
     labels = torch.from_numpy(np.ascontiguousarray(label)).to(torch.float32)
     if (height, width) != (size, size):
-        planes = torch.as_tensor(Resize((size, size), mode="bilinear", anti_aliasing=True)(planes))
-        labels = torch.as_tensor(Resize((size, size), mode="nearest-exact")(labels))
+        # MONAI returns MetaTensors, whose per-op metadata bookkeeping costs ~15% of a forward pass later.
+        planes = _plain(Resize((size, size), mode="bilinear", anti_aliasing=True)(planes))
+        labels = _plain(Resize((size, size), mode="nearest-exact")(labels))
     planes = planes.reshape(count, 3 if rgb else 1, size, size).clamp(0.0, 1.0)
     return planes.contiguous(), labels.round().to(torch.int64)
 
