@@ -39,7 +39,7 @@ def test_tiny_run_writes_markdown_json_and_figures(benchmark, tmp_path: Path, mo
         assert 0.0 <= run["dice"] <= 1.0 and 0.0 <= run["volume_dice"] <= 1.0
         assert "examples" not in run  # arrays go to the figures only
         if run["method"] == "zero_shot_box":
-            assert run["trainable"] == 0 and run["adapter_mb"] == 0 and math.isnan(run["seconds_per_step"])
+            assert run["trainable"] == 0 and run["adapter_mb"] < 1e-3 and math.isnan(run["seconds_per_step"])
         else:
             assert 0 < run["encoder_trainable_percent"] < 1 < run["trainable_percent"] < 60
             assert run["adapter_mb"] > 0 and run["steps"] >= 1

@@ -32,8 +32,8 @@ class BottleneckConfig(PeftConfig):
         bottleneck_dim (`int`):
             Width of the bottleneck, i.e. the output size of the down-projection. Defaults to 64.
         bottleneck_ratio (`Optional[float]`):
-            Width of the bottleneck as a fraction of each wrapped module's feature width (Medical SAM Adapter:
-            0.25, i.e. D -> D/4), for backbones whose stages differ in width; overrides `bottleneck_dim`.
+            Width of the bottleneck as a fraction of each wrapped module's feature width (0.25: D -> D/4),
+            for backbones whose stages differ in width; overrides `bottleneck_dim`.
         scaling (`Union[float, str]`):
             Factor on the adapter's output: a fixed number (default 1.0), or ``"learnable"`` for a trained
             scalar that starts at 0.1, as in AdaptFormer and Earth-Adapter.
@@ -44,7 +44,7 @@ class BottleneckConfig(PeftConfig):
         parallel_modules (`Optional[Union[list[str], str]]`):
             Targets that take the ``"parallel"`` placement while the others take `placement`, with the same
             matching rules as `target_modules`: one config can put adapters after attention and beside the
-            MLP, as Medical SAM Adapter does.
+            MLP.
         activation (`str`):
             Nonlinearity between the projections: ``"gelu"`` (default), ``"relu"`` or ``"silu"``.
         dropout (`float`):
