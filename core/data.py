@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
@@ -65,6 +65,7 @@ __all__ = [
     "make_loader",
     "read_image",
     "read_mask",
+    "sorted_labels",
     "stratified_split",
     "supported_suffixes",
 ]
@@ -340,8 +341,10 @@ class ArrayDataset(Dataset):
         return item
 
 
-def _sorted_labels(labels: Sequence[str]) -> list[str]:
-    """Numeric labels ('1', '2', '10') sort as numbers, anything else as strings."""
+def sorted_labels(labels: Iterable[str]) -> list[str]:
+    """Numeric labels ('1', '2', '10') sort as numbers, anything else as strings: the one order in which
+    classes and group categories are coded, so reports and checkpoints agree across runs."""
+    labels = list(labels)
     try:
         return sorted(labels, key=float)
     except ValueError:
@@ -358,7 +361,7 @@ def encode_labels(
     set lacks is an error, since a classifier cannot be trained or scored on it.
     """
     train = np.asarray(train_labels).astype(str)
-    class_names = _sorted_labels([str(v) for v in np.unique(train)])
+    class_names = sorted_labels([str(v) for v in np.unique(train)])
     index = {name: i for i, name in enumerate(class_names)}
     encoded = [np.array([index[v] for v in train], dtype=np.int64)]
     for labels in other_labels:

@@ -31,10 +31,10 @@ from torch.utils.data import Dataset
 
 from verticals.core.data import (
     BaseDataModule,
-    _sorted_labels,
     encode_group_matrix,
     encode_labels,
     few_shot_rows,
+    sorted_labels,
 )
 from verticals.core.image_io import (
     ImageDecodeError,
@@ -432,7 +432,7 @@ class ManifestDataModule(BaseDataModule):
 
     def group_categories(self, table: pd.DataFrame, attribute: str) -> list[str]:
         """Categories of group ``attribute`` in code order: numbers numerically, other values sorted."""
-        return _sorted_labels([str(v) for v in pd.unique(table[attribute].dropna())])
+        return sorted_labels([str(v) for v in pd.unique(table[attribute].dropna())])
 
     @property
     def table(self) -> pd.DataFrame:

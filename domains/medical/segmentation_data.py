@@ -50,7 +50,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from verticals.core.data import SPLITS, BaseDataModule, _sorted_labels, encode_group_matrix
+from verticals.core.data import SPLITS, BaseDataModule, encode_group_matrix, sorted_labels
 from verticals.domains.medical.sam_prompts import PROMPT_MODES, PromptMode, prompts_from_label
 from verticals.domains.medical.volumes import LabelledVolume
 
@@ -370,7 +370,7 @@ class SliceSegmentationDataModule(BaseDataModule):
             if attribute in requested:
                 names[attribute] = [str(name) for name in requested[attribute]]
             else:
-                names[attribute] = _sorted_labels(sorted({str(v.attributes[attribute]) for v in everything}))
+                names[attribute] = sorted_labels({str(v.attributes[attribute]) for v in everything})
         self.group_attributes, self.group_names = attributes, names
 
     @property
@@ -548,6 +548,10 @@ def volume_dice(
     (column 0 is the background; ``nan`` where a class is absent from both truth and prediction),
     ``class_mean [C]`` (mean over volumes, ``nan`` ignored) and ``mean`` (mean of the foreground classes'
     ``class_mean``). Only the slices given are counted (see ``slices`` of the datamodule).
+
+    For predictions made outside a Trainer. ``SegmentationTask``'s ``test_volume_dice`` (from test batches
+    with ``volume_index``) follows MONAI's ``ignore_empty`` instead: a class absent from a volume's truth
+    gives no value there, where this function gives 0 if the class was predicted.
     """
     pred = _integer_array(pred_slices, "pred_slices")
     true = _integer_array(true_slices, "true_slices")

@@ -629,11 +629,12 @@ class _CaseSplitDataModule(SliceSegmentationDataModule):
         self._case_splits: dict[str, list[str]] | None = None
 
     def case_ids(self) -> list[str]:
-        """Every labelled case id of the dataset (the unit of the split)."""
-        raise NotImplementedError
+        """Every labelled case id of the dataset (the unit of the split); each layout's subclass lists them."""
+        raise NotImplementedError(f"{type(self).__name__} must implement `case_ids()`.")
 
     def read_cases(self, split: str, cases: list[str]) -> list[LabelledVolume]:
-        raise NotImplementedError
+        """The volumes of ``cases`` (those of ``split``), read in the layout's format."""
+        raise NotImplementedError(f"{type(self).__name__} must implement `read_cases()`.")
 
     def fixed_test_cases(self) -> list[str] | None:
         return None
