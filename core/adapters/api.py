@@ -10,6 +10,9 @@ train), ``bitfit`` (only bias terms train, Ben Zaken et al. 2022), ``full`` (eve
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import importlib.util
+import pkgutil
 from collections.abc import Sequence
 from typing import Any
 
@@ -123,10 +126,36 @@ def _peft_model(model: nn.Module, config: PeftConfig, adapter_name: str) -> nn.M
 
 
 def _config_class(method: str) -> type[PeftConfig]:
+    config_cls = _registered_config_class(method)
+    if config_cls is None:
+        # A method a domain registers (in its ``adapters.py``) is known once that module is imported; a config
+        # naming such a method on a backbone of its own has imported nothing of the domain yet.
+        _import_domain_adapters()
+        config_cls = _registered_config_class(method)
+    if config_cls is None:
+        raise ValueError(f"Unknown adapter method {method!r}. Choose one of: {', '.join(peft_methods())}.")
+    return config_cls
+
+
+def _registered_config_class(method: str) -> type[PeftConfig] | None:
     for peft_type, config_cls in PEFT_TYPE_TO_CONFIG_MAPPING.items():
         if str(peft_type.value).lower() == method.lower():
             return config_cls
-    raise ValueError(f"Unknown adapter method {method!r}. Choose one of: {', '.join(peft_methods())}.")
+    return None
+
+
+def _import_domain_adapters() -> None:
+    """Import every installed ``verticals.domains.<name>.adapters`` module, skipping domains whose extra is
+    not installed (their methods then stay unknown, and the error lists what is)."""
+    import verticals.domains
+
+    for module in pkgutil.iter_modules(verticals.domains.__path__):
+        name = f"verticals.domains.{module.name}.adapters"
+        try:
+            if importlib.util.find_spec(name) is not None:
+                importlib.import_module(name)
+        except ImportError:
+            continue
 
 
 def _set_regime(

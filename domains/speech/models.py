@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -33,6 +32,7 @@ from transformers.utils import logging as hf_logging
 
 from verticals.core.adapters.families import every_block_has, has_modules, register_family
 from verticals.core.adapters.s2lora import S2LoRAModel
+from verticals.core.cache import cache_root
 from verticals.core.registry import register_model
 from verticals.core.seeding import seeded
 
@@ -61,11 +61,6 @@ DEFAULT_MAX_NEW_TOKENS = 96
 
 # S2-LoRA without target_modules on an HF Whisper adapts the attention q/v projections (the paper's setting).
 S2LoRAModel.target_module_mapping.setdefault("whisper", ["q_proj", "v_proj"])
-
-
-def cache_root() -> Path:
-    """Where converted models and synthesised audio live: ``$VERTICALS_CACHE`` or ``~/.cache/verticals``."""
-    return Path(os.environ.get("VERTICALS_CACHE") or Path.home() / ".cache" / "verticals")
 
 
 def _ct2_tiny_en_dir() -> Path:

@@ -301,3 +301,28 @@ def test_setup_finds_every_package_so_a_new_domain_needs_no_pyproject_edit(tmp_p
     }
     pyproject = (REPOSITORY / "pyproject.toml").read_text()
     assert '"verticals.domains" = ["*/configs/*.yaml"]' in pyproject and "packages = [" not in pyproject
+
+
+def test_a_method_a_domain_registers_is_found_without_importing_the_domain(tmp_path, monkeypatch):
+    """A config may name a domain's PEFT method on a backbone of its own (nothing of the domain imported
+    yet): the core imports the installed domains' ``adapters`` modules before calling the method unknown."""
+    from verticals.core.adapters.api import build_peft_config
+
+    domain = tmp_path / "verticals" / "domains" / "vtoy_methods"
+    domain.mkdir(parents=True)
+    (domain / "__init__.py").write_text("")
+    (domain / "adapters.py").write_text(textwrap.dedent(ADAPTERS))
+    monkeypatch.setattr(
+        verticals.domains, "__path__", [*verticals.domains.__path__, str(tmp_path / "verticals/domains")]
+    )
+    assert "vtoy_scale" not in registered_methods()
+    try:
+        config = build_peft_config(torch.nn.Sequential(torch.nn.Linear(2, 2)), "vtoy_scale", ["0"])
+        assert type(config).__module__ == "verticals.domains.vtoy_methods.adapters"
+        with pytest.raises(ValueError, match="Unknown adapter method 'vtoy_nothing'.*vtoy_scale"):
+            build_peft_config(torch.nn.Linear(2, 2), "vtoy_nothing", None)
+    finally:
+        for name in [name for name in sys.modules if name.startswith("verticals.domains.vtoy_methods")]:
+            del sys.modules[name]
+        if "vtoy_scale" in registered_methods():
+            _unregister_method("vtoy_scale")
