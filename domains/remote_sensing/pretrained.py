@@ -72,7 +72,7 @@ def pretrained_tile_vit(
     ``img_size`` sets the position table of the returned model (resampled from the pretraining grid); the model
     also accepts other sizes divisible by its patch at run time (timm's ``dynamic_img_size``).
     """
-    recipe = recipe or PretrainRecipe(in_chans=in_chans)
+    recipe = recipe or PretrainRecipe()
     if recipe.in_chans != in_chans:
         raise ValueError(
             f"The pretraining recipe has {recipe.in_chans} bands but {in_chans} were asked for: the generated "
@@ -91,9 +91,14 @@ def pretrained_tile_vit(
 
 def pretrain_tile_vit(recipe: PretrainRecipe) -> dict[str, torch.Tensor]:
     """Pretrain a fresh tile ViT on clean tiles; returns its state dict (contiguous, for safetensors)."""
-    from verticals.domains.remote_sensing.landcover import LANDCOVER_CLASSES, generate_tiles
+    from verticals.domains.remote_sensing.landcover import BANDS, LANDCOVER_CLASSES, generate_tiles
     from verticals.domains.remote_sensing.models import tile_vit
 
+    if recipe.in_chans != len(BANDS):
+        raise ValueError(
+            f"The generated tiles have {len(BANDS)} bands ({', '.join(BANDS)}), but the recipe asks for "
+            f"{recipe.in_chans}: set in_chans={len(BANDS)}."
+        )
     started = time.perf_counter()
     with seeded(recipe.seed):
         images, masks = generate_tiles(
