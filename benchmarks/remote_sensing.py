@@ -112,6 +112,9 @@ def run_method(method: str, seed: int, args: argparse.Namespace, root: Path) -> 
     ]  # fmt: skip
     if args.backbone != "tile_vit" or not args.pretrained:
         argv += ["--model.init_args.model_args", json.dumps(_model_args(method, model_args))]
+    if args.backbone != "tile_vit" and method.startswith("mofa"):
+        # the configs name blocks 0-2 of the 6-block tile ViT as frequency layers; a shallower one has block 0
+        argv += ["--model.init_args.adapter.options.frequency_modules", '["blocks.0"]']
     start = time.perf_counter()
     with quiet_run(None if args.verbose else run_root / "stdout.log", _NOISY_WARNINGS,
                    loggers={"verticals.core.data": logging.ERROR}):  # fmt: skip
