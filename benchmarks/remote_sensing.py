@@ -80,6 +80,22 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument(
         "--no-pretrained", dest="pretrained", action="store_false", help="random backbone (smoke runs)"
     )
+    parser.add_argument(
+        "--learning-rates",
+        nargs="+",
+        type=float,
+        default=[0.001, 0.003, 0.01],
+        help="grid each method's learning rate is picked from (full fine-tuning: the grid / 10)",
+    )
+    parser.add_argument(
+        "--tune-seed",
+        type=int,
+        default=100,
+        help="seed of the tuning runs (its own labelled tiles and initialisation, none of the evaluation seeds)",
+    )
+    parser.add_argument(
+        "--no-tune", dest="tune", action="store_false", help="use each packaged config's learning rate"
+    )
     parser.add_argument("--bootstrap", type=int, default=200)
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results/remote_sensing.md"))
     parser.add_argument("--runs-dir", type=Path, default=None, help="keep the runs here (default: temp dir)")
@@ -89,9 +105,19 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def run_method(method: str, seed: int, args: argparse.Namespace, root: Path) -> dict[str, Any]:
-    """One ``verticals run`` of a packaged tile-ViT config; returns its figures."""
-    run_root = root / method / f"seed{seed}"
+def run_method(
+    method: str,
+    seed: int,
+    args: argparse.Namespace,
+    root: Path,
+    learning_rate: float | None = None,
+    phase: str = "eval",
+) -> dict[str, Any]:
+    """One ``verticals run`` of a packaged tile-ViT config (at ``learning_rate`` if given); returns its figures.
+    ``phase``: ``"tune"`` for a learning-rate tuning run (read for its validation score only), else ``"eval"``."""
+    run_root = (
+        root / phase / method / f"seed{seed}" / (f"lr{learning_rate:g}" if learning_rate else "packaged")
+    )
     model_args = {"backbone": args.backbone, "pretrained": args.pretrained, "feature_blocks": None}
     argv = [
         "run",
@@ -112,6 +138,8 @@ def run_method(method: str, seed: int, args: argparse.Namespace, root: Path) -> 
     ]  # fmt: skip
     if args.backbone != "tile_vit" or not args.pretrained:
         argv += ["--model.init_args.model_args", json.dumps(_model_args(method, model_args))]
+    if learning_rate is not None:
+        argv += ["--model.init_args.learning_rate", str(learning_rate)]
     if args.backbone != "tile_vit" and method.startswith("mofa"):
         # the configs name blocks 0-2 of the 6-block tile ViT as frequency layers; a shallower one has block 0
         argv += ["--model.init_args.adapter.options.frequency_modules", '["blocks.0"]']
@@ -131,6 +159,9 @@ def run_method(method: str, seed: int, args: argparse.Namespace, root: Path) -> 
     result: dict[str, Any] = {
         "method": method,
         "seed": seed,
+        "phase": phase,
+        "learning_rate": float(task.hparams["learning_rate"]),
+        "best_val_miou": float(trainer.checkpoint_callback.best_model_score),
         "epochs_run": int(trainer.current_epoch),
         "steps": int(trainer.global_step),
         "miou": metrics["test_miou"],
@@ -145,9 +176,15 @@ def run_method(method: str, seed: int, args: argparse.Namespace, root: Path) -> 
         "tiles": {split: len(cli.datamodule.split_dataset(split)) for split in ("train", "val", "test")},
         "log_dir": str(log_dir),
     }
-    if method in ("mofa", "mofa_nosplit"):
+    if method in ("mofa", "mofa_nosplit") and phase == "eval":
         result["router"] = router_by_artefact(cli)
     return result
+
+
+def learning_rate_grid(method: str, rates: Sequence[float]) -> list[float]:
+    """The learning rates tried for ``method``: the grid, a tenth of it for full fine-tuning (every weight
+    moves, as usual a smaller step)."""
+    return [rate / 10 if method == "full" else rate for rate in rates]
 
 
 def _model_args(method: str, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -215,9 +252,22 @@ def router_by_artefact(cli: Any) -> dict[str, dict[str, list[float]]]:
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Per method: each figure's mean, std and t-interval over seeds; MoFA's paired per-seed difference to
     each control, overall and per artefact type."""
+    tuning = [run for run in runs if run.get("phase") == "tune"]
+    runs = [run for run in runs if run.get("phase", "eval") == "eval"]
     artefacts = sorted({name for run in runs for name in run["miou_per_artefact"]}, key=_artefact_order)
     reference = {run["seed"]: run for run in runs if run["method"] == REFERENCE}
-    summary: dict[str, Any] = {"artefacts": artefacts, "methods": {}, "mofa_minus": {}}
+    summary: dict[str, Any] = {
+        "artefacts": artefacts,
+        "methods": {},
+        "mofa_minus": {},
+        "tuning": {
+            method: {
+                f"{run['learning_rate']:g}": run["best_val_miou"] for run in tuning if run["method"] == method
+            }
+            for method in METHODS
+            if any(run["method"] == method for run in tuning)
+        },
+    }
     for method in METHODS:
         chosen = [run for run in runs if run["method"] == method]
         if not chosen:
@@ -233,7 +283,13 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
                 for name in artefacts
             },
         }
-        for key in ("trainable", "trainable_percent", "adapter_parameters", "backbone_parameters"):
+        for key in (
+            "trainable",
+            "trainable_percent",
+            "adapter_parameters",
+            "backbone_parameters",
+            "learning_rate",
+        ):
             entry[key] = chosen[0][key]
         summary["methods"][method] = entry
         if method == REFERENCE or not reference:
@@ -384,13 +440,14 @@ def render(results: dict[str, Any]) -> str:
         "",
         "## Methods",
         "",
-        "| method | seeds | mIoU | trainable (adapter + head) | adapter parameters | trainable % of the backbone "
-        "| s / step |",
-        "|---|---|---|---|---|---|---|",
+        "| method | seeds | learning rate | mIoU | trainable (adapter + head) | adapter parameters | "
+        "trainable % of the backbone | s / step |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for method, entry in summary["methods"].items():
         lines.append(
-            f"| {method} | {len(entry['seeds'])} | {_ci(entry['miou'])} | {entry['trainable']:,} | "
+            f"| {method} | {len(entry['seeds'])} | {entry['learning_rate']:g} | {_ci(entry['miou'])} | "
+            f"{entry['trainable']:,} | "
             f"{entry['adapter_parameters']:,} | {entry['trainable_percent']:.2f} | "
             f"{_ci(entry['seconds_per_step'], 3)} |"
         )
@@ -436,6 +493,24 @@ def render(results: dict[str, Any]) -> str:
                 for weights in run["router"][artefact].values()
             ]
             lines.append(f"| {artefact} | " + " | ".join(cells) + " |")
+    if summary.get("tuning"):
+        rates = sorted({rate for scores in summary["tuning"].values() for rate in scores}, key=float)
+        lines += [
+            "",
+            f"## Learning rates (tuned on seed {args['tune_seed']}'s validation mIoU; no evaluation seed, no test tile)",
+            "",
+            "| method | " + " | ".join(rates) + " |",
+            "|---" * (len(rates) + 1) + "|",
+        ]
+        for method, scores in summary["tuning"].items():
+            best = max(scores, key=scores.get)
+            cells = [
+                ("**" + _number(scores[rate]) + "**" if rate == best else _number(scores[rate]))
+                if rate in scores
+                else ""
+                for rate in rates
+            ]
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
     lines += ["", "## The paper's claim beside ours", "", PAPER_CLAIM, ""]
     if results.get("figures"):
         folder = Path(results["figures"][0]).parent.name
@@ -451,22 +526,40 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     env = machine(["torch", "lightning", "peft", "timm", "torchgeo"])
     runs: list[dict[str, Any]] = json.loads(args.resume.read_text()) if args.resume is not None else []
-    done = {(run["method"], run["seed"]) for run in runs}
+    done = {(run.get("phase", "eval"), run["method"], run["seed"], run["learning_rate"]) for run in runs}
     with runs_root(args.runs_dir, "remote_sensing_") as root:
+
+        def record(run: dict[str, Any]) -> None:
+            runs.append(run)
+            if args.runs_dir is not None:
+                (root / "progress.json").write_text(json.dumps(runs, indent=1, default=str))
+            print(
+                f"{run['phase']:5s} {run['method']:14s} seed {run['seed']} lr {run['learning_rate']:g}: val mIoU "
+                f"{run['best_val_miou']:.3f}, test mIoU {run['miou']:.3f} ("
+                + " ".join(f"{k} {v:.3f}" for k, v in run["miou_per_artefact"].items())
+                + f"; {run['wall_seconds']:.0f} s)",
+                flush=True,
+            )
+
+        chosen: dict[str, float | None] = {method: None for method in args.methods}
+        if args.tune:  # each method's learning rate, picked on validation mIoU of a seed not evaluated
+            for method in args.methods:
+                for rate in learning_rate_grid(method, args.learning_rates):
+                    if ("tune", method, args.tune_seed, rate) not in done:
+                        record(run_method(method, args.tune_seed, args, root, rate, phase="tune"))
+                scores = {
+                    run["learning_rate"]: run["best_val_miou"]
+                    for run in runs
+                    if run.get("phase") == "tune"
+                    and run["method"] == method
+                    and run["seed"] == args.tune_seed
+                }
+                chosen[method] = max(scores, key=scores.get)
         for seed in args.seeds:  # seeds outermost: an interrupted sweep still covers every method
             for method in args.methods:
-                if (method, seed) in done:
+                if any(key[:3] == ("eval", method, seed) for key in done):
                     continue
-                run = run_method(method, seed, args, root)
-                runs.append(run)
-                if args.runs_dir is not None:
-                    (root / "progress.json").write_text(json.dumps(runs, indent=1, default=str))
-                print(
-                    f"{method:14s} seed {seed}: mIoU {run['miou']:.3f} "
-                    + " ".join(f"{k} {v:.3f}" for k, v in run["miou_per_artefact"].items())
-                    + f" ({run['wall_seconds']:.0f} s)",
-                    flush=True,
-                )
+                record(run_method(method, seed, args, root, chosen[method]))
     results = {
         "command": " ".join(argv),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -475,7 +568,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()
         },
         "runs": runs,
-        "resumed_runs": sorted(f"{method}/seed{seed}" for method, seed in done),
+        "resumed_runs": sorted(
+            f"{phase}/{method}/seed{seed}/lr{rate:g}" for phase, method, seed, rate in done
+        ),
         "summary": summarise(runs),
         "total_minutes": (time.perf_counter() - started) / 60,
     }

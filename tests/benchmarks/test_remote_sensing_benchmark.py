@@ -23,6 +23,7 @@ def test_tiny_run_writes_markdown_json_and_figures(benchmark, tmp_path: Path, mo
     output = tmp_path / "results" / "remote_sensing.md"
     argv = [
         "--methods", "mofa", "mofa_nosplit", "lora",
+        "--learning-rates", "0.001", "0.01",
         "--seeds", "0", "1",
         "--epochs", "1",
         "--tile-size", "32",
@@ -36,14 +37,25 @@ def test_tiny_run_writes_markdown_json_and_figures(benchmark, tmp_path: Path, mo
         "--output", str(output),
     ]  # fmt: skip
     results = benchmark.main(argv)
-    assert {(run["method"], run["seed"]) for run in results["runs"]} == {
-        (method, seed) for method in ("mofa", "mofa_nosplit", "lora") for seed in (0, 1)
+    methods = ("mofa", "mofa_nosplit", "lora")
+    evaluated = [run for run in results["runs"] if run["phase"] == "eval"]
+    tuned = [run for run in results["runs"] if run["phase"] == "tune"]
+    assert {(run["method"], run["seed"]) for run in evaluated} == {
+        (m, seed) for m in methods for seed in (0, 1)
     }
-    for run in results["runs"]:
+    assert {(run["method"], run["seed"], run["learning_rate"]) for run in tuned} == {
+        (m, 100, rate) for m in methods for rate in (0.001, 0.01)
+    }
+    tuning = results["summary"]["tuning"]
+    for method in methods:  # every evaluation seed runs at the rate with the best tuning-seed validation mIoU
+        best = max(tuning[method], key=tuning[method].get)
+        assert {run["learning_rate"] for run in evaluated if run["method"] == method} == {float(best)}
+        assert "router" not in next(run for run in tuned if run["method"] == method)
+    for run in evaluated:
         assert 0.0 <= run["miou"] <= 1.0
         assert set(run["miou_per_artefact"]) == {"clean", "stripes", "haze", "noise", "jpeg", "colour"}
         assert 0 < run["adapter_parameters"] < run["trainable"] and run["steps"] >= 1
-    mofa = next(run for run in results["runs"] if run["method"] == "mofa")
+    mofa = next(run for run in evaluated if run["method"] == "mofa")
     for layers in mofa["router"].values():  # a mean weight per expert, summing to 1
         for weights in layers.values():
             assert len(weights) == 3 and math.isclose(sum(weights), 1.0, rel_tol=1e-4)
@@ -55,6 +67,7 @@ def test_tiny_run_writes_markdown_json_and_figures(benchmark, tmp_path: Path, mo
     assert saved["summary"]["methods"]["mofa"]["seeds"] == [0, 1]
     markdown = output.read_text()
     assert "| mofa | 2 |" in markdown and "MoFA minus each control" in markdown and "router" in markdown
+    assert "Learning rates (tuned on seed 100" in markdown
     for figure in ("miou_by_artefact.png", "mofa_minus.png"):
         assert (output.with_suffix("") / figure).stat().st_size > 0
         assert f"remote_sensing/{figure}" in markdown
