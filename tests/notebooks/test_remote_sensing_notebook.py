@@ -54,7 +54,8 @@ def _fake_benchmark(path: Path) -> None:
         for method, level in (("mofa", 0.70), ("mofa_nosplit", 0.70 - wobble + 0.01), ("lora", 0.65)):
             per_artefact = {name: level + 0.01 * index + wobble for index, name in enumerate(ARTEFACTS)}
             runs.append({
-                "method": method, "seed": seed, "miou": level + wobble, "miou_per_artefact": per_artefact,
+                "method": method, "seed": seed, "phase": "eval", "learning_rate": 0.003,
+                "miou": level + wobble, "miou_per_artefact": per_artefact,
                 "seconds_per_step": 0.1 + wobble, "trainable": 60_000, "trainable_percent": 4.5,
                 "adapter_parameters": 52_047 if method != "lora" else 24_576, "backbone_parameters": 1_200_000,
                 "router": {name: {"backbone.blocks.0": [0.2, 0.3, 0.5]} for name in ARTEFACTS}
