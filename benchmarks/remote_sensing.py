@@ -84,7 +84,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "--learning-rates",
         nargs="+",
         type=float,
-        default=[0.001, 0.003, 0.01],
+        default=[0.001, 0.003, 0.01, 0.03],
         help="grid each method's learning rate is picked from (full fine-tuning: the grid / 10)",
     )
     parser.add_argument(
