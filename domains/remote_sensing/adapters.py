@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import math
 import re
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -33,10 +32,11 @@ from typing import Any, ClassVar, Literal
 import torch
 import torch.nn.functional as F
 from peft.config import PeftConfig
-from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer, check_target_module_exists
+from peft.tuners.tuners_utils import BaseTunerLayer, check_target_module_exists
 from peft.utils import PeftType
 from torch import nn
 
+from verticals.core.adapters.block_tuner import BlockAdapterTuner
 from verticals.core.peft_methods import register_method
 from verticals.domains.remote_sensing.frequency import (
     infer_channels,
@@ -584,44 +584,18 @@ class ConvPassLayer(_GridAdapterLayer):
 # --- tuners ------------------------------------------------------------------------------------------------
 
 
-class _GridAdapterTuner(BaseTuner):
+class _GridAdapterTuner(BlockAdapterTuner):
     """Puts a layer of ``tuner_layer_cls`` around every block the config names."""
 
     tuner_layer_cls: type[_GridAdapterLayer]
-    # Block names differ per architecture, so there are no defaults: `target_modules` is required.
-    target_module_mapping: dict[str, list[str]] = {}
 
-    def _prepare_adapter_config(self, peft_config: PeftConfig, model_config: dict) -> PeftConfig:
-        if peft_config.target_modules is None:
-            raise ValueError(
-                f"`target_modules` is required for {self.tuner_layer_cls.method} adapters (there is no default "
-                "per architecture): name the blocks to wrap, e.g. target_modules=['blocks.0', 'blocks.1'] or "
-                "a regex like r'.*blocks\\.\\d+'."
-            )
-        return peft_config
+    @property
+    def adapter_noun(self) -> str:  # type: ignore[override]
+        return f"{self.tuner_layer_cls.method} adapters"
 
-    def _check_target_module_exists(self, peft_config: PeftConfig, key: str) -> bool | re.Match[str] | None:
-        matched = check_target_module_exists(peft_config, key)
-        if matched and self._inside_adapter_layer(key):
-            # A target inside a block wrapped moments ago: peft could not even look it up any more.
-            warnings.warn(
-                f"Module '{key}' matches `target_modules` but lies inside a module that was just wrapped; only "
-                "the outermost match is adapted. Narrow `target_modules` to silence this.",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            return False
-        return matched
-
-    def _inside_adapter_layer(self, key: str) -> bool:
-        module = self.model
-        for part in key.split(".")[:-1]:
-            module = module._modules.get(part)
-            if module is None:
-                return False
-            if isinstance(module, BaseTunerLayer):
-                return True
-        return False
+    def merge_error(self) -> str:
+        layer = self.tuner_layer_cls
+        return _MERGE_ERROR.format(method=layer.method, why=layer.nonlinear_because)
 
     def _create_and_replace(
         self,
@@ -648,17 +622,6 @@ class _GridAdapterTuner(BaseTuner):
         if adapter_name not in self.active_adapters:
             new_module.requires_grad_(False)
         self._replace_module(parent, target_name, new_module, target)
-
-    def _replace_module(
-        self, parent: nn.Module, child_name: str, new_module: nn.Module, child: nn.Module
-    ) -> None:
-        # BaseTuner's version moves the adapters to `child.weight`'s device, which a block doesn't have; the
-        # layer already creates its adapters on the device and dtype of the block it wraps.
-        setattr(parent, child_name, new_module)
-
-    def _check_merge_allowed(self) -> None:
-        layer = self.tuner_layer_cls
-        raise ValueError(_MERGE_ERROR.format(method=layer.method, why=layer.nonlinear_because))
 
 
 class MoFAModel(_GridAdapterTuner):
