@@ -9,6 +9,7 @@ import importlib.metadata
 import io
 import json
 import logging
+import math
 import os
 import platform
 import sys
@@ -224,3 +225,21 @@ def callback_class_path(kind: type) -> str:
             "import its file as a registered module (sys.modules) or run it as a script."
         )
     return f"{kind.__module__}.{kind.__qualname__}"
+
+
+def format_number(value: Any, digits: int = 3) -> str:
+    """A figure, or "–" where there is none (NaN, or None as JSON writes NaN: e.g. a gap between groups that
+    all score 0)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.{digits}f}"
+
+
+def format_interval(entry: Mapping[str, Any], digits: int = 3) -> str:
+    """``mean [low, high]`` of a ``SeedStatistics.as_dict()`` (just the mean where one seed gives no interval)."""
+    mean, low, high = entry.get("mean"), entry.get("low"), entry.get("high")
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "–"
+    if low is None or (isinstance(low, float) and math.isnan(low)):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"

@@ -33,6 +33,8 @@ from _common import (
     TrainWindow,
     callback_class_path,
     find_callback,
+    format_interval,
+    format_number,
     machine,
     machine_line,
     quiet_run,
@@ -346,23 +348,6 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
-def _number(value: Any, digits: int = 3) -> str:
-    """A figure, or "–" where there is none (NaN, or None as JSON writes NaN: e.g. a gap between groups that
-    all score 0)."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    return f"{value:.{digits}f}"
-
-
-def _ci(entry: dict[str, Any], digits: int = 3) -> str:
-    mean, low, high = entry.get("mean"), entry.get("low"), entry.get("high")
-    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
-        return "–"
-    if low is None or (isinstance(low, float) and math.isnan(low)):
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
-
-
 def render(results: dict[str, Any]) -> str:
     args = results["arguments"]
     lines = [
@@ -391,12 +376,16 @@ def render(results: dict[str, Any]) -> str:
             "|---|---|---|---|---|---|---|---|---|",
         ]
         for method, entry in per_method.items():
-            paired = _ci(entry["dice_minus_decoder_only"]) if "dice_minus_decoder_only" in entry else "–"
+            paired = (
+                format_interval(entry["dice_minus_decoder_only"])
+                if "dice_minus_decoder_only" in entry
+                else "–"
+            )
             lines.append(
-                f"| {method} | {len(entry['seeds'])} | {_ci(entry['dice'])} | {paired} | "
-                f"{_ci(entry['volume_dice'])} | {_ci(entry['hd95'], 1)} | {entry['trainable_percent']:.2f} "
+                f"| {method} | {len(entry['seeds'])} | {format_interval(entry['dice'])} | {paired} | "
+                f"{format_interval(entry['volume_dice'])} | {format_interval(entry['hd95'], 1)} | {entry['trainable_percent']:.2f} "
                 f"({entry['encoder_trainable_percent']:.2f}) | {entry['adapter_mb']:.2f} | "
-                f"{_ci(entry['seconds_per_step'], 2)} |"
+                f"{format_interval(entry['seconds_per_step'], 2)} |"
             )
         lines.append("")
         classes = sorted(
@@ -407,7 +396,7 @@ def render(results: dict[str, Any]) -> str:
         for method in per_method:
             chosen = [run for run in results["runs"] if run["dataset"] == dataset and run["method"] == method]
             cells = [
-                _ci(seed_statistics([run["dice_per_class"][name] for run in chosen]).as_dict())
+                format_interval(seed_statistics([run["dice_per_class"][name] for run in chosen]).as_dict())
                 for name in classes
             ]
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
@@ -439,12 +428,13 @@ def render(results: dict[str, Any]) -> str:
             for run in grouped:
                 for grouping, content in run["groups"].items():
                     per_group = ", ".join(
-                        f"{group} {_number(values['value'])}" for group, values in content["dice"].items()
+                        f"{group} {format_number(values['value'])}"
+                        for group, values in content["dice"].items()
                     )
                     gap = content["best_minus_worst"]
                     lines.append(
                         f"| {run['method']} | {run['seed']} | {grouping} | {per_group} | "
-                        f"{_number(gap.get('value'))} [{_number(gap.get('low'))}, {_number(gap.get('high'))}] |"
+                        f"{format_number(gap.get('value'))} [{format_number(gap.get('low'))}, {format_number(gap.get('high'))}] |"
                     )
             lines.append("")
     if results.get("figures"):

@@ -35,6 +35,8 @@ from _common import (
     TrainWindow,
     callback_class_path,
     find_callback,
+    format_interval,
+    format_number,
     machine,
     machine_line,
     quiet_run,
@@ -398,21 +400,6 @@ def write_figures(results: dict[str, Any], directory: Path) -> list[Path]:
     return paths
 
 
-def _number(value: Any, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    return f"{value:.{digits}f}"
-
-
-def _ci(entry: dict[str, Any], digits: int = 3) -> str:
-    mean, low, high = entry.get("mean"), entry.get("low"), entry.get("high")
-    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
-        return "–"
-    if low is None or (isinstance(low, float) and math.isnan(low)):
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
-
-
 def render(results: dict[str, Any]) -> str:
     args, summary = results["arguments"], results["summary"]
     artefacts = summary["artefacts"]
@@ -446,10 +433,10 @@ def render(results: dict[str, Any]) -> str:
     ]
     for method, entry in summary["methods"].items():
         lines.append(
-            f"| {method} | {len(entry['seeds'])} | {entry['learning_rate']:g} | {_ci(entry['miou'])} | "
+            f"| {method} | {len(entry['seeds'])} | {entry['learning_rate']:g} | {format_interval(entry['miou'])} | "
             f"{entry['trainable']:,} | "
             f"{entry['adapter_parameters']:,} | {entry['trainable_percent']:.2f} | "
-            f"{_ci(entry['seconds_per_step'], 3)} |"
+            f"{format_interval(entry['seconds_per_step'], 3)} |"
         )
     lines += [
         "",
@@ -460,7 +447,9 @@ def render(results: dict[str, Any]) -> str:
     ]
     for method, entry in summary["methods"].items():
         lines.append(
-            f"| {method} | " + " | ".join(_ci(entry["miou_per_artefact"][name]) for name in artefacts) + " |"
+            f"| {method} | "
+            + " | ".join(format_interval(entry["miou_per_artefact"][name]) for name in artefacts)
+            + " |"
         )
     if summary["mofa_minus"]:
         columns = ["overall", *artefacts]
@@ -475,7 +464,7 @@ def render(results: dict[str, Any]) -> str:
             "|---" * (len(columns) + 1) + "|",
         ]
         for control, difference in summary["mofa_minus"].items():
-            cells = [f"{_ci(difference[name])} {verdict(difference[name])}" for name in columns]
+            cells = [f"{format_interval(difference[name])} {verdict(difference[name])}" for name in columns]
             lines.append(f"| {control} | " + " | ".join(cells) + " |")
     routers = [run for run in results["runs"] if run.get("router") and run["method"] == REFERENCE]
     if routers:
@@ -505,7 +494,7 @@ def render(results: dict[str, Any]) -> str:
         for method, scores in summary["tuning"].items():
             best = max(scores, key=scores.get)
             cells = [
-                ("**" + _number(scores[rate]) + "**" if rate == best else _number(scores[rate]))
+                ("**" + format_number(scores[rate]) + "**" if rate == best else format_number(scores[rate]))
                 if rate in scores
                 else ""
                 for rate in rates
