@@ -10,7 +10,11 @@ Their hooks are found by the method's peft tuner class (``type(peft_model.base_m
   one the tuner reads from its config at run time: when the model was built before the trainer knew the
   run's length, the task applies the fit's value to the live config;
 - ``after_optimizer_step(tuner, step)``: called after each optimizer step, before the gradients are
-  zeroed, with ``step`` the number of optimizer steps taken before this one (peft's ``i_step``).
+  zeroed, with ``step`` the number of optimizer steps taken before this one (peft's ``i_step``);
+- ``prepare_from_data(tuner, inputs)``: called once at the start of every fit, before the first step, with
+  an iterable of the training split's model inputs (unshuffled batches on the model's device), for methods
+  that derive non-trained state from the training data (a memory bank of the frozen model's features). Such
+  state lives in the adapter's own tensors, so checkpoints and exported adapters carry it.
 
 Methods written in verticals (and in domain packages) declare them as methods of their own tuner class
 (``S2LoRAModel.regularization_loss``); peft's built-ins get them through :func:`register_adapter_hooks`
@@ -20,7 +24,7 @@ Methods written in verticals (and in domain packages) declare them as methods of
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -41,10 +45,11 @@ __all__ = [
 RegularizationLoss = Callable[[nn.Module], "torch.Tensor | None"]
 ConfigureOptions = Callable[[dict[str, Any], "int | None"], dict[str, Any]]
 AfterOptimizerStep = Callable[[nn.Module, int], None]
+PrepareFromData = Callable[[nn.Module, Iterable[torch.Tensor]], None]
 
 #: The hook names; a tuner class may define any of them as a method (``configure_options`` as a
 #: staticmethod or classmethod, since it runs before the tuner exists).
-HOOK_NAMES = ("regularization_loss", "configure_options", "after_optimizer_step")
+HOOK_NAMES = ("regularization_loss", "configure_options", "after_optimizer_step", "prepare_from_data")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +64,7 @@ class AdapterHooks:
     regularization_loss: RegularizationLoss | None = None
     configure_options: ConfigureOptions | None = None
     after_optimizer_step: AfterOptimizerStep | None = None
+    prepare_from_data: PrepareFromData | None = None
     regularizer_in_output_loss: bool = False
 
     def __bool__(self) -> bool:
@@ -74,6 +80,7 @@ def register_adapter_hooks(
     regularization_loss: RegularizationLoss | None = None,
     configure_options: ConfigureOptions | None = None,
     after_optimizer_step: AfterOptimizerStep | None = None,
+    prepare_from_data: PrepareFromData | None = None,
     regularizer_in_output_loss: bool = False,
 ) -> None:
     """Declare the hooks of a tuner class that can't carry them itself (a peft built-in).
@@ -83,7 +90,11 @@ def register_adapter_hooks(
     if not isinstance(tuner_cls, type):
         raise TypeError(f"`tuner_cls` must be a peft tuner class (e.g. AdaLoraModel), got {tuner_cls!r}.")
     hooks = AdapterHooks(
-        regularization_loss, configure_options, after_optimizer_step, regularizer_in_output_loss
+        regularization_loss,
+        configure_options,
+        after_optimizer_step,
+        prepare_from_data,
+        regularizer_in_output_loss,
     )
     if not hooks:
         raise ValueError(

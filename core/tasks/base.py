@@ -13,12 +13,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import lightning as L
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 from torchmetrics import MetricCollection
 
 from verticals.core.adapters.api import AdapterSpec, adapt
@@ -278,8 +279,10 @@ class AdapterTask(L.LightningModule):
         self.after_optimizer_step(step)
 
     def on_fit_start(self) -> None:
-        """A model built before the trainer (a ready module, a known input shape) gets the run-dependent
-        adapter options of this fit (AdaLoRA's ``total_step``) on its live config."""
+        """Before the first step: the method's state derived from the training data (its
+        ``prepare_from_data`` hook), and, for a model built before the trainer (a ready module, a known input
+        shape), the run-dependent adapter options of this fit (AdaLoRA's ``total_step``) on its live config."""
+        self._prepare_adapter_from_data()
         if self.adapter_spec is None or self.adapter_hooks().configure_options is None:
             return
         steps = self._fit_steps()
@@ -297,6 +300,42 @@ class AdapterTask(L.LightningModule):
             for key, value in changed.items():
                 setattr(config, key, value)
         self._set_adapter_options(options)
+
+    def _prepare_adapter_from_data(self) -> None:
+        prepare = self.adapter_hooks().prepare_from_data
+        tuner = self.adapter_tuner()
+        if prepare is None or tuner is None:
+            return
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        if datamodule is None:
+            raise ValueError(
+                f"Adapter method {self.adapter_spec.method!r} reads the training data once before training "
+                "(its prepare_from_data hook), but this fit has no datamodule: pass one "
+                "(trainer.fit(task, datamodule=...))."
+            )
+        if hasattr(datamodule, "dataloader"):  # a verticals datamodule
+            loader = datamodule.dataloader("train", shuffle=False)
+        else:  # any LightningDataModule: its training loader, in dataset order
+            loader = datamodule.train_dataloader()
+            if isinstance(loader, DataLoader):
+                loader = DataLoader(
+                    loader.dataset,
+                    batch_size=loader.batch_size or 1,
+                    shuffle=False,
+                    collate_fn=loader.collate_fn,
+                    num_workers=loader.num_workers,
+                )
+        device = self.device
+
+        def inputs() -> Iterator[torch.Tensor]:
+            for batch in loader:
+                yield (batch["x"] if isinstance(batch, dict) else batch[0]).to(device)
+
+        was_training = self.model.training
+        self.model.eval()
+        with torch.no_grad():
+            prepare(tuner, inputs())
+        self.model.train(was_training)
 
     def _adapter_options(self, total_steps: int | None) -> dict[str, Any]:
         configure = self.adapter_hooks().configure_options
@@ -547,8 +586,23 @@ class AdapterTask(L.LightningModule):
         return [name for name, parameter in self.named_parameters() if parameter.requires_grad]
 
     def checkpoint_names(self) -> list[str]:
-        """What a checkpoint keeps: the trainable parameters and the norm layers' running statistics."""
-        return [*self.trainable_names(), *statistics_buffer_names(self)]
+        """What a checkpoint keeps: the trainable parameters, the norm layers' running statistics and the
+        adapter's tensors that are not trained (a memory bank a method derives from the training data)."""
+        names = [*self.trainable_names(), *statistics_buffer_names(self)]
+        return [*names, *sorted(set(self.frozen_adapter_names()) - set(names))]
+
+    def frozen_adapter_names(self) -> list[str]:
+        """State-dict names of the active adapter's tensors that are not trained (empty for most methods)."""
+        tuner = self.adapter_tuner()
+        prefix = getattr(tuner, "prefix", None) if tuner is not None else None
+        if not prefix:
+            return []
+        # By tensor, not by name: a module reachable under two names lists its trained parameters under one.
+        return [
+            name
+            for name, tensor in self.state_dict(keep_vars=True).items()
+            if not tensor.requires_grad and any(part.startswith(prefix) for part in name.split("."))
+        ]
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["state_dict"] = trainable_state(checkpoint["state_dict"], self.checkpoint_names())

@@ -388,3 +388,57 @@ def test_register_adapter_hooks_rejects_conflicts_and_accepts_repeats():
         register_adapter_hooks(nn.Conv1d)
     with pytest.raises(TypeError, match="tuner class"):
         register_adapter_hooks("AdaLoraModel", regularization_loss=penalty)  # type: ignore[arg-type]
+
+
+# -- state a method derives from the training data ---------------------------------------------------------
+class _TrainData(L.LightningDataModule):
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(Samples(_items("classification")), batch_size=BATCH, shuffle=True)
+
+
+def test_prepare_from_data_sees_the_training_inputs_once_before_training(tmp_path, monkeypatch):
+    from verticals.core.adapters.bottleneck import BottleneckModel
+
+    calls: list[dict[str, Any]] = []
+
+    def prepare(tuner: nn.Module, inputs) -> None:
+        batches = list(inputs)
+        calls.append(
+            {
+                "inputs": torch.cat(batches),
+                "training": tuner.model.training,
+                "grad": torch.is_grad_enabled(),
+                "steps": tuner.model.head.weight.grad is None,
+            }
+        )
+
+    monkeypatch.setattr(BottleneckModel, "prepare_from_data", prepare, raising=False)
+    model = _task("classification", "bottleneck")
+    trainer = _trainer(tmp_path)
+    trainer.fit(model, datamodule=_TrainData())
+    assert len(calls) == 1  # once per fit, not per epoch
+    expected = torch.stack([item["x"] for item in _items("classification")])
+    torch.testing.assert_close(calls[0]["inputs"], expected)  # every training input, in order (unshuffled)
+    assert calls[0]["training"] is False and calls[0]["grad"] is False and calls[0]["steps"]
+    assert model.model.training  # training mode back for the fit
+
+    with pytest.raises(ValueError, match="reads the training data once.*no datamodule"):
+        _trainer(tmp_path).fit(
+            _task("classification", "bottleneck"), train_dataloaders=_loader("classification")
+        )
+
+
+def test_checkpoints_keep_adapter_tensors_that_are_not_trained():
+    model = _task("classification", "bottleneck")
+    model.configure_model()
+    assert model.frozen_adapter_names() == []  # every tensor of a bottleneck adapter trains
+    name, parameter = next(
+        (n, p) for n, p in model.named_parameters() if "bottleneck_up" in n and n.endswith("weight")
+    )
+    parameter.requires_grad_(False)  # as a memory bank a method fills from the data
+    frozen = model.frozen_adapter_names()  # the tensor under each name it has (the task holds the model twice)
+    assert name in frozen and all(n.endswith("backbone.2.bottleneck_up.default.weight") for n in frozen)
+    assert name in model.checkpoint_names() and name not in model.trainable_names()
+    assert not any(
+        "backbone.0.base_layer" in n for n in model.frozen_adapter_names()
+    )  # the frozen backbone isn't
