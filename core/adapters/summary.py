@@ -49,7 +49,7 @@ def parameter_summary(
     seen: set[int] = set()
     trainable = total = backbone = ignored = trainable_bytes = 0
     prefix = re.compile(backbone_prefix) if backbone_prefix else None
-    added = _added_parameter_pattern()
+    added = adapter_name_pattern()
     ignore_patterns = [re.compile(pattern) for pattern in ignore]
     for name, parameter in model.named_parameters(remove_duplicate=False):
         if id(parameter) in seen:
@@ -67,7 +67,8 @@ def parameter_summary(
     return ParameterSummary(trainable, total, backbone, ignored, trainable_bytes)
 
 
-def _added_parameter_pattern() -> re.Pattern[str]:
+def adapter_name_pattern() -> re.Pattern[str]:
+    """Matches the names of what an adapter added to a model (any peft method's prefix, ``modules_to_save``)."""
     from peft.mapping import PEFT_TYPE_TO_PREFIX_MAPPING
 
     prefixes = sorted({re.escape(prefix) for prefix in PEFT_TYPE_TO_PREFIX_MAPPING.values()})
