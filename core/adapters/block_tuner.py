@@ -7,13 +7,65 @@ from __future__ import annotations
 
 import re
 import warnings
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 from peft.config import PeftConfig
 from peft.tuners.tuners_utils import BaseTuner, check_target_module_exists
+from peft.utils import PeftType
 from torch import nn
 
-__all__ = ["BlockAdapterTuner"]
+__all__ = ["BlockAdapterConfig", "BlockAdapterTuner", "nonlinear_merge_error"]
+
+
+def nonlinear_merge_error(method: str, why: str) -> str:
+    """The message of a refused merge: ``method`` adapters are nonlinear (``why``), so no weight change equals
+    them."""
+    return (
+        f"{method} adapters cannot be merged: {why}, so no change to the wrapped block's weights is equivalent "
+        "to them. Keep the PeftModel for inference, or call `unload()` to get the base model back without them."
+    )
+
+
+@dataclass
+class BlockAdapterConfig(PeftConfig):
+    """The fields every block-adapter config has: which blocks to wrap (required), which not, and which other
+    modules train beside the adapters. Subclasses add their own fields and call :meth:`_check_targets`."""
+
+    #: Block adapters wrap whole blocks (any module), not single layers.
+    target_kinds: ClassVar[tuple[type[nn.Module], ...]] = (nn.Module,)
+
+    target_modules: list[str] | str | None = field(
+        default=None,
+        metadata={
+            "help": (
+                "Blocks to wrap (required). A list matches exact names or name endings; a string is a regex "
+                "matched against the full module name."
+            )
+        },
+    )
+    exclude_modules: list[str] | str | None = field(
+        default=None, metadata={"help": "Names (list) or a regex (string) of modules not to wrap."}
+    )
+    modules_to_save: list[str] | None = field(
+        default=None,
+        metadata={"help": "Modules besides the adapters to train and save, e.g. a freshly initialised head."},
+    )
+
+    def _check_targets(self, peft_type: str) -> None:
+        """Set the peft type, turn target lists into sets (as peft's own configs do) and check target regexes."""
+        self.peft_type = PeftType(peft_type)
+        for name in ("target_modules", "exclude_modules"):
+            value = getattr(self, name)
+            if isinstance(value, (list, tuple)):
+                setattr(self, name, set(value))
+            elif isinstance(value, str):
+                try:
+                    re.compile(value)
+                except re.error as error:
+                    raise ValueError(
+                        f"`{name}` {value!r} is not a valid regex ({error}); give a regex or a list of names."
+                    ) from None
 
 
 class BlockAdapterTuner(BaseTuner):

@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import re
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -61,12 +60,10 @@ from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
-from peft.config import PeftConfig
 from peft.tuners.tuners_utils import BaseTunerLayer
-from peft.utils import PeftType
 from torch import nn
 
-from verticals.core.adapters.block_tuner import BlockAdapterTuner
+from verticals.core.adapters.block_tuner import BlockAdapterConfig, BlockAdapterTuner, nonlinear_merge_error
 from verticals.core.adapters.bottleneck import infer_hidden_size
 from verticals.core.peft_methods import register_method
 from verticals.domains.pointcloud.grouping import (
@@ -93,34 +90,14 @@ __all__ = [
 DEFAULT_SCALE_SHIFT_MODULES = ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2")
 PRIOR_FEATURES = ("max", "cls")
 
-_MERGE_ERROR = (
-    "{method} adapters cannot be merged: {why}, so no change to the wrapped block's weights is equivalent to "
-    "them. Keep the PeftModel for inference, or call `unload()` to get the base model back without them."
-)
-
 
 # --- configs -----------------------------------------------------------------------------------------------
 
 
 @dataclass
-class _PointBlockConfig(PeftConfig):
+class _PointBlockConfig(BlockAdapterConfig):
     """Fields and checks shared by :class:`PointPEFTConfig` and :class:`DAPTConfig` (documented there)."""
 
-    #: Both methods wrap whole transformer blocks.
-    target_kinds: ClassVar[tuple[type[nn.Module], ...]] = (nn.Module,)
-
-    target_modules: list[str] | str | None = field(
-        default=None,
-        metadata={
-            "help": (
-                "Blocks to wrap (required). A list matches exact names or name endings; a string is a regex "
-                "matched against the full module name."
-            )
-        },
-    )
-    exclude_modules: list[str] | str | None = field(
-        default=None, metadata={"help": "Names (list) or a regex (string) of modules not to wrap."}
-    )
     mlp_module: str = field(
         default="mlp", metadata={"help": "Name, inside each block, of the MLP the adapter sits on."}
     )
@@ -137,19 +114,9 @@ class _PointBlockConfig(PeftConfig):
         default=None,
         metadata={"help": "Token width D; inferred from the block (its last Linear) if unset."},
     )
-    modules_to_save: list[str] | None = field(
-        default=None,
-        metadata={"help": "Modules besides the adapters to train and save, e.g. a classification head."},
-    )
 
     def _check_common(self, peft_type: str) -> None:
-        self.peft_type = PeftType(peft_type)
-        for name in ("target_modules", "exclude_modules"):
-            value = getattr(self, name)
-            if isinstance(value, (list, tuple)):
-                setattr(self, name, set(value))
-            elif isinstance(value, str):
-                _check_regex(name, value)
+        self._check_targets(peft_type)
         if not isinstance(self.mlp_module, str) or not _is_module_path(self.mlp_module):
             raise ValueError(
                 f"`mlp_module` must name a submodule of each block, like 'mlp', got {self.mlp_module!r}."
@@ -607,7 +574,7 @@ class _PointBlockLayer(nn.Module, BaseTunerLayer):
 
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
         """Refuse: a nonlinear adapter has no weight-space equivalent."""
-        raise ValueError(_MERGE_ERROR.format(method=self.method, why=self.nonlinear_because))
+        raise ValueError(nonlinear_merge_error(self.method, self.nonlinear_because))
 
     def unmerge(self) -> None:
         """Nothing is ever merged, so there is nothing to undo."""
@@ -1018,7 +985,7 @@ class _PointBlockTuner(BlockAdapterTuner):
 
     def merge_error(self) -> str:
         layer = self.tuner_layer_cls
-        return _MERGE_ERROR.format(method=layer.method, why=layer.nonlinear_because)
+        return nonlinear_merge_error(layer.method, layer.nonlinear_because)
 
     def inject_adapter(self, model: nn.Module, adapter_name: str, *args: Any, **kwargs: Any) -> None:
         self.__dict__.setdefault("_next_index", {})[adapter_name] = 0
@@ -1345,15 +1312,6 @@ def _slot_key(path: str) -> str:
 
 def _is_module_path(value: str) -> bool:
     return bool(value) and all(part.isidentifier() or part.isdigit() for part in value.split("."))
-
-
-def _check_regex(name: str, value: str) -> None:
-    try:
-        re.compile(value)
-    except re.error as error:
-        raise ValueError(
-            f"`{name}` {value!r} is not a valid regex ({error}); give a regex or a list of names."
-        ) from None
 
 
 def _is_count(value: object) -> bool:

@@ -27,16 +27,15 @@ import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from peft.config import PeftConfig
 from peft.tuners.tuners_utils import BaseTunerLayer, check_target_module_exists
-from peft.utils import PeftType
 from torch import nn
 
-from verticals.core.adapters.block_tuner import BlockAdapterTuner
+from verticals.core.adapters.block_tuner import BlockAdapterConfig, BlockAdapterTuner, nonlinear_merge_error
 from verticals.core.peft_methods import register_method
 from verticals.domains.remote_sensing.frequency import (
     infer_channels,
@@ -65,34 +64,14 @@ EXPERTS = ("spatial", "low", "high")
 SPLITS = ("fft", "none")
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"relu": F.relu, "gelu": F.gelu}
 
-_MERGE_ERROR = (
-    "{method} adapters cannot be merged: {why}, so no change to the wrapped block's weights is equivalent to "
-    "them. Keep the PeftModel for inference, or call `unload()` to get the base model back without them."
-)
-
 
 # --- configs -----------------------------------------------------------------------------------------------
 
 
 @dataclass
-class _GridAdapterConfig(PeftConfig):
+class _GridAdapterConfig(BlockAdapterConfig):
     """Fields and checks shared by :class:`MoFAConfig` and :class:`ConvPassConfig` (documented there)."""
 
-    #: Both methods wrap whole blocks (any module returning tokens or a feature map), not single layers.
-    target_kinds: ClassVar[tuple[type[nn.Module], ...]] = (nn.Module,)
-
-    target_modules: list[str] | str | None = field(
-        default=None,
-        metadata={
-            "help": (
-                "Blocks to wrap (required). A list matches exact names or name endings; a string is a regex "
-                "matched against the full module name."
-            )
-        },
-    )
-    exclude_modules: list[str] | str | None = field(
-        default=None, metadata={"help": "Names (list) or a regex (string) of modules not to wrap."}
-    )
     bottleneck_dim: int = field(default=16, metadata={"help": "Width d of each bottleneck (D -> d -> D)."})
     num_prefix_tokens: int | None = field(
         default=None,
@@ -112,16 +91,9 @@ class _GridAdapterConfig(PeftConfig):
         default=None,
         metadata={"help": "Feature width D the adapter reads and writes; inferred from the block if unset."},
     )
-    modules_to_save: list[str] | None = field(
-        default=None,
-        metadata={"help": "Modules besides the adapters to train and save, e.g. a segmentation head."},
-    )
 
     def _check_common(self, peft_type: str) -> None:
-        self.peft_type = PeftType(peft_type)
-        for name in ("target_modules", "exclude_modules"):
-            if isinstance(getattr(self, name), (list, tuple)):
-                setattr(self, name, set(getattr(self, name)))
+        self._check_targets(peft_type)
         if not _is_int(self.bottleneck_dim) or self.bottleneck_dim < 1:
             raise ValueError(
                 f"`bottleneck_dim` must be a positive integer (the width d of D -> d -> D), got "
@@ -422,7 +394,7 @@ class _GridAdapterLayer(nn.Module, BaseTunerLayer):
 
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
         """Refuse: a nonlinear adapter has no weight-space equivalent."""
-        raise ValueError(_MERGE_ERROR.format(method=self.method, why=self.nonlinear_because))
+        raise ValueError(nonlinear_merge_error(self.method, self.nonlinear_because))
 
     def unmerge(self) -> None:
         """Nothing is ever merged, so there is nothing to undo."""
@@ -595,7 +567,7 @@ class _GridAdapterTuner(BlockAdapterTuner):
 
     def merge_error(self) -> str:
         layer = self.tuner_layer_cls
-        return _MERGE_ERROR.format(method=layer.method, why=layer.nonlinear_because)
+        return nonlinear_merge_error(layer.method, layer.nonlinear_because)
 
     def _create_and_replace(
         self,
