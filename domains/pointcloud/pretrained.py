@@ -13,7 +13,6 @@ families stay novel to the encoder.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -23,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from verticals.core.cache import cache_root
+from verticals.core.cache import cache_root, cached_state_dict, recipe_digest
 from verticals.core.seeding import seeded
 
 __all__ = [
@@ -67,9 +66,7 @@ class PretrainRecipe:
         """The cache key: the recipe, its version and the shape generator's source."""
         from verticals.domains.pointcloud import shapes
 
-        generator = hashlib.sha256(Path(shapes.__file__).read_bytes()).hexdigest()
-        text = json.dumps({"version": RECIPE_VERSION, "generator": generator, **asdict(self)}, sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:12]
+        return recipe_digest(asdict(self), RECIPE_VERSION, shapes.__file__)
 
 
 def pretrained_point_transformer(
@@ -84,13 +81,12 @@ def pretrained_point_transformer(
             f"with size={size!r}, or ask for {recipe.size!r}."
         )
     path = Path(cache_dir or cache_root() / "pointcloud") / f"point_transformer-{recipe.digest()}.safetensors"
-    if not path.is_file():
-        logger.info("Pretraining the point transformer on generated shapes (cached at %s) ...", path)
-        state = pretrain_point_transformer(recipe)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".partial")
-        save_file(state, str(partial), metadata={"recipe": json.dumps(asdict(recipe))})
-        partial.replace(path)  # atomic on one filesystem: a killed run never leaves a half-written cache
+    cached_state_dict(
+        path,
+        lambda: pretrain_point_transformer(recipe),
+        what="the point transformer, pretrained on generated shapes",
+        metadata={"recipe": json.dumps(asdict(recipe))},
+    )
     from verticals.domains.pointcloud.models import build_point_transformer
 
     backbone = build_point_transformer(recipe.size)

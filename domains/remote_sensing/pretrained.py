@@ -11,7 +11,6 @@ The objective is supervised segmentation of the clean tiles with a throw-away pe
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -20,12 +19,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from verticals.core.cache import cache_root
+from verticals.core.cache import cache_root, cached_state_dict, recipe_digest
 from verticals.core.seeding import seeded
 
 __all__ = ["PRETRAIN_SEED_OFFSET", "PretrainRecipe", "pretrain_tile_vit", "pretrained_tile_vit"]
@@ -56,9 +55,7 @@ class PretrainRecipe:
         other tiles, so other weights)."""
         from verticals.domains.remote_sensing import landcover
 
-        generator = hashlib.sha256(Path(landcover.__file__).read_bytes()).hexdigest()
-        text = json.dumps({"version": RECIPE_VERSION, "generator": generator, **asdict(self)}, sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:12]
+        return recipe_digest(asdict(self), RECIPE_VERSION, landcover.__file__)
 
 
 def pretrained_tile_vit(
@@ -79,13 +76,12 @@ def pretrained_tile_vit(
             f"tiles have {recipe.in_chans} (blue, green, red, nir); pass a recipe with in_chans={in_chans}."
         )
     path = Path(cache_dir or cache_root() / "remote_sensing") / f"tile_vit-{recipe.digest()}.safetensors"
-    if not path.is_file():
-        logger.info("Pretraining the tile ViT on clean generated tiles (cached at %s) ...", path)
-        state = pretrain_tile_vit(recipe)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".partial")
-        save_file(state, str(partial), metadata={"recipe": json.dumps(asdict(recipe))})
-        partial.replace(path)  # atomic on one filesystem: a killed run never leaves a half-written cache
+    cached_state_dict(
+        path,
+        lambda: pretrain_tile_vit(recipe),
+        what="the tile ViT, pretrained on clean generated tiles",
+        metadata={"recipe": json.dumps(asdict(recipe))},
+    )
     return _load(path, recipe, img_size)
 
 
