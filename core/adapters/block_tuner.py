@@ -82,7 +82,7 @@ class BlockAdapterTuner(BaseTuner):
 
     def merge_error(self) -> str:
         """Why merging is refused and what to do instead."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement `merge_error`.")
 
     def _prepare_adapter_config(self, peft_config: PeftConfig, model_config: dict) -> PeftConfig:
         if peft_config.target_modules is None:

@@ -553,7 +553,7 @@ class _PointBlockLayer(nn.Module, BaseTunerLayer):
         self.set_adapter(self.active_adapters, inference_mode=config.inference_mode)
 
     def _build(self, adapter_name: str, config: Any, hidden: int, device: Any, dtype: Any) -> None:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement `_build`.")
 
     def _put(self, container: str, adapter_name: str, value: Any) -> None:
         """Set ``container[adapter_name]`` to ``value``, or remove the entry when ``value`` is None."""

@@ -435,7 +435,7 @@ class _FileDataModule(BaseDataModule):
 
     # -- to implement ---------------------------------------------------------------------------
     def _read(self, split: str) -> PointRecords:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement `_read`.")
 
     def _validation_records(self, train: PointRecords) -> tuple[np.ndarray, np.ndarray]:
         """(train rows, validation rows) of the training records: seeded, stratified by label."""
@@ -452,7 +452,7 @@ class _FileDataModule(BaseDataModule):
 
     @property
     def class_names(self) -> list[str]:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement `class_names`.")
 
     # -- loading --------------------------------------------------------------------------------
     def _prepare(self, records: PointRecords, split: str, rows: np.ndarray | None = None) -> dict[str, Any]:

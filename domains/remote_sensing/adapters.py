@@ -383,14 +383,14 @@ class _GridAdapterLayer(nn.Module, BaseTunerLayer):
         self.set_adapter(self.active_adapters, inference_mode=config.inference_mode)
 
     def _build(self, adapter_name: str, config: Any, hidden: int, device: Any, dtype: Any) -> None:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement `_build`.")
 
     def _needs_grid(self, adapter_name: str) -> bool:
         return True
 
     def _delta(self, adapter_name: str, x: torch.Tensor) -> torch.Tensor:
         """The adapter's update of a channels-last grid ``[B, H, W, D]`` (or tokens ``[B, n, D]``)."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement `_delta`.")
 
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
         """Refuse: a nonlinear adapter has no weight-space equivalent."""

@@ -283,7 +283,7 @@ class _TorchGeoDataModule(BaseDataModule):
 
     # -- what subclasses provide ------------------------------------------------------------------------
     def _build_torchgeo(self) -> Any:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement `_build_torchgeo`.")
 
     def _wrap(self, dataset: Dataset) -> Dataset:
         return TorchGeoItems(dataset)
@@ -292,7 +292,7 @@ class _TorchGeoDataModule(BaseDataModule):
         """Adjust torchgeo's datasets after its ``setup`` (subclasses)."""
 
     def _task_batch(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement `_task_batch`.")
 
     # -- the torchgeo datamodule ------------------------------------------------------------------------
     @property
@@ -442,11 +442,11 @@ class _TorchGeoDataModule(BaseDataModule):
     # -- shapes ----------------------------------------------------------------------------------------------
     @property
     def bands(self) -> tuple[str, ...]:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement `bands`.")
 
     @property
     def input_shape(self) -> list[int]:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement `input_shape`.")
 
 
 # -- segmentation --------------------------------------------------------------------------------------------
