@@ -347,3 +347,43 @@ def test_modelnet40_config_runs_on_a_tiny_modelnet40_h5(
     _assert_bank_filled(cli, run / "adapter")
     report = json.loads((run / "report.json").read_text())
     assert 0.0 <= report["test"]["test_accuracy"] <= 1.0
+
+
+@pytest.mark.parametrize("dataset", ["scanobjectnn", "modelnet40"])
+def test_real_format_files_train_through_verticals_fit(
+    dataset: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``verticals fit --config <packaged>`` (the command a user types, not ``run``) trains on a tiny file in
+    the dataset's released HDF5 layout, with the official checkpoint's encoder loaded, and writes a Lightning
+    checkpoint holding the adapter's tensors."""
+    pytest.importorskip("h5py")
+    from verticals.domains.pointcloud.formats import write_tiny_modelnet40_h5, write_tiny_scanobjectnn
+    from verticals.domains.pointcloud.models import write_tiny_point_mae_checkpoint
+
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    if dataset == "scanobjectnn":
+        name = "pointcloud/scanobjectnn_point_mae_point_peft"
+        root = write_tiny_scanobjectnn(
+            tmp_path / "h5_files", "PB_T50_RS", num_train=12, num_test=6, points=256
+        )
+    else:
+        name = "pointcloud/modelnet40_point_mae_point_peft"
+        root = tmp_path / "modelnet40"
+        write_tiny_modelnet40_h5(root, num_train=16, num_test=6, points=256)
+    checkpoint = write_tiny_point_mae_checkpoint(tmp_path / "point_mae_pretrain.pth")
+    cli = run_cli(
+        [
+            "fit", "--config", name, *_quick(tmp_path)[:-2],
+            "--model.init_args.model_args", json.dumps(_real_data_model_args(name, checkpoint)),
+            "--data.init_args.root", str(root),
+            "--data.init_args.num_points", str(POINTS),
+            "--data.init_args.val_fraction", "0.25",
+            "--data.init_args.batch_size", "4",
+        ]
+    )  # fmt: skip
+    assert cli.trainer.global_step >= 2 and cli.trainer.state.finished
+    saved = Path(cli.trainer.checkpoint_callback.best_model_path)
+    state = torch.load(saved, map_location="cpu", weights_only=True)["state_dict"]
+    trained = {key for key in state if "pointpeft_" in key}
+    assert trained, f"no Point-PEFT tensor in {saved.name}"
+    _assert_checkpoint_loaded(cli, checkpoint)
