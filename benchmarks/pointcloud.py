@@ -168,11 +168,9 @@ def run_method(
         "--trainer.enable_progress_bar", "false",
         "--trainer.enable_model_summary", "false",
     ]  # fmt: skip
-    if args.size != "small" or not args.pretrained:
-        argv += [
-            "--model.init_args.model_args",
-            json.dumps({"size": args.size, "pretrained": args.pretrained}),
-        ]
+    if args.size != "small" or not args.pretrained:  # key by key: the config's other model options stay
+        argv += ["--model.init_args.model_args.size", args.size]
+        argv += ["--model.init_args.model_args.pretrained", str(args.pretrained).lower()]
     if learning_rate is not None:
         argv += ["--model.init_args.learning_rate", str(learning_rate)]
     start = time.perf_counter()

@@ -901,6 +901,10 @@ def _own_name(key: str) -> tuple[str | None, str]:
     return None, "other"
 
 
+#: Seed of the CLS token and its position when a checkpoint has none (Point-MAE's pre-training files).
+CLS_INIT_SEED = 0
+
+
 def load_point_checkpoint(model: PointTransformer, path: str | Path, strict: bool = True) -> dict[str, Any]:
     """Load an official Point-MAE or Point-BERT checkpoint (or this module's own layout) into ``model``.
 
@@ -910,7 +914,9 @@ def load_point_checkpoint(model: PointTransformer, path: str | Path, strict: boo
     (Point-BERT's ``transformer_k``), ``dvae`` (Point-BERT's tokenizer), ``pretraining`` (mask tokens, the
     MoCo queue, Point-BERT's token and contrastive heads), ``head`` (a fine-tuned file's task head) or
     ``other`` (anything unknown: an error unless ``strict=False``). Point-MAE's pre-training has no CLS
-    token: ``cls_token`` and ``cls_pos`` then keep their initial values, as in Point-MAE's own fine-tuning.
+    token: ``cls_token`` and ``cls_pos`` are then initialised as in Point-MAE's own fine-tuning (truncated
+    std 0.02) but from a fixed generator (:data:`CLS_INIT_SEED`), not the global seed, so that a model
+    rebuilt from the same file has the same frozen tokens and an adapter saved on it reloads exactly.
 
     Returns ``{"path", "layout", "loaded": [model keys], "kept_initial": [model keys], "unused":
     {reason: [file keys]}}``.
@@ -952,6 +958,14 @@ def load_point_checkpoint(model: PointTransformer, path: str | Path, strict: boo
         )
     model.load_state_dict(mapped, strict=False)
     kept = sorted(key for key in own if key not in mapped)
+    generator = torch.Generator().manual_seed(CLS_INIT_SEED)
+    with torch.no_grad():
+        for key in ("cls_token", "cls_pos"):
+            if key in kept:
+                # trunc_normal_(std=0.02) truncates at +-2 absolute, i.e. never at this std: a plain normal
+                getattr(model, key).copy_(
+                    torch.empty(getattr(model, key).shape).normal_(generator=generator) * 0.02
+                )
     return {
         "path": str(path),
         "layout": layout,

@@ -110,3 +110,14 @@ def test_verdict_reads_the_paired_interval(benchmark) -> None:
     assert benchmark.verdict({"mean": -0.02, "low": -0.03, "high": -0.01}) == "other better"
     assert benchmark.verdict({"mean": 0.0, "low": -0.01, "high": 0.01}) == "no difference shown"
     assert benchmark.verdict({"mean": 0.0, "low": math.nan, "high": math.nan}) == "too few seeds"
+
+
+def test_a_smaller_backbone_keeps_the_configs_other_model_options(
+    benchmark, tmp_path: Path, monkeypatch
+) -> None:
+    """Overriding the size for a smoke run must not drop full fine-tuning's ``freeze_batchnorm: false``."""
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    results = benchmark.main(_tiny(tmp_path / "full.md", "--seeds", "0", "--methods", "full", "--no-tune"))
+    (run,) = results["runs"]
+    hparams = (Path(run["log_dir"]) / "hparams.yaml").read_text()
+    assert "freeze_batchnorm: false" in hparams and "size: tiny" in hparams
