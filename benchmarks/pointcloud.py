@@ -57,7 +57,13 @@ from verticals.core.seeds import seed_statistics
 SCRIPT = "benchmarks/pointcloud.py"
 DEEP_METHODS = ("point_peft", "dapt", "lora", "bottleneck", "linear_probe", "full")
 BASELINE = "descriptor_forest"
-METHODS = (*DEEP_METHODS, BASELINE)
+#: Point-PEFT with one of its parts switched off (adapter options of ``pointcloud/shapes_point_peft``), run at
+#: Point-PEFT's tuned learning rate: which part costs or buys what.
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "point_peft_no_prior": {"use_prior": False},
+    "point_peft_no_geometry": {"use_geometry": False},
+}
+METHODS = (*DEEP_METHODS, BASELINE, *ABLATIONS)
 REFERENCE = "point_peft"
 #: Test-set groups every table reports, in this order: the domain of the test cloud, then the novelty of its
 #: family (kept out of the stand-in's pretraining or not).
@@ -157,7 +163,10 @@ def run_method(
     run_root = (
         root / phase / method / f"seed{seed}" / (f"lr{learning_rate:g}" if learning_rate else "packaged")
     )
-    argv = ["run", f"pointcloud/shapes_{method}", "--seed_everything", str(seed)]
+    config = REFERENCE if method in ABLATIONS else method
+    argv = ["run", f"pointcloud/shapes_{config}", "--seed_everything", str(seed)]
+    for option, value in ABLATIONS.get(method, {}).items():
+        argv += [f"--model.init_args.adapter.options.{option}", json.dumps(value)]
     for key, value in _data_arguments(args, seed).items():
         argv += [f"--data.init_args.{key}", str(value)]
     argv += [
@@ -249,10 +258,24 @@ def run_forest(seed: int, args: argparse.Namespace, phase: str = "eval") -> dict
 
 def learning_rate_grid(method: str, rates: Sequence[float]) -> list[float]:
     """The learning rates tried for ``method``: the grid, a fifth of it for full fine-tuning (every weight
-    moves: as usual a smaller step); nothing for the forest."""
-    if method == BASELINE:
+    moves: as usual a smaller step); nothing for the forest, nor for an ablation (Point-PEFT's rate)."""
+    if method == BASELINE or method in ABLATIONS:
         return []
     return [rate / 5 if method == "full" else rate for rate in rates]
+
+
+def _run_key(run: dict[str, Any]) -> tuple[str, str, int, str]:
+    return (run.get("phase", "eval"), run["method"], run["seed"], f"{run['learning_rate']:g}")
+
+
+def tuned_rate(runs: Sequence[dict[str, Any]], method: str, tune_seed: int) -> float | None:
+    """The learning rate with ``method``'s best validation accuracy among the tuning runs of ``tune_seed``
+    (the first on ties); None without tuning runs (then the packaged config's rate)."""
+    scores: dict[float, float] = {}
+    for run in runs:
+        if run.get("phase") == "tune" and run["method"] == method and run["seed"] == tune_seed:
+            scores.setdefault(run["learning_rate"], run["best_val_accuracy"])
+    return max(scores, key=scores.get) if scores else None
 
 
 def _adapter_parameters(task: Any) -> int:
@@ -529,8 +552,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     env = machine(["torch", "lightning", "peft", "scikit-learn"])
     runs: list[dict[str, Any]] = []
-    for progress in args.resume or []:
-        runs += json.loads(progress.read_text())
+    for progress in args.resume or []:  # a progress file holds the runs it resumed too: each run once
+        seen = {_run_key(run) for run in runs}
+        runs += [run for run in json.loads(progress.read_text()) if _run_key(run) not in seen]
     done = {(run.get("phase", "eval"), run["method"], run["seed"], run["learning_rate"]) for run in runs}
     with runs_root(args.runs_dir, "pointcloud_") as root:
 
@@ -566,6 +590,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                     and run["learning_rate"] in grid
                 }
                 chosen[method] = max(scores, key=scores.get) if scores else None
+        for method in set(args.methods) & set(ABLATIONS):
+            chosen[method] = tuned_rate(runs, REFERENCE, args.tune_seed)
         for seed in args.seeds:  # seeds outermost: an interrupted sweep still covers every method
             for method in args.methods:
                 if any(key[:3] == ("eval", method, seed) for key in done):

@@ -42,7 +42,7 @@ def _tiny(output: Path, *extra: str) -> list[str]:
 def test_tiny_sweep_in_two_parts_joins_into_one_table(benchmark, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(sys, "argv", list(sys.argv))
     first = benchmark.main(
-        _tiny(tmp_path / "a.md", "--methods", "point_peft", "descriptor_forest",
+        _tiny(tmp_path / "a.md", "--methods", "point_peft", "descriptor_forest", "point_peft_no_prior",
               "--learning-rates", "0.001", "0.01", "--runs-dir", str(tmp_path / "a"))
     )  # fmt: skip
     tuned = [run for run in first["runs"] if run["phase"] == "tune"]
@@ -53,9 +53,14 @@ def test_tiny_sweep_in_two_parts_joins_into_one_table(benchmark, tmp_path: Path,
     best = max(tuned, key=lambda run: run["best_val_accuracy"])["learning_rate"]
     evaluated = [run for run in first["runs"] if run["phase"] == "eval"]
     assert {(run["method"], run["seed"]) for run in evaluated} == {
-        (method, seed) for method in ("point_peft", "descriptor_forest") for seed in (0, 1)
+        (method, seed)
+        for method in ("point_peft", "descriptor_forest", "point_peft_no_prior")
+        for seed in (0, 1)
     }
-    assert {run["learning_rate"] for run in evaluated if run["method"] == "point_peft"} == {best}
+    for method in ("point_peft", "point_peft_no_prior"):  # the ablation runs at Point-PEFT's tuned rate
+        assert {run["learning_rate"] for run in evaluated if run["method"] == method} == {best}
+    ablation = next(run for run in evaluated if run["method"] == "point_peft_no_prior")
+    assert "use_prior: false" in (Path(ablation["log_dir"]) / "hparams.yaml").read_text()
     for run in evaluated:
         assert 0.0 <= run["accuracy"] <= 1.0
         assert set(run["accuracy_by_group"]) == set(COLUMNS[1:])
@@ -72,15 +77,16 @@ def test_tiny_sweep_in_two_parts_joins_into_one_table(benchmark, tmp_path: Path,
 
     joined = benchmark.main(
         _tiny(tmp_path / "results" / "pointcloud.md", "--methods", "point_peft", "lora", "descriptor_forest",
-              "--learning-rates", "0.001", "0.01", "--resume",
-              str(tmp_path / "a" / "progress.json"), str(tmp_path / "b" / "progress.json"))
+              "--learning-rates", "0.001", "0.01", "--resume", str(tmp_path / "a" / "progress.json"),
+              str(tmp_path / "b" / "progress.json"), str(tmp_path / "a" / "progress.json"))
     )  # fmt: skip
-    assert len(joined["runs"]) == len(first["runs"]) + len(second["runs"])  # nothing re-run
+    # nothing re-run, and a progress file given twice (or held inside another's) counts its runs once
+    assert len(joined["runs"]) == len(first["runs"]) + len(second["runs"])
     summary = joined["summary"]
-    assert list(summary["methods"]) == ["point_peft", "lora", "descriptor_forest"]
+    assert list(summary["methods"]) == ["point_peft", "lora", "descriptor_forest", "point_peft_no_prior"]
     for entry in summary["methods"].values():
         assert set(entry["accuracy"]) == set(COLUMNS) and entry["seeds"] == [0, 1]
-    assert set(summary["point_peft_minus"]) == {"lora", "descriptor_forest"}
+    assert set(summary["point_peft_minus"]) == {"lora", "descriptor_forest", "point_peft_no_prior"}
     difference = summary["point_peft_minus"]["lora"]["overall"]
     lora = {run["seed"]: run["accuracy"] for run in second["runs"]}
     peft_accuracy = {run["seed"]: run["accuracy"] for run in evaluated if run["method"] == "point_peft"}
@@ -99,10 +105,28 @@ def test_tiny_sweep_in_two_parts_joins_into_one_table(benchmark, tmp_path: Path,
         assert f"pointcloud/{figure}" in markdown
 
 
+def test_tuned_rate_is_the_best_validation_score_of_the_tuning_seed(benchmark) -> None:
+    runs = [
+        {
+            "phase": "tune",
+            "method": "point_peft",
+            "seed": 100,
+            "learning_rate": rate,
+            "best_val_accuracy": score,
+        }
+        for rate, score in ((0.0003, 0.8), (0.001, 0.9), (0.003, 0.9))
+    ] + [
+        {"phase": "eval", "method": "point_peft", "seed": 0, "learning_rate": 0.01, "best_val_accuracy": 1.0}
+    ]
+    assert benchmark.tuned_rate(runs, "point_peft", 100) == 0.001  # ties: the first (smaller) rate
+    assert benchmark.tuned_rate(runs, "lora", 100) is None
+
+
 def test_full_fine_tuning_tries_smaller_rates_and_the_forest_none(benchmark) -> None:
     assert benchmark.learning_rate_grid("full", [0.001, 0.005]) == [0.0002, 0.001]
     assert benchmark.learning_rate_grid("lora", [0.001]) == [0.001]
     assert benchmark.learning_rate_grid("descriptor_forest", [0.001]) == []
+    assert benchmark.learning_rate_grid("point_peft_no_geometry", [0.001]) == []
 
 
 def test_verdict_reads_the_paired_interval(benchmark) -> None:
