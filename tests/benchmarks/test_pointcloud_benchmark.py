@@ -60,7 +60,7 @@ def test_tiny_sweep_in_two_parts_joins_into_one_table(benchmark, tmp_path: Path,
     for method in ("point_peft", "point_peft_no_prior"):  # the ablation runs at Point-PEFT's tuned rate
         assert {run["learning_rate"] for run in evaluated if run["method"] == method} == {best}
     ablation = next(run for run in evaluated if run["method"] == "point_peft_no_prior")
-    assert "use_prior: false" in (Path(ablation["log_dir"]) / "hparams.yaml").read_text()
+    assert "use_prior: false" in (Path(ablation["log_dir"]) / "config.yaml").read_text()
     for run in evaluated:
         assert 0.0 <= run["accuracy"] <= 1.0
         assert set(run["accuracy_by_group"]) == set(COLUMNS[1:])
@@ -141,7 +141,18 @@ def test_a_smaller_backbone_keeps_the_configs_other_model_options(
 ) -> None:
     """Overriding the size for a smoke run must not drop full fine-tuning's ``freeze_batchnorm: false``."""
     monkeypatch.setattr(sys, "argv", list(sys.argv))
-    results = benchmark.main(_tiny(tmp_path / "full.md", "--seeds", "0", "--methods", "full", "--no-tune"))
+    results = benchmark.main(
+        _tiny(
+            tmp_path / "full.md",
+            "--seeds",
+            "0",
+            "--methods",
+            "full",
+            "--no-tune",
+            "--runs-dir",
+            str(tmp_path),
+        )
+    )
     (run,) = results["runs"]
     hparams = (Path(run["log_dir"]) / "hparams.yaml").read_text()
     assert "freeze_batchnorm: false" in hparams and "size: tiny" in hparams
