@@ -1,4 +1,4 @@
-"""Callbacks every verticals run gets: best/last checkpoints, the adapter export, timing and the report."""
+"""Callbacks every verticals run gets: best/last checkpoints, resume state, adapter export, timing and the report."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.trainer.states import TrainerFn
 
 from verticals.core.adapters.io import save_adapter
 from verticals.core.report import write_report
+from verticals.core.resume import LastCheckpoint, RandomState, ResumedLog, RunLock
 
 
 def run_directory(trainer: L.Trainer) -> Path:
@@ -33,23 +35,44 @@ def batch_size(batch: Any) -> int:
 
 
 class Timing(L.Callback):
-    """Wall time and throughput of training in this process (samples/s), for the report and benchmarks.
+    """Wall time and throughput of training (samples/s), for the report and benchmarks.
 
-    Not saved in checkpoints: a test that restores the best checkpoint must not rewind these figures.
+    The figures cover the whole run: every DDP process (a batch counts once per process) and every
+    process of a run resumed from a checkpoint (they are saved in checkpoints and restored when ``fit``
+    resumes; ``fit_processes`` counts them: 1 + the resumes). Loading a checkpoint to test it does not
+    rewind them.
     """
 
     def __init__(self) -> None:
         self.fit_seconds = 0.0
         self.train_samples = 0
+        self.fit_processes = 0
         self._start = self._before = 0.0
 
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "fit_seconds": self.fit_seconds,
+            "train_samples": self.train_samples,
+            "fit_processes": self.fit_processes,
+        }
+
+    def on_load_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        state = (checkpoint.get("callbacks") or {}).get(self.state_key)
+        if state and trainer.state.fn == TrainerFn.FITTING:
+            self.fit_seconds = float(state["fit_seconds"])
+            self.train_samples = int(state["train_samples"])
+            self.fit_processes = int(state.get("fit_processes", 1))
+
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.fit_processes += 1
         self._start, self._before = time.perf_counter(), self.fit_seconds
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        self.train_samples += batch_size(batch)
+        self.train_samples += batch_size(batch) * trainer.world_size
         self.fit_seconds = self._before + time.perf_counter() - self._start
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -64,6 +87,7 @@ class Timing(L.Callback):
             "fit_seconds": self.fit_seconds,
             "train_samples": self.train_samples,
             "samples_per_second": self.samples_per_second,
+            "fit_processes": self.fit_processes,
         }
 
 
@@ -123,10 +147,18 @@ class RunReport(L.Callback):
 
 
 def default_callbacks(*, monitor: str, mode: str) -> list[L.Callback]:
+    """A run's callbacks: ``best.ckpt`` (the best ``monitor`` score) and ``last.ckpt`` (the last completed
+    epoch, see :mod:`verticals.core.resume`), the random-number state in both, the run's lock and
+    appended metrics log on resume, timing, the adapter export and the report.
+
+    The best checkpoint comes first: it is the trainer's ``checkpoint_callback`` (``ckpt_path="best"``).
+    """
     return [
-        ModelCheckpoint(
-            monitor=monitor, mode=mode, filename="best", save_last=True, auto_insert_metric_name=False
-        ),
+        ModelCheckpoint(monitor=monitor, mode=mode, filename="best", auto_insert_metric_name=False),
+        LastCheckpoint(),
+        RandomState(),
+        ResumedLog(),
+        RunLock(),
         Timing(),
         ExportAdapter(),
         RunReport(),

@@ -13,29 +13,51 @@ seed, so an interrupted sweep leaves the seeds it finished.
 
 from __future__ import annotations
 
+import difflib
 import gc
+import json
 import os
 import re
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import import_module
 from pathlib import Path
+from types import MethodType
 from typing import Any, cast
 
 from jsonargparse import Namespace
 from lightning import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningCLI
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, instantiate_class
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from verticals.core.callbacks import run_directory
+from verticals.core.checkpoint_io import with_atomic_checkpoints
 from verticals.core.report import stopped_before_budget, write_seed_report
+from verticals.core.resume import (
+    EXIT_SIGINT,
+    EXIT_SIGTERM,
+    LOCK_NAME,
+    LastCheckpoint,
+    RunLock,
+    RunLogger,
+    checkpoint_position,
+    describe_lock,
+    launched_worker,
+    live_run_lock,
+    resumed_config_name,
+)
 from verticals.core.seeds import check_seeds, summarize_seeds, sweep_seeds
+from verticals.core.tasks.base import NOT_SET, AdapterTask, adapter_differences, mark_user_checkpoint
 
 DOMAINS_PACKAGE = "verticals.domains"
+#: The subcommands that run a Trainer; each takes a config as its first argument (``verticals fit CONFIG``).
+SUBCOMMANDS = ("fit", "validate", "test", "predict", "run")
+CONFIGS_HELP = "List the packaged configs (`<domain>/<name>`, usable wherever a config is) with descriptions."
 
 
 class VerticalsTrainer(Trainer):
@@ -43,7 +65,8 @@ class VerticalsTrainer(Trainer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         if kwargs.get("logger") in (None, True):
-            kwargs["logger"] = CSVLogger(save_dir=kwargs.get("default_root_dir") or "runs", name="")
+            kwargs["logger"] = RunLogger(save_dir=kwargs.get("default_root_dir") or "runs", name="")
+        kwargs["plugins"] = with_atomic_checkpoints(kwargs.get("plugins"), kwargs.get("strategy"))
         super().__init__(*args, **kwargs)
 
     def run(
@@ -52,10 +75,68 @@ class VerticalsTrainer(Trainer):
         datamodule: LightningDataModule | None = None,
         ckpt_path: str | None = None,
     ) -> list[dict[str, float]]:
-        """Fit, test the best checkpoint, write the report (``--seeds 0 1 2``: per seed, then a summary)."""
-        self.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
-        best = getattr(self.checkpoint_callback, "best_model_path", "")
-        return self.test(model, datamodule=datamodule, ckpt_path="best" if best else None)
+        """Fit, test the best checkpoint, write the report (``--seeds 0 1 2``: per seed, then a summary).
+
+        The run's lock (:class:`~verticals.core.resume.RunLock`) is held from fit through test.
+        """
+        self.keep_run_lock = True
+        try:
+            self.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+            best = getattr(self.checkpoint_callback, "best_model_path", "")
+            return self.test(model, datamodule=datamodule, ckpt_path="best" if best else None)
+        finally:
+            self.keep_run_lock = False
+            for callback in self.callbacks:
+                if isinstance(callback, RunLock):
+                    callback.release()
+
+    # A run stopped by SIGINT or SIGTERM exits with 130 or 143, never 0 (Lightning's SIGTERM exit is 0).
+    def fit(self, *args: Any, **kwargs: Any) -> None:
+        with _exit_status_of_signals(self):
+            return super().fit(*args, **kwargs)
+
+    def validate(self, *args: Any, **kwargs: Any) -> Any:
+        with _exit_status_of_signals(self):
+            return super().validate(*args, **kwargs)
+
+    def test(self, *args: Any, **kwargs: Any) -> Any:
+        with _exit_status_of_signals(self):
+            return super().test(*args, **kwargs)
+
+    def predict(self, *args: Any, **kwargs: Any) -> Any:
+        with _exit_status_of_signals(self):
+            return super().predict(*args, **kwargs)
+
+
+@contextmanager
+def _exit_status_of_signals(trainer: Trainer) -> Iterator[None]:
+    """Turn a run stopped by SIGTERM (Lightning raises ``SystemExit`` with status 0) or SIGINT (status 1)
+    into exit status 143 or 130, after saying where the run can be resumed from."""
+    try:
+        yield
+    except SIGTERMException:
+        _say_stopped(trainer, "SIGTERM")
+        raise SystemExit(EXIT_SIGTERM) from None
+    except SystemExit as exit_:
+        if isinstance(exit_.__context__, KeyboardInterrupt) and exit_.code == 1:
+            _say_stopped(trainer, "SIGINT")
+            raise SystemExit(EXIT_SIGINT) from None
+        raise
+
+
+def _say_stopped(trainer: Trainer, signal_name: str) -> None:
+    if not trainer.is_global_zero:
+        return
+    last = next((callback for callback in trainer.checkpoint_callbacks if isinstance(callback, LastCheckpoint)), None)
+    where = f"in epoch {trainer.current_epoch} (step {trainer.global_step})"
+    if last is not None and last.last_model_path and Path(last.last_model_path).is_file():
+        advice = (
+            f"{last.last_model_path} holds the run {checkpoint_position(last.last_model_path)}: resume with "
+            "`--ckpt_path last` (an interrupted epoch is redone from its start)."
+        )
+    else:
+        advice = "No checkpoint was written yet: start the run again."
+    print(f"verticals: stopped by {signal_name} {where}. {advice}", file=sys.stderr, flush=True)
 
 
 def packaged_configs() -> dict[str, Path]:
@@ -81,17 +162,36 @@ def resolve_config(value: str) -> str:
     name = value.removesuffix(".yaml")
     if name in packaged:
         return str(packaged[name])
+    close = close_config_names(name, packaged)
+    hint = "No packaged config has a close name."
+    if close:
+        hint = f"Did you mean {close[0]!r}?" + (
+            f" (also close: {', '.join(repr(other) for other in close[1:])})" if close[1:] else ""
+        )
     raise SystemExit(
-        f"verticals: config {value!r} is neither a file nor a packaged config.\n"
-        f"Packaged configs: {', '.join(packaged)}.\nRun `verticals configs` to list them with descriptions."
+        f"verticals: config {value!r} is neither a file nor a packaged config. {hint}\n"
+        f"Run `verticals configs` to list the {len(packaged)} packaged configs with descriptions."
     )
 
 
+def close_config_names(name: str, packaged: Sequence[str], count: int = 3) -> list[str]:
+    """Packaged names close to ``name`` (difflib's ratio), closest first; the ``<domain>/`` part may be
+    missing or wrong."""
+
+    def closeness(full: str) -> float:
+        whole = difflib.SequenceMatcher(None, name, full).ratio()
+        short = difflib.SequenceMatcher(None, name.rsplit("/", 1)[-1], full.rsplit("/", 1)[-1]).ratio()
+        return max(whole, short)
+
+    scored = sorted(((closeness(full), full) for full in packaged), key=lambda pair: -pair[0])
+    return [full for score, full in scored[:count] if score >= 0.75]
+
+
 def _rewrite_arguments(argv: Sequence[str]) -> list[str]:
-    """Resolve packaged config names, and turn ``run CONFIG`` into ``run --config FILE``."""
+    """Resolve packaged config names, and turn ``SUBCOMMAND CONFIG`` into ``SUBCOMMAND --config FILE``."""
     args = list(argv)
-    if len(args) >= 2 and args[0] == "run" and not args[1].startswith("-"):
-        args = ["run", "--config", args[1], *args[2:]]
+    if len(args) >= 2 and args[0] in SUBCOMMANDS and not args[1].startswith("-"):
+        args = [args[0], "--config", args[1], *args[2:]]
     rewritten: list[str] = []
     index = 0
     while index < len(args):
@@ -121,20 +221,122 @@ class VerticalsCLI(LightningCLI):
         commands["run"] = {"model", "datamodule"}
         return commands
 
+    def _add_subcommands(self, parser: LightningArgumentParser, **kwargs: Any) -> None:
+        super()._add_subcommands(parser, **kwargs)
+        # Listed in `verticals --help`; main() answers it before any parsing (it builds no Trainer).
+        parser._subcommands_action.add_subcommand(
+            "configs",
+            self.parser_class(description=CONFIGS_HELP),
+            help=CONFIGS_HELP,
+        )
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning's: a ``--ckpt_path`` file's hyperparameters become the model's config. Before that, an
+        adapter (method, targets, trainable modules, an option) that the config or the command line sets
+        differently from the checkpoint's is an error, not silently replaced by the checkpoint's."""
+        subcommand = self.config.get("subcommand")
+        if not subcommand:
+            return
+        ckpt_path = self.config[subcommand].get("ckpt_path")
+        if not ckpt_path or not Path(ckpt_path).is_file():
+            return  # `last` is resolved in before_instantiate_classes; the task's on_load_checkpoint checks it
+        hparams = _checkpoint_hyperparameters(ckpt_path)
+        hparams.pop("_instantiator", None)
+        if not hparams:
+            return
+        model = self.config[subcommand].get("model")
+        init_args = model.get("init_args") if isinstance(model, Namespace) else None
+        given = init_args.get("adapter") if isinstance(init_args, Namespace) else None
+        differences = adapter_differences(given, hparams.get("adapter"))
+        if differences:
+            raise SystemExit(_adapter_mismatch_message(ckpt_path, differences))
+        if "_class_path" in hparams:
+            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        try:
+            self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+        except SystemExit:
+            sys.stderr.write("Parsing of ckpt_path hyperparameters failed!\n")
+            raise
+
+    def _add_configure_optimizers_method_to_model(self, subcommand: str | None) -> None:
+        """``--optimizer`` / ``--lr_scheduler``, built when Lightning asks the model for its optimizers.
+
+        LightningCLI builds them here, from ``model.parameters()``, before the model is built (a task builds
+        its network and adapter in ``configure_model``), which fails with "optimizer got an empty parameter
+        list". A task gets them instead (:meth:`AdapterTask.use_optimizer`: its trainable parameters only);
+        any other LightningModule gets a ``configure_optimizers`` that builds them over its trainable
+        parameters at that time.
+        """
+        if not self.auto_configure_optimizers:
+            return
+        optimizer = _plain_init(self._get(self.config_init, "optimizer"))
+        lr_scheduler = _plain_init(self._get(self.config_init, "lr_scheduler"))
+        if optimizer is None and lr_scheduler is None:
+            return
+        if isinstance(self.model, AdapterTask):
+            self.model.use_optimizer(optimizer, lr_scheduler)
+            return
+        if optimizer is None:
+            raise SystemExit(
+                f"verticals: --lr_scheduler needs --optimizer for {type(self.model).__name__}, which is not a "
+                "verticals task (a task applies a scheduler alone to its own AdamW)."
+            )
+        cli_configure = self.configure_optimizers
+
+        def configure_optimizers(module: LightningModule) -> Any:
+            built = instantiate_class([p for p in module.parameters() if p.requires_grad], optimizer)
+            scheduler = instantiate_class(built, lr_scheduler) if lr_scheduler is not None else None
+            return cli_configure(module, built, scheduler)
+
+        self.model.configure_optimizers = MethodType(configure_optimizers, self.model)  # type: ignore[method-assign]
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        # A checkpoint callback the user named (even one with every default) is kept by the task's
+        # configure_callbacks; Lightning's own default one (no callback named) is replaced by the task's.
+        # Taken before the Trainer is built: it appends its default to this same list.
+        given = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
+        for callback in given if isinstance(given, list) else [given]:
+            if isinstance(callback, ModelCheckpoint):
+                mark_user_checkpoint(callback)
+        return super().instantiate_trainer(**kwargs)
+
+    def after_run(self) -> None:
+        """``verticals run`` ends with the paths it wrote."""
+        trainer = self.trainer
+        directory = run_directory(trainer)  # every rank: trainer.log_dir is a collective call under DDP
+        if trainer.is_global_zero:
+            print(written_paths(trainer, directory))
+
     def before_instantiate_classes(self) -> None:
+        """``--ckpt_path last``: resume the newest run under the root directory, in its own ``version_N``,
+        unless a live process holds it (its ``run.lock``). The resumed run keeps the run's ``config.yaml``
+        (its own config goes to ``config_resume_K.yaml``) and appends to its ``metrics.csv``."""
         config = self.config.get(str(self.subcommand))
         if config is None or config.get("ckpt_path") != "last":
             return
         root = Path(config.trainer.default_root_dir or "runs")
-        config.ckpt_path, version = find_last_checkpoint(root)
+        worker = launched_worker()  # a DDP worker follows its rank 0, which holds the run's lock
+        config.ckpt_path, version = find_last_checkpoint(root, check_lock=not worker)
+        run_dir = root / f"version_{version}"
         config.trainer.logger = Namespace(
-            class_path="lightning.pytorch.loggers.CSVLogger",
+            class_path="verticals.core.resume.RunLogger",
             init_args=Namespace(save_dir=str(root), name="", version=version),
         )
+        self.save_config_kwargs = {**self.save_config_kwargs, "config_filename": resumed_config_name(run_dir)}
+        if not worker:
+            position = checkpoint_position(config.ckpt_path)
+            print(
+                f"verticals: resuming {run_dir} from {config.ckpt_path}" + (f" ({position})" if position else ""),
+                file=sys.stderr,
+                flush=True,
+            )
 
 
-def find_last_checkpoint(root: Path) -> tuple[str, int]:
-    """The newest ``version_N/checkpoints/last.ckpt`` under ``root`` and its version number N."""
+def find_last_checkpoint(root: Path, *, check_lock: bool = True) -> tuple[str, int]:
+    """The newest ``version_N/checkpoints/last.ckpt`` under ``root`` and its version number N.
+
+    With ``check_lock``, a run that a live process still holds (its ``run.lock``) is an error.
+    """
     candidates = []
     for path in root.glob("version_*/checkpoints/last.ckpt"):
         match = re.fullmatch(r"version_(\d+)", path.parent.parent.name)
@@ -146,7 +348,81 @@ def find_last_checkpoint(root: Path) -> tuple[str, int]:
             "Start a new run without --ckpt_path, or pass the checkpoint file."
         )
     version, path = max(candidates)
+    run_dir = path.parent.parent
+    holder = live_run_lock(run_dir) if check_lock else None
+    if holder is not None:
+        raise SystemExit(
+            f"verticals: --ckpt_path last would resume {run_dir}, but that run is still live: "
+            f"{describe_lock(run_dir, holder)}. Wait for it to end or stop it, then resume; if that process is "
+            f"gone (a job on another machine), delete {run_dir / LOCK_NAME}."
+        )
     return str(path), version
+
+
+def _checkpoint_hyperparameters(path: str | Path) -> dict[str, Any]:
+    """The ``hyper_parameters`` a Lightning checkpoint file saved (an empty dict when it has none); a file
+    that is not a readable checkpoint is a ``VerticalsFileError`` naming it."""
+    from verticals.core.file_errors import load_torch_file
+
+    checkpoint = load_torch_file(path, kind="checkpoint")
+    return dict(checkpoint.get("hyper_parameters") or {}) if isinstance(checkpoint, dict) else {}
+
+
+def _adapter_mismatch_message(ckpt_path: str | Path, differences: list[tuple[str, Any, Any]]) -> str:
+    """The error for a ``--ckpt_path`` trained with another adapter than the config and command line give."""
+    rows = "\n".join(
+        f"  --model.init_args.adapter.{field}: the checkpoint has {saved!r}, the config gives {given!r}"
+        for field, given, saved in differences
+    )
+    fixes = " ".join(
+        f"--model.init_args.adapter.{field} {_flag_value(saved)}"
+        for field, given, saved in differences
+        if saved is not NOT_SET
+    )
+    run_config = Path(ckpt_path).resolve().parent.parent / "config.yaml"
+    return (
+        f"verticals: the checkpoint {ckpt_path} was trained with another adapter than this command asks for:\n"
+        f"{rows}\nA checkpoint loads only onto the adapter it was trained with. Give the checkpoint's values"
+        + (f" ({fixes})" if fixes else "")
+        + (f", or use the run's own config: --config {run_config}" if run_config.is_file() else "")
+        + "; to try the new values, train a new run with them."
+    )
+
+
+def _flag_value(value: Any) -> str:
+    return shlex.quote(value if isinstance(value, str) else json.dumps(value))
+
+
+def _plain_init(value: Any) -> dict[str, Any] | None:
+    """A ``{class_path, init_args}`` dict from jsonargparse's Namespace; None when not given."""
+    if value is None:
+        return None
+    plain = value.as_dict() if hasattr(value, "as_dict") else dict(value)
+    return plain if plain.get("class_path") else None
+
+
+def written_paths(trainer: Trainer, directory: Path | None = None) -> str:
+    """What ``verticals run`` wrote: the run directory, report, adapter, checkpoints, config and metrics.
+
+    Pass the run ``directory`` when calling on one process of several (finding it is a collective call).
+    """
+    directory = run_directory(trainer) if directory is None else directory
+    best = str(getattr(trainer.checkpoint_callback, "best_model_path", "") or "")
+    last = next(
+        (callback.last_model_path for callback in trainer.checkpoint_callbacks if callback.last_model_path),
+        "",
+    )
+    entries = [
+        ("report", directory / "report.md"),
+        ("adapter", directory / "adapter"),
+        ("best checkpoint", Path(best) if best else None),
+        ("last checkpoint", Path(last) if last else None),
+        ("config", directory / "config.yaml"),
+        ("metrics", directory / "metrics.csv"),
+    ]
+    lines = [f"Run directory: {directory}"]
+    lines += [f"  {label + ':':17s}{path}" for label, path in entries if path is not None and path.exists()]
+    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -159,11 +435,29 @@ def main(argv: Sequence[str] | None = None) -> None:
     run_cli(args)
 
 
+def version_line() -> str:
+    """``verticals --version``: this package's version and those of the libraries a run depends on."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def of(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    libraries = ", ".join(f"{name} {of(name)}" for name in ("lightning", "torch", "peft"))
+    return f"{of('verticals')} ({libraries})"
+
+
 def run_cli(args: Sequence[str]) -> VerticalsCLI | SeedSweep:
     """Run a ``verticals`` subcommand in this process and return the CLI (its ``trainer``, ``model``).
 
     ``run ... --seeds S [S ...]`` returns the ``SeedSweep`` instead (its report and directory).
     """
+    if list(args)[:1] == ["configs"]:
+        raise SystemExit(
+            "verticals: `configs` builds no Trainer: call main(['configs']) (`verticals configs`)."
+        )
     seeds, args = _split_seeds(args)
     if seeds is not None:
         return run_seeds(args, seeds)
@@ -176,6 +470,11 @@ def run_cli(args: Sequence[str]) -> VerticalsCLI | SeedSweep:
         subclass_mode_data=True,
         trainer_class=VerticalsTrainer,
         save_config_kwargs={"overwrite": True},
+        parser_kwargs={
+            "prog": "verticals",
+            "version": version_line(),
+            "description": (__doc__ or "").split("\n\n")[0],
+        },
     )
 
 

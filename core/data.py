@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 if TYPE_CHECKING:
     from verticals.core.image_io import (
@@ -97,25 +97,52 @@ def __getattr__(name: str) -> Any:
 
 
 # -- the one dataloader factory ---------------------------------------------------------------
-class EpochShuffleSampler(Sampler[int]):
+class EpochShuffleSampler(DistributedSampler):
     """A random order that depends only on ``(seed, epoch)``.
 
     Lightning calls ``set_epoch`` before every epoch, so a run resumed from a checkpoint sees the same
     batches as one that never stopped (a plain seeded generator would restart its sequence).
+
+    Under DDP (``torch.distributed`` initialised) process ``r`` of ``W`` takes every ``W``-th index of that
+    order from the ``r``-th (the order padded from its start to a multiple of ``W``, as ``DistributedSampler``
+    pads), so the processes' ``k``-th batches together are the ``k``-th batch of one process with ``W`` times
+    the batch size: a DDP run trains on the same global batches as one process. It is a
+    ``DistributedSampler`` so that Lightning uses it as it is (Lightning's wrapper would shuffle it again).
     """
 
     def __init__(self, size: int, seed: int = 0) -> None:
+        # DistributedSampler.__init__ is not called: it asks torch.distributed for the world at construction.
         self.size, self.seed, self.epoch = size, seed, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    @staticmethod
+    def _world() -> tuple[int, int]:
+        distributed = torch.distributed
+        if distributed.is_available() and distributed.is_initialized():
+            return distributed.get_world_size(), distributed.get_rank()
+        return 1, 0
+
+    @property
+    def num_replicas(self) -> int:  # type: ignore[override]
+        return self._world()[0]
+
+    @property
+    def rank(self) -> int:  # type: ignore[override]
+        return self._world()[1]
+
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(torch.randperm(self.size, generator=generator).tolist())
+        order = torch.randperm(self.size, generator=generator).tolist()
+        world, rank = self._world()
+        if world > 1 and order:
+            padded = len(self) * world
+            order = (order * math.ceil(padded / len(order)))[:padded][rank::world]
+        return iter(order)
 
     def __len__(self) -> int:
-        return self.size
+        return math.ceil(self.size / self._world()[0])
 
 
 def make_loader(

@@ -7,9 +7,11 @@ Readers, each listed only when it can run here:
 
 Images come back as ``[C, *spatial]`` tensors: ``uint8`` when the file stores 8-bit values (scaled to
 [0, 1] later by the transforms), 16-bit rasters as ``float32`` in [0, 1], anything else as ``float32``
-with its stored values. Masks come back as ``LongTensor[*spatial]``. A file that fails to decode raises
+with its stored values. Masks come back as ``LongTensor[*spatial]``. A file that fails to decode, or that
+decodes to something no model can take (no pixels, text or complex values, NaN or infinity), raises
 :class:`ImageDecodeError` naming the file and the reason; an unknown suffix raises
-:class:`UnsupportedSuffixError` listing the suffixes that work.
+:class:`UnsupportedSuffixError` listing the suffixes that work. Both subclass
+:class:`~verticals.core.file_errors.VerticalsFileError`.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from verticals.core.file_errors import VerticalsFileError
 
 __all__ = [
     "ImageDecodeError",
@@ -36,11 +40,11 @@ NUMPY_SUFFIXES = (".npy",)
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
-class ImageDecodeError(ValueError):
+class ImageDecodeError(VerticalsFileError):
     """A file that exists but cannot be read as an image or mask; the message names it and says why."""
 
 
-class UnsupportedSuffixError(ValueError):
+class UnsupportedSuffixError(VerticalsFileError):
     """A file whose suffix no available reader decodes; the message lists the suffixes that work."""
 
 
@@ -92,8 +96,23 @@ def check_suffix(path: str | Path) -> str:
 def _decoded(path: Path, read: Callable[[Path], np.ndarray | torch.Tensor]) -> np.ndarray | torch.Tensor:
     try:
         return read(path)
+    except ValueError as error:
+        if "allow_pickle" in str(error) or "pickled" in str(error):  # numpy's advice is to allow pickles: no
+            with open(path, "rb") as handle:
+                is_npy = handle.read(6) == b"\x93NUMPY"
+            reason = (
+                "it holds pickled Python objects (an object array)"
+                if is_npy
+                else "it is not a .npy array (no NumPy header: another format, a pickle, or damaged)"
+            )
+            raise ImageDecodeError(
+                f"Cannot decode {path}: {reason}; verticals never unpickles data files (that can run code). Save "
+                "the data as a numeric array, e.g. numpy.save(path, array.astype(numpy.float32)).",
+                path,
+            ) from None
+        raise ImageDecodeError(f"Cannot decode {path}: {type(error).__name__}: {error}", path) from error
     except Exception as error:  # every reader has its own error types; all mean "this file is bad"
-        raise ImageDecodeError(f"Cannot decode {path}: {type(error).__name__}: {error}") from error
+        raise ImageDecodeError(f"Cannot decode {path}: {type(error).__name__}: {error}", path) from error
 
 
 # PIL modes converted when no channel count is asked for: palettes and exotic colour spaces to RGB.
@@ -132,6 +151,25 @@ def _nifti_tensor(path: Path) -> torch.Tensor:
     return loaded(str(path)).as_tensor()
 
 
+def _numeric(path: Path, array: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+    """``array`` if it holds real numbers (booleans, integers, floats); otherwise an error naming ``path``."""
+    if isinstance(array, torch.Tensor):
+        ok, dtype = not array.is_complex(), str(array.dtype)
+    else:
+        ok, dtype = array.dtype.kind in "buif", str(array.dtype)
+    if not ok:
+        raise ImageDecodeError(
+            f"Cannot decode {path}: it holds {dtype} values; images and masks hold real numbers (integers or "
+            "floats). Convert the file.",
+            path,
+        )
+    if (
+        isinstance(array, np.ndarray) and not array.dtype.isnative
+    ):  # big-endian files: torch reads native order
+        array = array.astype(array.dtype.newbyteorder("="))
+    return array
+
+
 def _as_image_tensor(array: np.ndarray | torch.Tensor, channels_last: bool) -> torch.Tensor:
     tensor = array if isinstance(array, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(array))
     if tensor.ndim == 2:
@@ -157,16 +195,33 @@ def read_image(path: str | Path, channels: int | None = None) -> torch.Tensor:
         mode = _CHANNEL_MODES.get(channels) if channels is not None else None
         if channels is not None and mode is None:
             raise ValueError(f"`channels` must be 1, 3, 4 or None for {suffix} images, got {channels}.")
-        tensor = _as_image_tensor(_decoded(path, lambda p: _pil_array(p, mode)), channels_last=True)
+        array = _decoded(path, lambda p: _pil_array(p, mode))
+        channels_last = True
     elif suffix in NUMPY_SUFFIXES:
-        tensor = _as_image_tensor(
-            _decoded(path, lambda p: np.load(p, allow_pickle=False)), channels_last=False
-        )
+        array, channels_last = _decoded(path, lambda p: np.load(p, allow_pickle=False)), False
     else:
-        tensor = _as_image_tensor(_decoded(path, _nifti_tensor), channels_last=False)
+        array, channels_last = _decoded(path, _nifti_tensor), False
+    if array.ndim < 2:
+        raise ImageDecodeError(
+            f"Cannot decode {path}: expected an image of at least 2 dimensions, got {array.ndim} (shape "
+            f"{tuple(array.shape)}).",
+            path,
+        )
+    tensor = _as_image_tensor(_numeric(path, array), channels_last=channels_last)
     if tensor.ndim < 3:
         raise ImageDecodeError(
             f"Cannot decode {path}: expected an image of at least 2 dimensions, got {tensor.ndim}."
+        )
+    if tensor.numel() == 0:
+        raise ImageDecodeError(
+            f"Cannot decode {path}: it holds no pixels (shape {tuple(tensor.shape)}, channels first).", path
+        )
+    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        bad = int((~torch.isfinite(tensor)).sum())
+        raise ImageDecodeError(
+            f"Cannot decode {path}: {bad} of its {tensor.numel()} values are NaN or infinite. Replace them (for "
+            "example with numpy.nan_to_num) or drop the file.",
+            path,
         )
     if channels is not None and tensor.shape[0] != channels:
         if tensor.shape[0] == 1:
@@ -194,18 +249,21 @@ def read_mask(path: str | Path) -> torch.Tensor:
             )
         tensor = torch.from_numpy(np.ascontiguousarray(array))
     elif suffix in NUMPY_SUFFIXES:
-        tensor = torch.from_numpy(
-            np.ascontiguousarray(_decoded(path, lambda p: np.load(p, allow_pickle=False)))
-        )
+        array = _numeric(path, _decoded(path, lambda p: np.load(p, allow_pickle=False)))
+        tensor = torch.from_numpy(np.ascontiguousarray(array))
     else:
-        tensor = _decoded(path, _nifti_tensor)
+        tensor = _numeric(path, _decoded(path, _nifti_tensor))
     if tensor.ndim >= 3 and tensor.shape[0] == 1:
         tensor = tensor[0]
+    if tensor.numel() == 0:
+        raise ImageDecodeError(
+            f"Cannot read {path} as a mask: it holds no pixels (shape {tuple(tensor.shape)}).", path
+        )
     if tensor.dtype.is_floating_point:
-        if not torch.equal(tensor, tensor.round()):
+        if not bool(torch.isfinite(tensor).all()) or not torch.equal(tensor, tensor.round()):
             raise ImageDecodeError(
-                f"Cannot read {path} as a mask: it holds non-integer values (dtype {tensor.dtype}); masks hold "
-                "class indices."
+                f"Cannot read {path} as a mask: it holds non-integer values (fractions, NaN or infinity; dtype "
+                f"{tensor.dtype}); masks hold class indices."
             )
     elif tensor.dtype == torch.bool:
         tensor = tensor.to(torch.uint8)

@@ -14,7 +14,9 @@ Batches: ``{"x": FloatTensor[B, C, *spatial], "y": LongTensor[B] (labels) or Lon
 (masks), "group": LongTensor[B, A]}`` (``group`` only when there are group columns). Masks take the
 same spatial transforms as their image (torchvision ``v2`` resizes masks with nearest neighbours).
 Files are read by suffix (:mod:`verticals.core.image_io`); a suffix no reader decodes is refused when
-the manifest is read, and a file that fails to decode is named with its manifest line.
+the manifest is read, and a file that fails to decode is named with its manifest line, as is a file whose
+channel count differs from the files read before it (``channels=None``). A label column with fewer
+than two classes is refused. Every such problem is a :class:`~verticals.core.file_errors.VerticalsFileError`.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from verticals.core.data import (
     few_shot_rows,
     sorted_labels,
 )
+from verticals.core.file_errors import VerticalsFileError
 from verticals.core.image_io import (
     ImageDecodeError,
     UnsupportedSuffixError,
@@ -66,7 +69,7 @@ __all__ = [
 SPLIT_VALUES = ("train", "val", "test")
 
 
-class ManifestError(ValueError):
+class ManifestError(VerticalsFileError):
     """A manifest that cannot be used as it is; the message names the line or column and the fix."""
 
 
@@ -157,14 +160,26 @@ class ManifestDataset(Dataset):
         self.cache = cache
         self._resize = v2.Resize(cache_size, antialias=True) if cache_size else None
         self._cached: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self._first: dict[str, tuple[int, tuple[int, ...]]] = {}  # what the first file read gave, by check
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def _file_error(self, index: int, error: Exception) -> ImageDecodeError:
         return ImageDecodeError(
-            f"{self.source}, line {self.lines[index]}: {error} Fix or replace the file, or drop the row."
+            f"{self.source}, line {self.lines[index]}: {error} Fix or replace the file, or drop the row.",
+            self.paths[index],
         )
+
+    def _same_as_first(self, index: int, what: str, value: tuple[int, ...], fix: str) -> None:
+        """Every file must give the ``what`` (its channel count) of the first one read: one model takes them all."""
+        first = self._first.setdefault(what, (index, value))
+        if first[1] != value:
+            raise ImageDecodeError(
+                f"{self.source}, line {self.lines[index]}: {self.paths[index]} gives {what} {value}, but "
+                f"{self.paths[first[0]]} (line {self.lines[first[0]]}) gives {first[1]}; {fix}",
+                self.paths[index],
+            )
 
     def _checked_mask(self, index: int, mask: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         assert self.masks is not None
@@ -200,6 +215,13 @@ class ManifestDataset(Dataset):
             mask = None if self.masks is None else read_mask(self.masks[index])
         except (ImageDecodeError, UnsupportedSuffixError) as error:
             raise self._file_error(index, error) from error
+        if self.channels is None:
+            self._same_as_first(
+                index,
+                "channels",
+                (int(image.shape[0]),),
+                "set `channels` (1, 3 or 4) to convert every file, or convert the files.",
+            )
         if mask is not None:
             mask = self._checked_mask(index, mask, image)
         if self._resize is not None:
@@ -348,7 +370,21 @@ class ManifestDataModule(BaseDataModule):
         manifest = Path(self.manifest_path())
         if not manifest.is_file():
             raise FileNotFoundError(f"Manifest {str(manifest)!r} does not exist.")
-        raw = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+        try:
+            raw = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as error:
+            reason = (
+                "it is empty"
+                if isinstance(error, pd.errors.EmptyDataError)
+                else (f"it is not a readable CSV table ({type(error).__name__}: {str(error).strip()[:200]})")
+            )
+            raise ManifestError(
+                f"{manifest}: {reason}. A manifest is a UTF-8 CSV file with a header row "
+                f"(`{self.path_column}`, the label or mask column, group columns).",
+                manifest,
+            ) from None
+        if raw.empty:
+            raise ManifestError(f"{manifest}: it has a header but no rows; list one file per row.", manifest)
         target = self.mask_column or self.label_column
         required = [
             self.path_column,
@@ -403,8 +439,18 @@ class ManifestDataModule(BaseDataModule):
             try:
                 check_suffix(path)
             except UnsupportedSuffixError as error:
-                raise UnsupportedSuffixError(f"{manifest.name}, line {line} ({column}): {error}") from error
-            if not path.is_file():
+                raise UnsupportedSuffixError(
+                    f"{manifest.name}, line {line} ({column}): {error}", path
+                ) from error
+            try:
+                found = path.is_file()
+            except (OSError, ValueError) as error:  # a NUL byte, a name too long for the filesystem
+                raise ManifestError(
+                    f"{manifest.name}: line {line} ({column}): {value[:80]!r} is not a usable file path "
+                    f"({error}). Fix the path or drop the row.",
+                    manifest,
+                ) from None
+            if not found:
                 raise ManifestError(
                     f"{manifest.name}: line {line} ({column}={value!r}): file {path} not found. "
                     "Fix `root` or the path, or drop the row."
@@ -446,6 +492,14 @@ class ManifestDataModule(BaseDataModule):
                 self._class_names = self.mask_classes or self._scan_mask_classes(table)
             else:
                 (codes,), self._class_names = encode_labels(table["label"].to_numpy())
+                if len(self._class_names) < 2:
+                    found = f"the label {self._class_names[0]!r}" if self._class_names else "no label"
+                    raise ManifestError(
+                        f"{self.manifest_path()}: every row has {found} (column {self.label_column!r}); a "
+                        "classifier needs at least 2 classes. Add rows of the other classes, or check "
+                        "`label_column`.",
+                        self.manifest_path(),
+                    )
                 table["y"] = codes
             self._categories = {a: self.group_categories(table, a) for a in self.group_columns}
             table["stage"] = self._stages(table)
@@ -496,18 +550,25 @@ class ManifestDataModule(BaseDataModule):
         units = self._units(table)
         stage = np.full(len(table), "train", dtype=object)
         unit = self.split_by or "row"
-        if "split" in table.columns:
-            stage[:] = table["split"].to_numpy()
-        else:
-            _, test = group_split(units, self.test_fraction, self.seed, unit=unit)
-            stage[test] = "test"
-        if not (stage == "val").any():
-            train = np.flatnonzero(stage == "train")
-            _, val = group_split(units[train], self.val_fraction, self.seed + 1, unit=unit)
-            stage[train[val]] = "val"
+        try:
+            if "split" in table.columns:
+                stage[:] = table["split"].to_numpy()
+            else:
+                _, test = group_split(units, self.test_fraction, self.seed, unit=unit)
+                stage[test] = "test"
+            if not (stage == "val").any():
+                train = np.flatnonzero(stage == "train")
+                _, val = group_split(units[train], self.val_fraction, self.seed + 1, unit=unit)
+                stage[train[val]] = "val"
+        except ValueError as error:
+            raise ManifestError(
+                f"{self.manifest_path()}: {error} Add rows, or set `test_fraction`/`val_fraction` to 0 or a "
+                f"{self.split_column!r} column.",
+                self.manifest_path(),
+            ) from None
         for name in ("train", "test"):
             if not (stage == name).any():
-                raise ValueError(
+                raise ManifestError(
                     f"The {name} split of {self.manifest_path()} is empty; adjust `test_fraction` or the "
                     f"{self.split_column!r} column."
                 )

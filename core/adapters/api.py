@@ -23,6 +23,7 @@ from torch import nn
 from verticals.core.adapters import bottleneck as _bottleneck  # noqa: F401  (registers "bottleneck" with peft)
 from verticals.core.adapters import s2lora as _s2lora  # noqa: F401  (registers "s2lora" with peft)
 from verticals.core.adapters.modules_to_save import restrict_modules_to_save
+from verticals.core.adapters.options import AdapterOptionError, check_options
 from verticals.core.adapters.targets import resolve_targets
 from verticals.core.peft_methods import target_kinds
 
@@ -41,7 +42,9 @@ class AdapterSpec:
             module names; resolved per backbone family (``verticals.core.adapters.families``) and narrowed
             to the module kinds the method declares (``target_kinds`` on its config class).
         trainable: modules trained in full beside the adapter (heads, patch embeddings); saved with it.
-        options: the method's own config fields (``r``, ``lora_alpha``, ``bottleneck_dim`` …).
+        options: the method's own config fields (``r``, ``lora_alpha``, ``bottleneck_dim`` …), checked
+            against the config class's field types before peft sees them
+            (:mod:`verticals.core.adapters.options`): a bad value is an ``AdapterOptionError`` naming it.
     """
 
     method: str = "lora"
@@ -62,21 +65,32 @@ def build_peft_config(
     trainable: Sequence[str] = (),
     **options: Any,
 ) -> PeftConfig:
-    """A peft config for ``method`` with presets resolved to the anchored module names of ``model``."""
+    """A peft config for ``method`` with presets resolved to the anchored module names of ``model``.
+
+    Options are checked first (:func:`~verticals.core.adapters.options.check_options`); a value peft's own
+    config then refuses is an :class:`AdapterOptionError` as well.
+    """
     config_cls = _config_class(method)
     field_names = {f.name for f in dataclasses.fields(config_cls)}
     unknown = sorted(set(options) - field_names)
     if unknown:
-        raise ValueError(
+        raise AdapterOptionError(
             f"Unknown option(s) {unknown} for method {method!r}; {config_cls.__name__} accepts: "
             f"{sorted(name for name in field_names if not name.startswith('_'))}."
         )
+    check_options(config_cls, options, method)
     kwargs = dict(options)
     if targets is not None and "target_modules" in field_names:
         kwargs["target_modules"] = resolve_targets(model, targets, kinds=target_kinds(config_cls))
     if trainable:
         kwargs["modules_to_save"] = resolve_targets(model, list(trainable), kinds=(nn.Module,))
-    return config_cls(**kwargs)
+    try:
+        return config_cls(**kwargs)
+    except (ValueError, TypeError) as error:
+        raise AdapterOptionError(
+            f"Method {method!r} refuses options {dict(options)}: {_sentence(error)} Fix the adapter's options "
+            f"(see {config_cls.__name__})."
+        ) from error
 
 
 def adapt(
@@ -103,6 +117,7 @@ def adapt(
         )
     if isinstance(method, PeftConfig):
         config = method
+        check_options(type(config), _changed_fields(config), _method_name(config))
         if isinstance(getattr(config, "target_modules", None), str):
             resolved = resolve_targets(model, config.target_modules, kinds=target_kinds(type(config)))
             config = dataclasses.replace(config, target_modules=resolved)
@@ -119,10 +134,68 @@ def adapt(
 
 
 def _peft_model(model: nn.Module, config: PeftConfig, adapter_name: str) -> nn.Module:
-    """``get_peft_model``, with ``modules_to_save`` kept to the modules named (see ``modules_to_save.py``)."""
-    peft_model = get_peft_model(model, config, adapter_name=adapter_name)
+    """``get_peft_model``, with ``modules_to_save`` kept to the modules named (see ``modules_to_save.py``).
+
+    peft checks some values only while it builds the layers (LoRA's ``r: 0``); such a ``ValueError`` is an
+    :class:`AdapterOptionError` naming the method and its options.
+    """
+    try:
+        peft_model = get_peft_model(model, config, adapter_name=adapter_name)
+    except ValueError as error:
+        options = _changed_fields(config)
+        raise AdapterOptionError(
+            f"Building the {_method_name(config)!r} adapter failed: {_sentence(error)} Its options were "
+            f"{options}; fix them (see {type(config).__name__})."
+        ) from error
     restrict_modules_to_save(peft_model)
     return peft_model
+
+
+def _sentence(error: Exception) -> str:
+    text = str(error).strip()
+    return text if text.endswith((".", "!", "?")) else text + "."
+
+
+#: Fields peft fills in itself (bookkeeping), never options a user chose.
+_BOOKKEEPING = frozenset(
+    {
+        "target_modules",
+        "modules_to_save",
+        "peft_type",
+        "peft_version",
+        "base_model_name_or_path",
+        "revision",
+        "inference_mode",
+        "auto_mapping",
+        "task_type",
+    }
+)
+
+
+def _method_name(config: PeftConfig) -> str:
+    return str(getattr(config.peft_type, "value", config.peft_type)).lower()
+
+
+def _changed_fields(config: PeftConfig) -> dict[str, Any]:
+    """The fields of ``config`` that differ from their defaults (what a user set), targets excepted."""
+    changed = {}
+    for field in dataclasses.fields(config):
+        if field.name in _BOOKKEEPING or field.name.startswith("_"):
+            continue
+        if field.default is not dataclasses.MISSING:
+            default = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            default = field.default_factory()
+        else:
+            default = dataclasses.MISSING
+        value = getattr(config, field.name, default)
+        try:
+            same = bool(value == default)
+        except Exception:  # a value whose comparison is not a plain bool
+            same = False
+        if not same:
+            changed[field.name] = value
+    return changed
 
 
 def _config_class(method: str) -> type[PeftConfig]:

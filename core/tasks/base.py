@@ -18,6 +18,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader
 from torchmetrics import MetricCollection
@@ -255,7 +256,14 @@ class AdapterTask(L.LightningModule):
         in_output, self._output_loss_regularized = self._output_loss_regularized, False
         if penalty is None:
             return loss
-        self.log("train_adapter_regularization", penalty.detach(), on_step=True, on_epoch=True, batch_size=1)
+        self.log(
+            "train_adapter_regularization",
+            penalty.detach(),
+            on_step=True,
+            on_epoch=True,
+            batch_size=1,
+            sync_dist=True,
+        )
         return loss if in_output else loss + penalty
 
     def after_optimizer_step(self, step: int) -> None:
@@ -495,9 +503,11 @@ class AdapterTask(L.LightningModule):
         )
         size = len(per_sample)
         if estimate is not None:
-            self.log(f"{stage}_mi_estimate", estimate, on_step=False, on_epoch=True, batch_size=size)
+            self.log(
+                f"{stage}_mi_estimate", estimate, on_step=False, on_epoch=True, batch_size=size, sync_dist=True
+            )
         if stage == "train" and loss is not task_loss:
-            self.log("train_total_loss", loss, on_step=True, on_epoch=True, batch_size=size)
+            self.log("train_total_loss", loss, on_step=True, on_epoch=True, batch_size=size, sync_dist=True)
         worst = getattr(self, f"{stage}_group_loss", None)
         if worst is not None:
             worst.update(per_sample, self.group_loss.group_codes(groups, target))
@@ -535,17 +545,49 @@ class AdapterTask(L.LightningModule):
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self(batch["x"])
 
-    def configure_optimizers(self) -> Any:
+    #: ``--optimizer`` / ``--lr_scheduler`` from the command line (``{class_path, init_args}``); see
+    #: :meth:`use_optimizer`.
+    optimizer_init: dict[str, Any] | None = None
+    lr_scheduler_init: dict[str, Any] | None = None
+
+    def use_optimizer(
+        self, optimizer: dict[str, Any] | None = None, lr_scheduler: dict[str, Any] | None = None
+    ) -> None:
+        """Train with this optimizer and/or scheduler (``{class_path, init_args}``, as LightningCLI's
+        ``--optimizer`` / ``--lr_scheduler`` give them), built over the trainable parameters when Lightning asks
+        for them (after ``configure_model``). As in LightningCLI, an optimizer without a scheduler trains at
+        a constant rate: it replaces the task's AdamW and its schedule. A scheduler without an optimizer
+        schedules the task's AdamW (``learning_rate``, ``weight_decay``) instead of its own schedule."""
+        self.optimizer_init, self.lr_scheduler_init = optimizer, lr_scheduler
+
+    def optimizer_parameters(self) -> list[nn.Parameter]:
+        """What the optimizer trains: the trainable parameters, less those of the group objective's own
+        auxiliary optimiser."""
         objective = self.group_loss
         own = {id(parameter) for parameter in objective.own_parameters()} if objective is not None else set()
-        parameters = [p for p in self.parameters() if p.requires_grad and id(p) not in own]
+        return [p for p in self.parameters() if p.requires_grad and id(p) not in own]
+
+    def configure_optimizers(self) -> Any:
+        parameters = self.optimizer_parameters()
         if not parameters:
             if self.adapter_spec is not None and self.adapter_spec.method == "frozen":
                 return None  # a zero-shot evaluation: nothing to optimise
             raise ValueError("Nothing to train: the adapter left no trainable parameters.")
-        optimizer = torch.optim.AdamW(
-            parameters, lr=self.hparams["learning_rate"], weight_decay=self.hparams["weight_decay"]
-        )
+        if self.optimizer_init is not None or self.lr_scheduler_init is not None:
+            from lightning.pytorch.cli import LightningCLI, instantiate_class
+
+            optimizer = (
+                instantiate_class(parameters, self.optimizer_init)
+                if self.optimizer_init is not None
+                else self._default_optimizer(parameters)
+            )
+            scheduler = (
+                instantiate_class(optimizer, self.lr_scheduler_init)
+                if self.lr_scheduler_init is not None
+                else None
+            )
+            return LightningCLI.configure_optimizers(self, optimizer, scheduler)
+        optimizer = self._default_optimizer(parameters)
         if self.hparams["scheduler"] == "constant":
             return optimizer
         total = max(int(self.trainer.estimated_stepping_batches), 1)
@@ -560,16 +602,40 @@ class AdapterTask(L.LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def _default_optimizer(self, parameters: list[nn.Parameter]) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(
+            parameters, lr=self.hparams["learning_rate"], weight_decay=self.hparams["weight_decay"]
+        )
+
     def configure_callbacks(self) -> list[L.Callback]:
+        """The run's callbacks (``verticals.core.callbacks.default_callbacks``): its checkpoints, adapter
+        export, timing and report. A checkpoint callback the user gave the Trainer (``--trainer.callbacks``)
+        is kept, and the task then adds none of its own; with ``enable_checkpointing=False`` neither."""
         from verticals.core.callbacks import default_callbacks
 
         # The same instances on every trainer call, so fit's timing reaches the report written at test.
         if getattr(self, "_run_callbacks", None) is None:
-            self._run_callbacks = default_callbacks(monitor=self.monitor, mode=self.mode)
+            callbacks = default_callbacks(monitor=self.monitor, mode=self.mode)
+            if not self._adds_checkpoints():
+                callbacks = [callback for callback in callbacks if not isinstance(callback, ModelCheckpoint)]
+            self._run_callbacks = callbacks
             report = self.group_report_callback()
             if report is not None:
                 self._run_callbacks.append(report)
-        return self._run_callbacks
+        # Only those this trainer does not hold yet: `run` asks again for its test, and Lightning's override of
+        # attached callbacks matches by type over a set, so a ModelCheckpoint subclass could be attached twice
+        # and (by set order) become the trainer's `checkpoint_callback` in place of the best one.
+        attached = {id(callback) for callback in self._trainer.callbacks} if self._trainer is not None else set()
+        return [callback for callback in self._run_callbacks if id(callback) not in attached]
+
+    def _adds_checkpoints(self) -> bool:
+        """Whether the task adds its checkpoint callbacks: no trainer yet, or one that checkpoints with
+        only Lightning's own default ``ModelCheckpoint()`` (a user's one stays; disabled stays disabled)."""
+        trainer = self._trainer
+        if trainer is None:
+            return True
+        found = trainer.checkpoint_callbacks
+        return bool(found) and not any(is_user_checkpoint(callback) for callback in found)
 
     def group_report_callback(self) -> L.Callback | None:
         """The per-group report this run writes at test end: a ``GroupReport`` when the task has a
@@ -614,6 +680,23 @@ class AdapterTask(L.LightningModule):
             checkpoint["verticals"].update(self.group_loss.checkpoint_state())
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        from verticals.core.file_errors import VerticalsFileError, check_tensors
+
+        source = getattr(self._trainer, "ckpt_path", None) or "checkpoint"
+        saved = (checkpoint.get("hyper_parameters") or {}).get("adapter")
+        differences = adapter_differences(self._given_adapter(), saved)
+        if differences:
+            rows = "\n".join(
+                f"  adapter.{field}: the checkpoint has {value!r}, this task has {given!r}"
+                for field, given, value in differences
+            )
+            raise VerticalsFileError(
+                f"{source}: the checkpoint was trained with another adapter than this task is configured with:\n"
+                f"{rows}\nA checkpoint loads only onto the adapter it was trained with: configure the task "
+                f"with the checkpoint's values ({type(self).__name__}.load_from_checkpoint(path) does), or "
+                "train a new run with the new ones.",
+                None if source == "checkpoint" else source,
+            )
         self.configure_model()
         info = checkpoint.get("verticals")
         if info is None:
@@ -635,8 +718,80 @@ class AdapterTask(L.LightningModule):
                 "The checkpoint's trained tensors don't match this task's adapter: "
                 f"missing {missing[:5]}, unexpected {unexpected[:5]}. Was it trained with another adapter config?"
             )
+        check_tensors(
+            checkpoint["state_dict"],
+            self.state_dict(),
+            source,
+            fix="Load it into the task (and adapter options) it was trained with, or start a new run.",
+            allow_missing=True,
+        )
         if self.group_loss is not None:
             self.group_loss.load_checkpoint_state(info)
+
+    def _given_adapter(self) -> dict[str, Any] | None:
+        """The adapter as configured (options as given, before the run fills any), for checkpoint checks."""
+        adapter = self.hparams.get("adapter")
+        if adapter is None:
+            return None
+        return {**adapter, "options": dict(self._given_adapter_options)}
+
+
+#: An adapter option a checkpoint does not set (it was trained with the method's default).
+NOT_SET = type("NotSet", (), {"__repr__": lambda self: "not set (the method's default)"})()
+
+
+def adapter_differences(given: Any, saved: Any) -> list[tuple[str, Any, Any]]:
+    """``(field, given, saved)`` for each adapter setting where a configured adapter (``given``) differs
+    from a checkpoint's (``saved``, its ``hyper_parameters["adapter"]``): ``method``, ``targets``,
+    ``trainable`` and every option ``given`` sets (``options.r``). Options only the checkpoint has are not
+    differences: a method fills some per run (AdaLoRA's ``total_step``). Empty when either side is None."""
+    given, saved = _plain(given), _plain(saved)
+    if not isinstance(given, dict) or not isinstance(saved, dict):
+        return []
+    differences = [
+        (field, given.get(field), saved.get(field))
+        for field in ("method", "targets", "trainable")
+        if field in given and not _same_setting(given.get(field), saved.get(field))
+    ]
+    saved_options = saved.get("options") or {}
+    for name, value in sorted((given.get("options") or {}).items()):
+        if name not in saved_options:
+            differences.append((f"options.{name}", value, NOT_SET))
+        elif not _same_setting(value, saved_options[name]):
+            differences.append((f"options.{name}", value, saved_options[name]))
+    return differences
+
+
+def _same_setting(given: Any, saved: Any) -> bool:
+    if isinstance(given, (list, tuple)) and isinstance(saved, (list, tuple)):
+        return list(given) == list(saved)
+    if given in (None, []) and saved in (None, []):
+        return True
+    return bool(given == saved)
+
+
+def mark_user_checkpoint(callback: ModelCheckpoint) -> None:
+    """Mark a ``ModelCheckpoint`` as the user's (the CLI marks those in ``--trainer.callbacks``): the task
+    keeps it and adds no checkpoint callback of its own, even when its arguments are all defaults."""
+    callback._verticals_given = True  # type: ignore[attr-defined]
+
+
+def is_user_checkpoint(callback: ModelCheckpoint) -> bool:
+    """A checkpoint callback the user gave: marked, or any but Lightning's own default ``ModelCheckpoint()``
+    (the one a Trainer adds when it was given none; a ``Trainer(callbacks=[ModelCheckpoint()])`` from
+    Python can't be told from it)."""
+    if getattr(callback, "_verticals_given", False) or type(callback) is not ModelCheckpoint:
+        return True
+    return _checkpoint_settings(callback) != _checkpoint_settings(ModelCheckpoint())
+
+
+def _checkpoint_settings(callback: ModelCheckpoint) -> tuple[Any, ...]:
+    names = (
+        "dirpath", "filename", "monitor", "verbose", "save_last", "save_top_k", "save_on_exception",
+        "save_weights_only", "mode", "auto_insert_metric_name", "_every_n_train_steps", "_every_n_epochs",
+        "_train_time_interval", "_save_on_train_epoch_end",
+    )  # fmt: skip
+    return tuple(getattr(callback, name, None) for name in names)
 
 
 def monitor_mode_of(name: str, default: str = "min") -> str:

@@ -92,8 +92,15 @@ class ClassificationTask(AdapterTask):
         metrics = getattr(self, f"{stage}_metrics")
         metrics.update(logits.detach(), y)
         on_step = stage == "train"
+        # sync_dist: the epoch's loss is the mean over every process's samples (metric objects sync themselves).
         self.log(
-            f"{stage}_loss", task_loss, prog_bar=True, on_step=on_step, on_epoch=True, batch_size=len(logits)
+            f"{stage}_loss",
+            task_loss,
+            prog_bar=True,
+            on_step=on_step,
+            on_epoch=True,
+            batch_size=len(logits),
+            sync_dist=True,
         )
         self.log_dict(
             metrics, on_step=False, on_epoch=True, prog_bar=stage != "train", batch_size=len(logits)
@@ -122,7 +129,10 @@ class ClassificationTask(AdapterTask):
         values = metric.compute()
         metric.reset()
         # Overall AUROC is already logged by the metric collection as {stage}_auroc.
-        self.log_dict({f"{stage}_{name}": value for name, value in values.items() if name != "auroc"})
+        # The same values on every process (the metric gathered them); sync_dist keeps Lightning's check quiet.
+        self.log_dict(
+            {f"{stage}_{name}": value for name, value in values.items() if name != "auroc"}, sync_dist=True
+        )
 
     def on_validation_epoch_end(self) -> None:
         self._log_subgroups("val")

@@ -75,6 +75,7 @@ class ForecastingTask(AdapterTask):
             on_step=on_step,
             on_epoch=True,
             batch_size=len(forecast),
+            sync_dist=True,  # the mean over every process's samples
         )
         self.log_dict(
             metrics, on_step=False, on_epoch=True, prog_bar=stage != "train", batch_size=len(forecast)

@@ -553,6 +553,7 @@ class SegmentationTask(AdapterTask):
             on_step=stage == "train",
             on_epoch=True,
             batch_size=len(y),
+            sync_dist=True,  # the mean over every process's samples
         )
         predicted = self.labels_from_logits(logits.detach())
         values = self._update_metrics(stage, predicted, y.long(), valid, batch.get("spacing"))
@@ -629,11 +630,15 @@ class SegmentationTask(AdapterTask):
             # Per-class means over the samples that have a value; NaN (not MONAI's 0) for a class with none.
             per_class = _nanmean_columns(metric.get_buffer().float().reshape(-1, len(names)))
             mean_name = "miou" if name == "iou" else name
+            # MONAI's get_buffer() is gathered from every process: the same values on each.
             self.log(
-                f"{stage}_{mean_name}", _nanmean(per_class), prog_bar=stage != "train" and name == "dice"
+                f"{stage}_{mean_name}",
+                _nanmean(per_class),
+                prog_bar=stage != "train" and name == "dice",
+                sync_dist=True,
             )
             for class_name, value in zip(names, per_class):
-                self.log(f"{stage}_{name}/{class_name}", value)
+                self.log(f"{stage}_{name}/{class_name}", value, sync_dist=True)
         metrics.reset()
 
     def on_train_epoch_end(self) -> None:
@@ -691,9 +696,9 @@ class SegmentationTask(AdapterTask):
         seen = (slices[:, 0] > 0).cpu()  # every tested volume, an empty one included (a row of NaN)
         self.volume_dice = dice[seen].float().cpu()  # [volumes, K], in volume-index order
         per_class = _nanmean_columns(self.volume_dice)
-        self.log("test_volume_dice", _nanmean(per_class))
+        self.log("test_volume_dice", _nanmean(per_class), sync_dist=True)  # gathered: the same on each process
         for label, value in zip(self.metric_labels, per_class):
-            self.log(f"test_volume_dice/{self.class_names[label]}", value)
+            self.log(f"test_volume_dice/{self.class_names[label]}", value, sync_dist=True)
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         """Per-sample ``[N, K]`` metric values over the ``metric_labels`` (``dice``, ``iou``, and ``hd95`` /

@@ -208,7 +208,13 @@ class Seq2SeqTask(AdapterTask):
         loss = output.loss
         loss = self.adapter_loss(loss, stage)  # + the adapter's regulariser when training
         self.log(
-            f"{stage}_loss", loss, prog_bar=True, on_step=stage == "train", on_epoch=True, batch_size=size
+            f"{stage}_loss",
+            loss,
+            prog_bar=True,
+            on_step=stage == "train",
+            on_epoch=True,
+            batch_size=size,
+            sync_dist=True,  # the mean over every process's samples
         )
         if stage == "test" or (stage == "val" and self.hparams["generate_at_validation"]):
             groups = batch.get("group")
@@ -254,7 +260,8 @@ class Seq2SeqTask(AdapterTask):
             return
         values = metric.aggregate(arrays)
         primary = metric.primary
-        self.log(f"{stage}_{primary}", values[primary], prog_bar=True)
+        # The metric gathered every process's samples: the same values on each (sync_dist keeps them).
+        self.log(f"{stage}_{primary}", values[primary], prog_bar=True, sync_dist=True)
         logged = {f"{stage}_{name}": value for name, value in values.items() if name != primary}
         column, names = self._logged_groups()
         codes = (
@@ -274,7 +281,7 @@ class Seq2SeqTask(AdapterTask):
             worst = max(per_group.values()) if not metric.aggregates[primary] else min(per_group.values())
             logged[f"{stage}_{primary}_worst_group"] = worst
             logged[f"{stage}_{primary}_gap"] = max(per_group.values()) - min(per_group.values())
-        self.log_dict(logged)
+        self.log_dict(logged, sync_dist=True)
 
     # -- group report --------------------------------------------------------------------
     def group_report_callback(self) -> L.Callback:

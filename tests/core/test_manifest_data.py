@@ -26,6 +26,7 @@ from verticals.core.data import (
     read_mask,
     supported_suffixes,
 )
+from verticals.core.file_errors import VerticalsFileError
 
 
 def _png(path: Path, array: np.ndarray, palette: bool = False) -> Path:
@@ -199,7 +200,7 @@ def test_a_corrupt_file_is_named_with_its_manifest_line(tmp_path: Path) -> None:
         dataset[5]
     np.save(tmp_path / "images" / "arr.npy", np.zeros(3))
     (tmp_path / "images" / "arr.npy").write_bytes(b"garbage")
-    with pytest.raises(ImageDecodeError, match=r"Cannot decode .*arr\.npy: ValueError"):
+    with pytest.raises(ImageDecodeError, match=r"Cannot decode .*arr\.npy: it is not a \.npy array"):
         read_image(tmp_path / "images" / "arr.npy")
 
 
@@ -233,6 +234,90 @@ def test_missing_columns_files_and_bad_values_are_named(tmp_path: Path) -> None:
         ManifestDataModule(manifest, label_column="diagnosis", mask_column="mask")
     with pytest.raises(ValueError, match="test_fraction"):
         ManifestDataModule(manifest, test_fraction=1.0)
+
+
+def test_bmp_and_tif_manifests_decode_and_an_undecodable_suffix_is_refused_up_front(
+    tmp_path: Path, monkeypatch
+) -> None:
+    rows = []
+    for i, suffix in enumerate([".bmp", ".tif", ".bmp", ".tif"] * 2):
+        Image.fromarray(np.full((6, 5, 3), 30 * i, dtype=np.uint8)).save(tmp_path / f"{i}{suffix}")
+        rows.append({"path": f"{i}{suffix}", "label": "ab"[i % 2], "split": ["train", "test"][i // 6]})
+    dm = ManifestDataModule(_manifest(tmp_path, rows), image_size=None, flips=False, batch_size=2)
+    batch = next(iter(dm.test_dataloader()))
+    assert batch["x"].shape == (2, 3, 6, 5) and torch.allclose(
+        batch["x"][0, 0, 0, 0], torch.tensor(180 / 255)
+    )
+    # A Pillow built without a codec: the manifest is refused when it is read, not at the first batch.
+    monkeypatch.setattr(image_io, "_pil_suffixes", lambda: (".png", ".jpg", ".jpeg", ".bmp"))
+    with pytest.raises(
+        UnsupportedSuffixError,
+        match=r"line 3 \(path\): .*1\.tif: files ending in '\.tif' cannot be decoded "
+        r"here; supported suffixes: \.png, \.jpg, \.jpeg, \.bmp, \.npy",
+    ):
+        _ = ManifestDataModule(_manifest(tmp_path, rows, "again.csv")).num_classes
+
+
+def test_a_single_class_manifest_is_refused(tmp_path: Path) -> None:
+    manifest, _ = _labelled_set(tmp_path, count=6)
+    pd.read_csv(manifest).assign(diagnosis="a").to_csv(manifest, index=False)
+    with pytest.raises(
+        ManifestError, match=r"every row has the label 'a' \(column 'diagnosis'\); a classifier needs"
+    ):
+        _ = _labelled(manifest).num_classes
+
+
+def test_file_contents_no_model_can_take_are_named_with_their_line(tmp_path: Path) -> None:
+    good = np.zeros((3, 4, 4), dtype=np.float32)
+    arrays = {
+        "nan.npy": np.full((3, 4, 4), np.nan, dtype=np.float32),
+        "text.npy": np.array([["a", "b"], ["c", "d"]]),
+        "complex.npy": np.ones((3, 4, 4), dtype=np.complex64),
+        "empty.npy": np.zeros((3, 0, 4), dtype=np.float32),
+        "five_bands.npy": np.zeros((5, 4, 4), dtype=np.float32),
+    }
+    words = {
+        "nan.npy": "48 of its 48 values are NaN or infinite",
+        "text.npy": "holds <U1 values",
+        "complex.npy": "holds complex64 values",
+        "empty.npy": "holds no pixels",
+        "five_bands.npy": r"gives channels \(5,\), but .*0\.npy \(line 2\) gives \(3,\); set `channels`",
+    }
+    for name, array in arrays.items():
+        np.save(tmp_path / "0.npy", good)
+        np.save(tmp_path / name, array)
+        rows = [
+            {"path": "0.npy", "label": "a", "split": "train"},
+            {"path": name, "label": "b", "split": "train"},
+        ]
+        rows.append({"path": "0.npy", "label": "a", "split": "test"})
+        dm = ManifestDataModule(
+            _manifest(tmp_path, rows), channels=None, image_size=None, flips=False, val_fraction=0.0
+        )
+        dataset = dm.split_dataset("train")
+        dataset[0]
+        with pytest.raises(ImageDecodeError, match=r"manifest\.csv, line 3: .*" + words[name]) as caught:
+            dataset[1]
+        assert isinstance(caught.value, VerticalsFileError) and name in str(caught.value)
+
+
+def test_a_pickled_array_is_refused_without_suggesting_to_allow_pickles(tmp_path: Path) -> None:
+    np.save(tmp_path / "objects.npy", np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(ImageDecodeError, match=r"objects\.npy: it holds pickled Python objects") as caught:
+        read_image(tmp_path / "objects.npy")
+    error = caught.value  # numpy's own advice (load it with allow_pickle) is neither shown nor chained
+    assert "allow_pickle" not in str(error) and error.__cause__ is None and error.__suppress_context__
+
+
+def test_a_manifest_that_is_not_a_csv_table_is_named(tmp_path: Path) -> None:
+    for name, content in {
+        "empty.csv": b"",
+        "binary.csv": bytes(range(256)) * 4,
+        "header.csv": b"path,label\n",
+    }.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(ManifestError, match=name.replace(".", r"\.") + ": it "):
+            _ = ManifestDataModule(str(tmp_path / name)).num_classes
 
 
 # -- labels, groups, splits -----------------------------------------------------------------------
