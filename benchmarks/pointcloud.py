@@ -264,6 +264,19 @@ def learning_rate_grid(method: str, rates: Sequence[float]) -> list[float]:
     return [rate / 5 if method == "full" else rate for rate in rates]
 
 
+def _without_note(argv: Sequence[str]) -> list[str]:
+    """The command line without ``--note TEXT`` (the note is printed as its own paragraph)."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--note":
+            skip = True
+        elif not arg.startswith("--note="):
+            kept.append(arg)
+    return kept
+
+
 def _run_key(run: dict[str, Any]) -> tuple[str, str, int, str]:
     return (run.get("phase", "eval"), run["method"], run["seed"], f"{run['learning_rate']:g}")
 
@@ -598,7 +611,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                     continue
                 record(run_method(method, seed, args, root, chosen[method]))
     results = {
-        "command": " ".join(argv),
+        "command": " ".join(_without_note(argv)),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": env,
         "arguments": {
