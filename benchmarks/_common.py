@@ -243,3 +243,52 @@ def format_interval(entry: Mapping[str, Any], digits: int = 3) -> str:
     if low is None or (isinstance(low, float) and math.isnan(low)):
         return f"{mean:.{digits}f}"
     return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def median_step_seconds(window: TrainWindow | None) -> float:
+    """Median time between consecutive training-step ends: one optimizer step with its forward and backward,
+    without the validation, checkpointing and start-up between some of them."""
+    if window is None or len(window.step_ends) < 2:
+        return math.nan
+    gaps = sorted(b - a for a, b in zip(window.step_ends, window.step_ends[1:]))
+    return gaps[len(gaps) // 2]
+
+
+def paired_verdict(difference: Mapping[str, Any], better: str, worse: str) -> str:
+    """``better`` / ``worse`` where a paired difference's t-interval excludes 0, else "no difference shown"
+    ("too few seeds" without an interval)."""
+    low, high = difference.get("low"), difference.get("high")
+    if low is None or high is None or math.isnan(low) or math.isnan(high):
+        return "too few seeds"
+    if low > 0:
+        return better
+    if high < 0:
+        return worse
+    return "no difference shown"
+
+
+def tuning_table(tuning: Mapping[str, Mapping[str, float]], heading: str) -> list[str]:
+    """Markdown lines: a heading, then per method its validation score at each learning rate tried, the best
+    in bold (``tuning``: method -> {rate as text: score})."""
+    if not tuning:
+        return []
+    rates = sorted({rate for scores in tuning.values() for rate in scores}, key=float)
+    lines = ["", heading, "", "| method | " + " | ".join(rates) + " |", "|---" * (len(rates) + 1) + "|"]
+    for method, scores in tuning.items():
+        best = max(scores, key=scores.get)
+        cells = [
+            ("**" + format_number(scores[rate]) + "**" if rate == best else format_number(scores[rate]))
+            if rate in scores
+            else ""
+            for rate in rates
+        ]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def figure_links(figures: Sequence[str]) -> list[str]:
+    """Markdown image links to a report's figures, relative to the report (they sit in its sibling folder)."""
+    if not figures:
+        return []
+    folder = Path(figures[0]).parent.name
+    return [*(f"![{Path(path).stem}]({folder}/{Path(path).name})" for path in figures), ""]

@@ -37,6 +37,7 @@ from _common import (
     format_number,
     machine,
     machine_line,
+    median_step_seconds,
     quiet_run,
     runs_root,
     write_reports,
@@ -200,15 +201,6 @@ def run_method(dataset: str, method: str, seed: int, args: argparse.Namespace, r
             if "&" not in grouping
         }
     return result
-
-
-def median_step_seconds(window: TrainWindow | None) -> float:
-    """Median time between consecutive training-step ends: one optimizer step with its forward and backward,
-    without the validation, checkpointing and start-up between some of them."""
-    if window is None or len(window.step_ends) < 2:
-        return math.nan
-    gaps = sorted(b - a for a, b in zip(window.step_ends, window.step_ends[1:]))
-    return gaps[len(gaps) // 2]
 
 
 def own_mask_dice(cli: Any) -> dict[str, float]:

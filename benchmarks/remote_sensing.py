@@ -34,13 +34,16 @@ from typing import Any
 from _common import (
     TrainWindow,
     callback_class_path,
+    figure_links,
     find_callback,
     format_interval,
-    format_number,
     machine,
     machine_line,
+    median_step_seconds,
+    paired_verdict,
     quiet_run,
     runs_root,
+    tuning_table,
     write_reports,
 )
 
@@ -212,14 +215,6 @@ def _adapter_parameters(task: Any) -> int:
     )
 
 
-def median_step_seconds(window: TrainWindow | None) -> float:
-    """Median time between consecutive training-step ends (one optimizer step, forward and backward)."""
-    if window is None or len(window.step_ends) < 2:
-        return math.nan
-    gaps = sorted(b - a for a, b in zip(window.step_ends, window.step_ends[1:]))
-    return gaps[len(gaps) // 2]
-
-
 def router_by_artefact(cli: Any) -> dict[str, dict[str, list[float]]]:
     """Per artefact type and frequency layer, the router's mean weight on each expert (spatial, low, high)
     over the test tiles' patch tokens."""
@@ -318,14 +313,7 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def verdict(difference: dict[str, Any]) -> str:
     """ "MoFA better" / "control better" where the paired t-interval excludes 0, else "no difference shown"."""
-    low, high = difference.get("low"), difference.get("high")
-    if low is None or high is None or math.isnan(low) or math.isnan(high):
-        return "too few seeds"
-    if low > 0:
-        return "MoFA better"
-    if high < 0:
-        return "control better"
-    return "no difference shown"
+    return paired_verdict(difference, "MoFA better", "control better")
 
 
 def _artefact_order(name: str) -> tuple[int, str]:
@@ -482,29 +470,12 @@ def render(results: dict[str, Any]) -> str:
                 for weights in run["router"][artefact].values()
             ]
             lines.append(f"| {artefact} | " + " | ".join(cells) + " |")
-    if summary.get("tuning"):
-        rates = sorted({rate for scores in summary["tuning"].values() for rate in scores}, key=float)
-        lines += [
-            "",
-            f"## Learning rates (tuned on seed {args['tune_seed']}'s validation mIoU; no evaluation seed, no test tile)",
-            "",
-            "| method | " + " | ".join(rates) + " |",
-            "|---" * (len(rates) + 1) + "|",
-        ]
-        for method, scores in summary["tuning"].items():
-            best = max(scores, key=scores.get)
-            cells = [
-                ("**" + format_number(scores[rate]) + "**" if rate == best else format_number(scores[rate]))
-                if rate in scores
-                else ""
-                for rate in rates
-            ]
-            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    lines += tuning_table(
+        summary.get("tuning") or {},
+        f"## Learning rates (tuned on seed {args['tune_seed']}'s validation mIoU; no evaluation seed, no test tile)",
+    )
     lines += ["", "## The paper's claim beside ours", "", PAPER_CLAIM, ""]
-    if results.get("figures"):
-        folder = Path(results["figures"][0]).parent.name
-        lines += [f"![{Path(path).stem}]({folder}/{Path(path).name})" for path in results["figures"]]
-        lines.append("")
+    lines += figure_links(results.get("figures") or [])
     lines += [f"Tiles per split (first run): {first['tiles']}", ""]
     return "\n".join(lines)
 

@@ -77,3 +77,27 @@ def test_alternate_runs_in_abba_order(common):
         "a2",
         "b2",
     ]
+
+
+def test_median_step_seconds_is_the_middle_gap_between_step_ends(common):
+    window = common.TrainWindow()
+    window.step_ends = [0.0, 1.0, 1.5, 4.5, 5.0]  # gaps 1, 0.5, 3, 0.5
+    assert common.median_step_seconds(window) == 1.0
+    window.step_ends = [2.0]
+    assert math.isnan(common.median_step_seconds(window)) and math.isnan(common.median_step_seconds(None))
+
+
+def test_paired_verdict_reads_the_interval(common):
+    assert common.paired_verdict({"low": 0.01, "high": 0.03}, "A better", "B better") == "A better"
+    assert common.paired_verdict({"low": -0.03, "high": -0.01}, "A better", "B better") == "B better"
+    assert common.paired_verdict({"low": -0.01, "high": 0.01}, "A", "B") == "no difference shown"
+    assert common.paired_verdict({"low": math.nan, "high": math.nan}, "A", "B") == "too few seeds"
+
+
+def test_tuning_table_bolds_each_methods_best_rate_and_figure_links_are_relative(common):
+    lines = common.tuning_table({"lora": {"0.001": 0.8, "0.003": 0.9}, "full": {"0.0002": 0.7}}, "## Rates")
+    assert lines[1] == "## Rates" and lines[3] == "| method | 0.0002 | 0.001 | 0.003 |"
+    assert lines[5] == "| lora |  | 0.800 | **0.900** |" and lines[6] == "| full | **0.700** |  |  |"
+    assert common.tuning_table({}, "## Rates") == []
+    links = common.figure_links(["/x/results/pointcloud/a.png", "/x/results/pointcloud/b.png"])
+    assert links == ["![a](pointcloud/a.png)", "![b](pointcloud/b.png)", ""]
