@@ -698,13 +698,18 @@ class AdapterTask(L.LightningModule):
                 None if source == "checkpoint" else source,
             )
         self.configure_model()
+        path = None if source == "checkpoint" else source
         info = checkpoint.get("verticals")
         if info is None:
-            raise ValueError(
-                "This checkpoint was not written by a verticals task (no 'verticals' entry): it can't be "
-                "checked against the backbone. Load weights with verticals.core.load_adapter instead."
+            raise VerticalsFileError(
+                f"{source}: this checkpoint was not written by a verticals task (no 'verticals' entry): it can't "
+                "be checked against the backbone. Load weights with verticals.core.load_adapter instead.",
+                path,
             )
-        check_backbone(info["backbone"], self.backbone_reference)
+        try:
+            check_backbone(info["backbone"], self.backbone_reference, "checkpoint" if path is None else f"checkpoint {source}")
+        except ValueError as error:
+            raise VerticalsFileError(str(error), path) from None
         # Checkpoints of FairClassificationTask before the group objective kept q at the task's top level.
         checkpoint["state_dict"] = {
             (f"group_loss.{name}" if name.startswith("attribute_net.") else name): tensor
@@ -714,9 +719,10 @@ class AdapterTask(L.LightningModule):
         saved = set(checkpoint["state_dict"])
         missing, unexpected = sorted(own - saved), sorted(saved - set(self.state_dict()))
         if missing or unexpected:
-            raise ValueError(
-                "The checkpoint's trained tensors don't match this task's adapter: "
-                f"missing {missing[:5]}, unexpected {unexpected[:5]}. Was it trained with another adapter config?"
+            raise VerticalsFileError(
+                f"{source}: the checkpoint's trained tensors don't match this task's adapter: "
+                f"missing {missing[:5]}, unexpected {unexpected[:5]}. Was it trained with another adapter config?",
+                path,
             )
         check_tensors(
             checkpoint["state_dict"],

@@ -77,10 +77,10 @@ def _outcome(kind: str, attempt, path: Path | None = None) -> str:
             OUTCOMES[kind]["raw library error"] += 1
             RAW.append(f"{kind}: {type(error).__module__}.{type(error).__name__}: {str(error)[:300]}")
             raise AssertionError(f"{kind}: a raw {type(error).__name__} escaped: {error}") from error
-        # A message of verticals' own, but not (yet) its one file-error class: counted apart, so it shows.
+        # A message of verticals' own, but not its one file-error class: counted apart, so it shows, and a failure.
         OUTCOMES[kind]["other verticals ValueError"] += 1
         OTHERS[kind][_gist(str(error))] += 1
-        return "other verticals ValueError"
+        raise AssertionError(f"{kind}: a plain ValueError, not a VerticalsFileError: {error}") from error
     except Exception as error:  # noqa: BLE001 - the point is to count what escapes
         OUTCOMES[kind]["raw library error"] += 1
         RAW.append(f"{kind}: {type(error).__module__}.{type(error).__name__}: {str(error)[:300]}")
