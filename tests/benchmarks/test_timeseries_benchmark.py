@@ -64,7 +64,9 @@ def test_tiny_run_writes_markdown_and_json(benchmark, tmp_path: Path) -> None:
     assert loops == ["verticals", "plain", "plain", "verticals", "verticals", "plain"]  # alternating
     assert len({r["samples"] for r in overhead["runs"]}) == 1  # same data, same epochs in both loops
     assert overhead["ratio_verticals_over_plain"] == pytest.approx(float(ratio.group(1)), abs=1e-3)
-    assert all(r["checkpoint_saves_in_window"] == 0 for r in overhead["runs"] if r["loop"] == "verticals")
+    # validation is off, so no best.ckpt; last.ckpt is written at most once an epoch (what a resume needs)
+    verticals_runs = [r for r in overhead["runs"] if r["loop"] == "verticals"]
+    assert all(r["checkpoint_saves_in_window"] <= overhead["epochs"] for r in verticals_runs)
 
 
 def test_resume_keeps_finished_runs_and_runs_only_the_rest(benchmark, tmp_path: Path, monkeypatch) -> None:
