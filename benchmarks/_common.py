@@ -16,7 +16,8 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -292,3 +293,36 @@ def figure_links(figures: Sequence[str]) -> list[str]:
         return []
     folder = Path(figures[0]).parent.name
     return [*(f"![{Path(path).stem}]({folder}/{Path(path).name})" for path in figures), ""]
+
+
+def sweep_results(
+    command: Sequence[str],
+    env: Mapping[str, Any],
+    args: Any,
+    runs: list[dict[str, Any]],
+    resumed: Iterable[tuple[str, str, int, float]],
+    summary: dict[str, Any],
+    started: float,
+) -> dict[str, Any]:
+    """What a seed sweep's report holds: the command, date, machine, arguments (paths as text), every run,
+    the runs taken from earlier calls (``(phase, method, seed, rate)``), the summary and the minutes taken."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, Path):
+            return str(value)
+        if isinstance(value, list):
+            return [plain(item) for item in value]
+        return value
+
+    return {
+        "command": " ".join(command),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": env,
+        "arguments": {key: plain(value) for key, value in vars(args).items()},
+        "runs": runs,
+        "resumed_runs": sorted(
+            f"{phase}/{method}/seed{seed}/lr{rate:g}" for phase, method, seed, rate in resumed
+        ),
+        "summary": summary,
+        "total_minutes": (time.perf_counter() - started) / 60,
+    }

@@ -34,7 +34,6 @@ import re
 import sys
 import time
 from collections.abc import Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +49,7 @@ from _common import (
     paired_verdict,
     quiet_run,
     runs_root,
+    sweep_results,
     tuning_table,
     write_reports,
 )
@@ -581,27 +581,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 if any(key[:3] == ("eval", method, seed) for key in done):
                     continue
                 record(run_method(method, seed, args, root, chosen[method]))
-    results = {
-        "command": " ".join(_without_note(argv)),
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": env,
-        "arguments": {
-            key: (
-                [str(v) for v in value]
-                if isinstance(value, list) and value and isinstance(value[0], Path)
-                else str(value)
-                if isinstance(value, Path)
-                else value
-            )
-            for key, value in vars(args).items()
-        },  # fmt: skip
-        "runs": runs,
-        "resumed_runs": sorted(
-            f"{phase}/{method}/seed{seed}/lr{rate:g}" for phase, method, seed, rate in done
-        ),
-        "summary": summarise(runs),
-        "total_minutes": (time.perf_counter() - started) / 60,
-    }
+    results = sweep_results(_without_note(argv), env, args, runs, done, summarise(runs), started)
     results["figures"] = [str(path) for path in write_figures(results, args.output.with_suffix(""))]
     markdown, _ = write_reports(results, args.output, render)
     print(markdown)
