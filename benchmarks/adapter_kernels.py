@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import torch  # noqa: E402
+from charts import chart_report  # noqa: E402
 from peft import LoraConfig, get_peft_model  # noqa: E402
 from torch import nn  # noqa: E402
 
@@ -281,6 +282,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(_markdown(results))
     args.output.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+    chart_report(args.output, results)
     print(_markdown(results))
     return results
 

@@ -49,6 +49,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from charts import chart_report, core_parity_from_records
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("torch", "lightning", "peft", "transformers", "torchmetrics", "open_clip_torch", "timm", "monai")
@@ -561,6 +562,7 @@ def compare(
         if name in before["results"] and entry["status"] == before["results"][name]["status"] == "ok"
     }
     output.write_text(markdown(command, before, after, rows))
+    chart_report(output, core_parity_from_records(before, after), kind="core_parity")
     return rows
 
 

@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 import torch
 from _common import machine, machine_line, quiet_run, runs_root, write_reports
+from charts import chart_report
 
 from verticals.core.callbacks import Timing
 from verticals.core.cli import run_cli
@@ -960,6 +961,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 progress=lambda partial: write_reports(partial, args.output, render_markdown),
             )
     markdown, json_path = write_reports(results, args.output, render_markdown)
+    chart_report(args.output, results)
     print()
     print(markdown)
     print(f"Wrote {args.output} and {json_path}.")

@@ -34,6 +34,7 @@ from typing import Any
 
 import medical_fairness as single  # the per-seed benchmark: its targets and names, so the two cannot disagree
 from _common import machine, machine_line, write_reports
+from charts import chart_report
 
 from verticals.core.seeds import seed_statistics, sweep_seeds
 
@@ -450,6 +451,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "summary": aggregate(per_seed) if per_seed else {"seeds": [], "runs": {}},
     }
     markdown, json_path = write_reports(results, args.output, render_markdown)
+    chart_report(
+        args.output,
+        results,
+        gap_reduction_target=single.TARGET_GAP_REDUCTION,
+        auroc_drop_target=single.TARGET_AUROC_DROP,
+    )
     print(markdown)
     print(f"Wrote {args.output} and {json_path}.")
     return results

@@ -42,6 +42,7 @@ from _common import (
     runs_root,
     write_reports,
 )
+from charts import chart_report
 
 from verticals.core.cli import run_cli
 from verticals.core.seeds import seed_statistics
@@ -488,6 +489,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         run.pop("examples", None)  # arrays: in the figures, not the JSON
     results["figures"] = [str(path) for path in figures]
     markdown, _ = write_reports(results, args.output, render)
+    chart_report(args.output, results)
     print(markdown)
     return results
 

@@ -46,6 +46,7 @@ from _common import (
     tuning_table,
     write_reports,
 )
+from charts import chart_report
 
 from verticals.core.cli import run_cli
 from verticals.core.seeds import seed_statistics
@@ -523,6 +524,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     results = sweep_results(argv, env, args, runs, done, summarise(runs), started)
     results["figures"] = [str(path) for path in write_figures(results, args.output.with_suffix(""))]
     markdown, _ = write_reports(results, args.output, render)
+    chart_report(args.output, results)
     print(markdown)
     return results
 

@@ -58,6 +58,7 @@ from _common import (
     runs_root,
     write_reports,
 )
+from charts import chart_report
 
 from verticals.core import AdapterSpec, adapt, build_model
 from verticals.core.callbacks import Timing
@@ -897,6 +898,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             args, argv, root, progress=lambda partial: write_reports(partial, args.output, render_markdown)
         )
     markdown, json_path = write_reports(results, args.output, render_markdown)
+    chart_report(args.output, results)
     print()
     print(markdown)
     print(f"Wrote {args.output} and {json_path}.")

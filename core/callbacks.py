@@ -1,4 +1,5 @@
-"""Callbacks every verticals run gets: best/last checkpoints, resume state, adapter export, timing and the report."""
+"""Callbacks every verticals run gets: best/last checkpoints, resume state, adapter export, timing and the report
+(with its figures and the adapter's model card)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,11 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 
-from verticals.core.adapters.io import save_adapter
-from verticals.core.report import write_report
+from verticals.core.adapters.io import CONFIG_NAME, TRAINABLE_NAME, save_adapter
+from verticals.core.model_card import run_model_card, write_card
+from verticals.core.report import describe_data, split_size, write_report
+from verticals.core.report_figures import DEFAULT_RESAMPLES, RunFigures, write_run_figures
+from verticals.core.report_outputs import MAX_EXAMPLES, ReportOutputs
 from verticals.core.resume import LastCheckpoint, RandomState, ResumedLog, RunLock
 
 
@@ -120,15 +124,74 @@ class ExportAdapter(L.Callback):
 
 
 class RunReport(L.Callback):
-    """At test end: ``report.json`` and ``report.md`` with metrics, parameters, adapter size and timing."""
+    """At test end: ``report.json`` and ``report.md`` (metrics, parameters, adapter size, timing, the data and
+    the figures), the figures themselves (:mod:`verticals.core.report_figures`) and the adapter's model card.
+
+    During the test it keeps what the figures need (:class:`~verticals.core.report_outputs.ReportOutputs`):
+    the per-sample outputs of ``test_step`` and up to ``max_examples`` examples the task offers. A run's
+    ``GroupReport`` is finished first, so its figures are listed too.
+
+    Args:
+        max_examples: examples kept for the figures that show samples (overlays, forecasts).
+        n_resamples: bootstrap resamples of the figures' per-class and per-group intervals.
+    """
+
+    def __init__(self, max_examples: int = MAX_EXAMPLES, n_resamples: int = DEFAULT_RESAMPLES) -> None:
+        if n_resamples < 0:
+            raise ValueError(f"`n_resamples` must be >= 0 (0: no intervals), got {n_resamples}.")
+        self.outputs = ReportOutputs(max_examples)
+        self.n_resamples = n_resamples
+        #: What the last report drew and why it skipped what it did not.
+        self.figures: RunFigures | None = None
+        self._splits: dict[str, int | None] = {}
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Noted now: Lightning drops a fit's loaders before the test that follows it.
+        self._splits["train"] = split_size(trainer.train_dataloader)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._splits["val"] = split_size(trainer.val_dataloaders)
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.outputs.reset()
+
+    def on_test_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        keep = trainer.is_global_zero and not trainer.fast_dev_run
+        self.outputs.add(outputs, pl_module, keep_examples=keep)
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         directory = run_directory(trainer)  # every rank: trainer.log_dir is a collective call under DDP
+        from verticals.core.group_report import GroupReport  # it imports this module
+
+        group_reports = [callback for callback in trainer.callbacks if isinstance(callback, GroupReport)]
+        for group_report in group_reports:  # every rank: their outputs are gathered
+            group_report.finish(trainer, pl_module)
+        arrays = self.outputs.compute()  # every rank: the gather is collective
         if not trainer.is_global_zero or trainer.fast_dev_run:
             return
+        self.figures = write_run_figures(
+            directory,
+            task=pl_module,
+            trainer=trainer,
+            arrays=arrays,
+            examples=self.outputs.examples(),
+            group_report=next((report for report in group_reports if getattr(report, "results", None)), None),
+            n_resamples=self.n_resamples,
+        )
+        drawn = list(self.figures.written)
+        drawn += sorted(path.name for path in directory.glob("*.png") if path.name not in drawn)
         timing = next((callback for callback in trainer.callbacks if isinstance(callback, Timing)), None)
         checkpoint = trainer.checkpoint_callback
-        write_report(
+        tested = next((len(values) for values in arrays.values()), None)
+        report = write_report(
             directory,
             task=pl_module,
             test_metrics={
@@ -143,7 +206,16 @@ class RunReport(L.Callback):
             ),
             checkpoint=str(getattr(checkpoint, "best_model_path", "") or ""),
             timing=timing.as_dict() if timing else None,
+            data=describe_data(trainer, splits=self._splits, tested=tested),
+            figures=drawn,
+            figures_skipped=self.figures.skipped,
         )
+        adapter = directory / "adapter"
+        if (adapter / CONFIG_NAME).is_file() or (adapter / TRAINABLE_NAME).is_file():
+            card = run_model_card(
+                report, task=pl_module, directory=adapter, peft_adapter=(adapter / CONFIG_NAME).is_file()
+            )
+            write_card(adapter, card)
 
 
 def default_callbacks(*, monitor: str, mode: str) -> list[L.Callback]:

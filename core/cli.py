@@ -37,6 +37,8 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from verticals.core.callbacks import run_directory
 from verticals.core.checkpoint_io import with_atomic_checkpoints
+from verticals.core.extras import missing_extras, packages_named_in
+from verticals.core.quiet import quiet_lightning
 from verticals.core.report import stopped_before_budget, write_seed_report
 from verticals.core.resume import (
     EXIT_SIGINT,
@@ -74,16 +76,34 @@ class VerticalsTrainer(Trainer):
         model: LightningModule,
         datamodule: LightningDataModule | None = None,
         ckpt_path: str | None = None,
+        baseline: bool = True,
     ) -> list[dict[str, float]]:
-        """Fit, test the best checkpoint, write the report (``--seeds 0 1 2``: per seed, then a summary).
+        """Fit, test the best checkpoint, write the report and the practitioner's baseline beside it.
 
-        The run's lock (:class:`~verticals.core.resume.RunLock`) is held from fit through test.
+        ``--seeds 0 1 2``: one run per seed, then a summary. The run's lock
+        (:class:`~verticals.core.resume.RunLock`) is held from fit through the baseline.
+
+        Args:
+            model: the task to train and test.
+            datamodule: the data; its test split is also the baseline's.
+            ckpt_path: a checkpoint to resume fit from (``last``: the newest run under the root directory).
+            baseline: after testing, also score the baseline a practitioner of the task would try first
+                (MiniRocket, zero-shot, a linear probe on the frozen backbone …) on the same test samples and
+                add it to the report with a paired-bootstrap CI of the difference (``baseline.json``,
+                ``report.json["baseline"]``, ``## Baseline`` in ``report.md``); ``--baseline false`` skips it.
         """
+        from verticals.core.baseline import BuildRandomState, run_baseline_step
+
         self.keep_run_lock = True
+        build_state = BuildRandomState()
+        self.callbacks.append(build_state)
         try:
             self.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
             best = getattr(self.checkpoint_callback, "best_model_path", "")
-            return self.test(model, datamodule=datamodule, ckpt_path="best" if best else None)
+            results = self.test(model, datamodule=datamodule, ckpt_path="best" if best else None)
+            if baseline:
+                run_baseline_step(self, model, datamodule or self.datamodule, rng_state=build_state.state)
+            return results
         finally:
             self.keep_run_lock = False
             for callback in self.callbacks:
@@ -95,17 +115,29 @@ class VerticalsTrainer(Trainer):
         with _exit_status_of_signals(self):
             return super().fit(*args, **kwargs)
 
+    # jsonargparse reads these methods' options (--ckpt_path, ...) from the `super().<method>(*args, **kwargs)`
+    # call itself: keep that call as it is, and change `kwargs` in place before it.
     def validate(self, *args: Any, **kwargs: Any) -> Any:
+        self._name_best_checkpoint(kwargs)
         with _exit_status_of_signals(self):
             return super().validate(*args, **kwargs)
 
     def test(self, *args: Any, **kwargs: Any) -> Any:
+        self._name_best_checkpoint(kwargs)
         with _exit_status_of_signals(self):
             return super().test(*args, **kwargs)
 
     def predict(self, *args: Any, **kwargs: Any) -> Any:
+        self._name_best_checkpoint(kwargs)
         with _exit_status_of_signals(self):
             return super().predict(*args, **kwargs)
+
+    def _name_best_checkpoint(self, kwargs: dict[str, Any]) -> None:
+        """``ckpt_path="best"`` becomes the file of the first checkpoint callback, which is what Lightning loads
+        too; given by name, Lightning warns on every run that a task has two (``best`` and ``last``)."""
+        best = getattr(self.checkpoint_callback, "best_model_path", "")
+        if kwargs.get("ckpt_path") == "best" and best:
+            kwargs["ckpt_path"] = best
 
 
 @contextmanager
@@ -432,7 +464,50 @@ def main(argv: Sequence[str] | None = None) -> None:
         for name, path in packaged_configs().items():
             print(f"{name:40s} {_describe(path)}")
         return
+    quiet_lightning()  # no advertising tips; no warning about what verticals does on purpose
     run_cli(args)
+
+
+def missing_extras_message(args: Sequence[str]) -> str | None:
+    """One line per extra that the configs or the command line need and that is not fully installed
+    (``verticals: CONFIG needs the X extra: pip install 'verticals[X]' (missing: a, b)``); None if none.
+
+    Read before the config is parsed: a config needs the extra of each ``verticals.domains.<name>`` package
+    its text names, and a packaged config ``<name>/<config>`` that of its own package.
+
+    Args:
+        args: The command's arguments (``run CONFIG ...``).
+    """
+    args = list(args)
+    configs = [args[1]] if len(args) >= 2 and args[0] in SUBCOMMANDS and not args[1].startswith("-") else []
+    configs += [value for flag, value in zip(args, args[1:]) if flag in ("-c", "--config")]
+    configs += [arg.split("=", 1)[1] for arg in args if arg.startswith("--config=")]
+    lines: list[str] = []
+    named: set[str] = set()
+
+    def note(subject: str, packages: list[str]) -> None:
+        for missing in missing_extras(packages):
+            if missing.extra not in named:
+                named.add(missing.extra)
+                lines.append(f"verticals: {missing.message(subject)}")
+
+    packaged: dict[str, Path] | None = None
+    for value in configs:
+        path, packages = Path(value), []
+        if not path.is_file():
+            packaged = packaged_configs() if packaged is None else packaged
+            name = value.removesuffix(".yaml")
+            if name not in packaged:
+                continue  # not a config: resolve_config says so
+            path = packaged[name]
+            packages.append(f"{DOMAINS_PACKAGE}.{name.split('/', 1)[0]}")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue  # unreadable: the parser says so
+        note(value, [*packages, *packages_named_in(text)])
+    note("this command", packages_named_in(" ".join(args)))
+    return "\n".join(lines) or None
 
 
 def version_line() -> str:
@@ -458,6 +533,9 @@ def run_cli(args: Sequence[str]) -> VerticalsCLI | SeedSweep:
         raise SystemExit(
             "verticals: `configs` builds no Trainer: call main(['configs']) (`verticals configs`)."
         )
+    missing = missing_extras_message(args)
+    if missing:
+        raise SystemExit(missing)
     seeds, args = _split_seeds(args)
     if seeds is not None:
         return run_seeds(args, seeds)

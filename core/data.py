@@ -57,6 +57,7 @@ __all__ = [
     "SPLITS",
     "UnsupportedSuffixError",
     "check_groups",
+    "dataset_name_of",
     "encode_group_matrix",
     "encode_labels",
     "few_shot_rows",
@@ -244,6 +245,39 @@ def check_groups(datamodule: Any) -> None:
         raise ValueError(f"{name}: attribute(s) {empty} have no categories in `group_names`.")
 
 
+# -- naming the data ------------------------------------------------------------------------------
+#: Constructor arguments that name the data a datamodule loads, looked up in this order.
+DATASET_NAME_ARGUMENTS: tuple[str, ...] = ("dataset_name", "dataset", "name")
+
+
+def dataset_name_of(datamodule: Any, *, use_attribute: bool = True) -> str:
+    """The name of the data a datamodule serves, for run reports and model cards.
+
+    The protocol, first match wins: a ``dataset_name`` attribute (``BaseDataModule`` has one a subclass
+    may set), a string ``dataset`` attribute, a string among the saved hyperparameters named in
+    ``DATASET_NAME_ARGUMENTS`` (a ``dataset="GunPoint"`` argument), else the class name without its
+    ``DataModule`` suffix. Any datamodule has a name, so reports never say "unknown".
+
+    Args:
+        datamodule: any object; a ``LightningDataModule`` usually.
+        use_attribute: read the ``dataset_name`` attribute (False inside that attribute's own getter).
+    """
+    if use_attribute:
+        named = getattr(datamodule, "dataset_name", None)
+        if isinstance(named, str) and named:
+            return named
+    given = getattr(datamodule, "dataset", None)
+    if isinstance(given, str) and given:
+        return given
+    hparams = getattr(datamodule, "hparams", None) or {}
+    for key in DATASET_NAME_ARGUMENTS:
+        value = hparams.get(key) if isinstance(hparams, Mapping) else None
+        if isinstance(value, str) and value:
+            return value
+    name = type(datamodule).__name__
+    return name.removesuffix("DataModule") or name
+
+
 # -- the one datamodule base ----------------------------------------------------------------------
 class BaseDataModule(L.LightningDataModule):
     """Base of every verticals datamodule: subclasses say what a split holds, loaders are built here.
@@ -252,7 +286,17 @@ class BaseDataModule(L.LightningDataModule):
     need more than ``default_collate``). Training shuffles with :class:`EpochShuffleSampler`; validation,
     test and prediction (on ``predict_split``) keep their order. Subclasses with groups set or compute
     ``group_attributes`` and ``group_names`` (see :class:`GroupedDataModule`); the defaults say "no
-    groups". Subclasses call ``save_hyperparameters()`` in their own ``__init__``.
+    groups". Subclasses call ``save_hyperparameters()`` in their own ``__init__``. ``dataset_name`` names the
+    data in run reports and model cards: a subclass sets it (``self.dataset_name = "eurosat"``), else it is
+    read from the datamodule (see :func:`dataset_name_of`).
+
+    Args:
+        batch_size: samples per batch (>= 1), in every split; lower it when a step runs out of memory.
+        seed: seed of the training order (a permutation per ``(seed, epoch)``, so a resumed run sees the same
+            batches) and, in subclasses, of their seeded splits and sampling; change it to repeat a run
+            on other draws.
+        num_workers: DataLoader worker processes (0: load in the main process); more overlaps loading with
+            training when decoding items is the bottleneck.
     """
 
     #: Drop a last shuffled batch of one sample (BatchNorm cannot train on it); models without
@@ -298,6 +342,18 @@ class BaseDataModule(L.LightningDataModule):
     @group_names.setter
     def group_names(self, names: Mapping[str, Sequence[str]]) -> None:
         self._group_names = {attribute: list(categories) for attribute, categories in names.items()}
+
+    # -- naming -------------------------------------------------------------------------
+    @property
+    def dataset_name(self) -> str:
+        """The data's name in run reports and model cards: the one a subclass set, else
+        :func:`dataset_name_of`'s reading of the datamodule."""
+        given = getattr(self, "_dataset_name", None)
+        return given if given else dataset_name_of(self, use_attribute=False)
+
+    @dataset_name.setter
+    def dataset_name(self, name: str) -> None:
+        self._dataset_name = str(name)
 
     # -- the loaders --------------------------------------------------------------------
     def dataloader(self, split: str, *, shuffle: bool | None = None) -> DataLoader:
@@ -484,6 +540,13 @@ class ArrayClassificationDataModule(BaseDataModule):
     training set, with a warning (there is no held-out estimate then).
 
     Batches: ``{"x": FloatTensor[B, *input_shape], "y": LongTensor[B]}``.
+
+    Args:
+        batch_size: samples per batch (>= 1).
+        val_fraction: share of the training split, in [0, 1), held out (stratified, seeded) for validation
+            and checkpoint selection; 0 validates on the training set itself.
+        seed: seed of the validation split and of the training order.
+        num_workers: DataLoader worker processes (0: load in the main process).
     """
 
     def __init__(

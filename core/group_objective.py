@@ -75,8 +75,10 @@ class GroupObjective:
             attribute's groups), ``intersectional`` (all attributes crossed) or ``sensitive_label``
             (attribute × class, Sagawa et al.'s setting).
         attribute: the sensitive attribute (default: the first of ``group_attributes``).
-        group_attributes / group_names: the data's group attributes and the categories of each (the codes of
-            a batch's ``group`` columns); default: the datamodule's, recorded in the task's hparams.
+        group_attributes: the data's group attributes, one per column of a batch's ``group``; default: the
+            datamodule's, recorded in the task's hparams so a checkpoint rebuilds the objective.
+        group_names: the categories of each attribute (``group_names[attribute][code]``); default: the
+            datamodule's, recorded like ``group_attributes``.
     """
 
     penalty: Penalty = "none"
@@ -154,7 +156,12 @@ class _ReverseGradient(torch.autograd.Function):
 
 
 def reverse_gradient(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-    """Identity forward; multiplies the gradient by ``-scale`` backward (gradient-reversal layer)."""
+    """Identity forward; multiplies the gradient by ``-scale`` backward (gradient-reversal layer).
+
+    Args:
+        x: the features the adversary reads.
+        scale: the factor of the reversed gradient (λ of the adversarial penalty).
+    """
     return _ReverseGradient.apply(x, scale)
 
 
@@ -167,6 +174,11 @@ def club_upper_bound(
     against the batch's attribute frequencies, which equals the mean over every (i, j). With
     ``condition`` (e.g. the label), the pairs ``j`` are only those with ``c_j = c_i``: frequencies per
     condition value, which bounds the conditional mutual information.
+
+    Args:
+        log_q: ``[N, G]`` log-probabilities ``log q(a | z_i)`` of each attribute value.
+        attribute: ``[N]`` attribute codes in ``0..G-1``.
+        condition: ``[N]`` codes of a conditioning variable (e.g. the label), or None.
     """
     positive = log_q.gather(1, attribute[:, None]).mean()
     condition = torch.zeros_like(attribute) if condition is None else condition
@@ -178,7 +190,13 @@ def attribute_frequencies(
     attribute: torch.Tensor, groups: int, condition: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Counts ``[C, G]`` of each attribute value within each condition value, and their per-condition
-    frequencies (rows sum to 1; an empty row stays 0)."""
+    frequencies (rows sum to 1; an empty row stays 0).
+
+    Args:
+        attribute: ``[N]`` attribute codes in ``0..groups-1``.
+        groups: number of attribute values G.
+        condition: ``[N]`` non-negative condition codes (all zeros for no condition).
+    """
     width = int(condition.max()) + 1
     counts = (
         torch.bincount(condition * groups + attribute, minlength=width * groups)
@@ -190,7 +208,11 @@ def attribute_frequencies(
 
 def pool_features(features: torch.Tensor) -> torch.Tensor:
     """``[N, D]`` features: token maps ``[N, T, D]`` are averaged over tokens, ``[N, C, *S]`` (images,
-    volumes) over space."""
+    volumes) over space.
+
+    Args:
+        features: ``[N, D]``, ``[N, T, D]``, ``[N, C, H, W]`` or ``[N, C, D, H, W]`` features.
+    """
     if features.ndim == 2:
         return features
     if features.ndim == 3:
@@ -204,7 +226,11 @@ def pool_features(features: torch.Tensor) -> torch.Tensor:
 
 
 def check_feature_split(network: nn.Module) -> None:
-    """The penalty reads ``z`` between ``forward_features`` and ``forward_head`` (timm's split)."""
+    """The penalty reads ``z`` between ``forward_features`` and ``forward_head`` (timm's split).
+
+    Args:
+        network: the task's network; a ``TypeError`` when it lacks the split.
+    """
     if not (hasattr(network, "forward_features") and hasattr(network, "forward_head")):
         raise TypeError(
             f"{type(network).__name__} has no forward_features/forward_head; the group objective's penalty needs "
@@ -214,7 +240,12 @@ def check_feature_split(network: nn.Module) -> None:
 
 class WorstGroupLoss(Metric):
     """The largest per-group mean of the per-sample losses over an epoch (Sagawa et al.'s worst-group loss);
-    groups without a sample are left out."""
+    groups without a sample are left out.
+
+    Args:
+        num_groups: the groups whose per-sample losses are averaged (codes ``0..num_groups-1``).
+        **kwargs: torchmetrics ``Metric`` options.
+    """
 
     is_differentiable = False
     higher_is_better = False
@@ -243,7 +274,8 @@ class GroupObjectiveLoss(nn.Module):
 
     Args:
         objective: what to train.
-        group_attributes / group_names: the data's attributes and the categories of each.
+        group_attributes: the data's group attributes, one per column of a batch's ``group``.
+        group_names: attribute -> its categories in code order.
         num_classes: classes of the per-sample labels (needed by ``conditional`` and ``sensitive_label``).
         feature_dim: width of ``z`` (the pooled features, or the output's width with ``penalty_on: logits``;
             without the label's one-hot, which is added here); needed with a penalty.

@@ -30,8 +30,6 @@ import numpy as np
 import pandas as pd
 import torch
 from matplotlib.figure import Figure
-from torchmetrics import Metric
-from torchmetrics.utilities import dim_zero_cat
 
 from verticals.core.callbacks import run_directory
 from verticals.core.metrics.bootstrap import bootstrap_indices, percentile_interval
@@ -44,13 +42,27 @@ from verticals.core.metrics.groups import (
 )
 from verticals.core.metrics.plots import plot_group_metric
 from verticals.core.metrics.report import _format_ci, _json_safe
+from verticals.core.report_outputs import CollectedOutputs
 
-__all__ = ["GroupMetric", "GroupReport", "GroupReportResults", "group_report", "write_group_report"]
+__all__ = [
+    "GroupMetric",
+    "GroupReport",
+    "GroupReportResults",
+    "group_report",
+    "groups_of_test",
+    "write_group_report",
+]
 
 
 @dataclasses.dataclass(frozen=True)
 class GroupMetric:
-    """A per-group metric: ``function(arrays) -> float`` on the per-sample arrays of some samples."""
+    """A per-group metric: ``function(arrays) -> float`` on the per-sample arrays of some samples.
+
+    Attributes:
+        function: ``function(arrays) -> float``; ``arrays`` maps names to the rows of the samples it scores.
+        higher_is_better: whether a higher value is better (AUROC, Dice) or worse (WER, ECE); picks the worst
+            group and orients ``best_minus_worst``.
+    """
 
     function: Callable[[Mapping[str, np.ndarray]], float]
     higher_is_better: bool = True
@@ -60,7 +72,11 @@ class GroupMetric:
 
 
 def as_group_metric(value: GroupMetric | Callable[[Mapping[str, np.ndarray]], float]) -> GroupMetric:
-    """A ``GroupMetric`` as it is, a plain callable as one where higher is better."""
+    """A ``GroupMetric`` as it is, a plain callable as one where higher is better.
+
+    Args:
+        value: a ``GroupMetric``, or a callable on the per-sample arrays.
+    """
     if isinstance(value, GroupMetric):
         return value
     if not callable(value):
@@ -100,6 +116,16 @@ class GroupReportResults:
     {"worst_group", "best_group", "worst", "gap", "best_minus_worst"}}}``, where ``best_minus_worst`` is the
     difference between the groups best and worst on the whole set, re-measured in each resample and signed
     so that a positive value means the best group is better (its CI can contain zero, unlike the gap's).
+
+    Attributes:
+        metrics: metric name -> higher is better.
+        count: samples reported.
+        overall: metric -> ``{"value", "low", "high"}`` on all samples.
+        groupings: grouping -> its groups and summary (see above).
+        group_names: attribute -> its groups in report order.
+        n_bootstrap: resamples behind the CIs (0: none).
+        confidence: the CIs' level.
+        seed: seed of the resamples.
     """
 
     metrics: dict[str, bool]
@@ -208,6 +234,16 @@ def group_report(
     (names or, with ``group_names``, codes). ``group_names`` fixes each attribute's group order and keeps
     groups without samples (reported with count 0 and no value). Resamples are drawn within the
     intersectional cells, so every group keeps its size in every resample.
+
+    Args:
+        arrays: per-sample arrays by name (``probs``, ``target`` …), one row per sample.
+        metrics: metric name -> ``GroupMetric`` or a callable on the arrays of some samples (higher is better).
+        groups: attribute -> per-sample group names (or codes, with ``group_names``); None: overall only.
+        group_names: attribute -> its groups in report order.
+        n_bootstrap: resamples behind the CIs (0: none); more gives steadier interval ends.
+        confidence: the CIs' level, in (0, 1).
+        seed: seed of the resamples.
+        intersectional: with two or more attributes, also report their intersection.
     """
     if not metrics:
         raise ValueError("`metrics` is empty: pass at least one, e.g. {'accuracy': accuracy_of_arrays}.")
@@ -337,7 +373,12 @@ def _slug(text: str) -> str:
 
 
 def plot_group_report(results: GroupReportResults, metric: str) -> Figure:
-    """Bars of one metric per group with CI whiskers: one panel per grouping (or the overall value alone)."""
+    """Bars of one metric per group with CI whiskers: one panel per grouping (or the overall value alone).
+
+    Args:
+        results: a :func:`group_report`'s results.
+        metric: one of ``results.metrics``.
+    """
     table = results.table
     groupings = list(results.groupings) or [None]
     figure = Figure(figsize=(max(4.0, 4.0 * len(groupings)), 3.4), layout="constrained")
@@ -363,7 +404,12 @@ def plot_group_report(results: GroupReportResults, metric: str) -> Figure:
 
 
 def write_group_report(results: GroupReportResults, directory: Path | str) -> list[Path]:
-    """Write ``groups.json``, ``groups.md`` and one ``groups_<metric>.png`` per metric; returns the paths."""
+    """Write ``groups.json``, ``groups.md`` and one ``groups_<metric>.png`` per metric; returns the paths.
+
+    Args:
+        results: a :func:`group_report`'s results.
+        directory: the folder to write (created if missing); usually the run directory.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     written = [directory / "groups.json", directory / "groups.md"]
@@ -376,31 +422,6 @@ def write_group_report(results: GroupReportResults, directory: Path | str) -> li
     return written
 
 
-class _Collected(Metric):
-    """The test step's per-sample tensors, concatenated across batches and devices (uneven sizes allowed)."""
-
-    full_state_update = False
-
-    def __init__(self, keys: Sequence[str]) -> None:
-        super().__init__()
-        self.keys = tuple(keys)
-        for index in range(len(self.keys)):
-            self.add_state(f"column_{index}", default=[], dist_reduce_fx="cat")
-
-    def update(self, outputs: Mapping[str, torch.Tensor]) -> None:
-        for index, key in enumerate(self.keys):
-            value = outputs[key].detach()
-            if value.is_floating_point() and value.dtype not in (torch.float32, torch.float64):
-                value = value.float()  # numpy has no bfloat16
-            getattr(self, f"column_{index}").append(value)
-
-    def compute(self) -> dict[str, np.ndarray]:
-        return {
-            key: dim_zero_cat(getattr(self, f"column_{index}")).cpu().numpy()
-            for index, key in enumerate(self.keys)
-        }
-
-
 class GroupReport(L.Callback):
     """At test end: the task's ``group_report_metrics()`` overall and per group with bootstrap CIs.
 
@@ -408,6 +429,13 @@ class GroupReport(L.Callback):
     with more groups reports all of them), else from the task's ``group_attributes`` / ``group_names``
     hparams. Skipped under ``fast_dev_run``, like the run report. The last result stays in ``results``, and
     what the task's ``extra_group_report`` returned in ``extra``.
+
+    Args:
+        n_bootstrap: resamples behind the CIs (0: a report without CIs); more gives steadier interval ends
+            at a higher cost at test end.
+        confidence: the CIs' level, in (0, 1).
+        seed: seed of the resamples.
+        intersectional: with two or more group attributes, also report their intersection.
     """
 
     def __init__(
@@ -425,10 +453,11 @@ class GroupReport(L.Callback):
         )
         self.results: GroupReportResults | None = None
         self.extra: Any = None
-        self._collected: _Collected | None = None
+        self._collected: CollectedOutputs | None = None
 
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._collected = None
+        self.results, self.extra = None, None  # a test that collects nothing leaves no earlier report
 
     def on_test_batch_end(
         self,
@@ -457,7 +486,7 @@ class GroupReport(L.Callback):
         if "group" in tensors and tensors["group"].ndim == 1:
             tensors["group"] = tensors["group"][:, None]
         if self._collected is None:
-            self._collected = _Collected(sorted(tensors)).to(pl_module.device)
+            self._collected = CollectedOutputs(sorted(tensors)).to(pl_module.device)
         elif set(tensors) != set(self._collected.keys):
             raise ValueError(
                 f"test_step returned keys {sorted(tensors)} after {list(self._collected.keys)} in earlier batches; "
@@ -466,6 +495,12 @@ class GroupReport(L.Callback):
         self._collected.update(tensors)
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.finish(trainer, pl_module)
+
+    def finish(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Compute and write the report of the test that just ended; once per test (a second call does
+        nothing). The run report calls it before its own files, so it can list this report's figures; call
+        it on every process (the outputs are gathered)."""
         directory = run_directory(trainer)  # every rank: trainer.log_dir is a collective call under DDP
         if self._collected is None or not self._collected.update_called:
             return
@@ -498,29 +533,43 @@ class GroupReport(L.Callback):
     def _groups(
         trainer: L.Trainer, pl_module: L.LightningModule, matrix: np.ndarray | None
     ) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
-        """``{attribute: per-sample group names}`` and each attribute's names in order."""
-        if matrix is None:
-            return {}, {}
-        matrix = matrix.reshape(len(matrix), -1)
-        datamodule = getattr(trainer, "datamodule", None)
-        hparams = getattr(pl_module, "hparams", {})
-        attributes = getattr(datamodule, "group_attributes", None)
-        names = getattr(datamodule, "group_names", None)
-        if not attributes:
-            attributes = hparams.get("group_attributes")
-            names = hparams.get("group_names")
-        if not attributes:
-            attributes = [f"attribute_{column}" for column in range(matrix.shape[1])]
-        if len(attributes) != matrix.shape[1]:
-            raise ValueError(
-                f"The test batches carry {matrix.shape[1]} group column(s) but the group attributes are "
-                f"{list(attributes)}; a datamodule's `group_attributes` must name every column of 'group'."
-            )
-        names = (
-            {str(key): [str(v) for v in value] for key, value in dict(names or {}).items()}
-            if isinstance(names, Mapping)
-            else {}
+        return groups_of_test(trainer, pl_module, matrix)
+
+
+def groups_of_test(
+    trainer: L.Trainer, pl_module: L.LightningModule, matrix: np.ndarray | None
+) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
+    """``{attribute: per-sample group names}`` and each attribute's names in order, for the ``[N, A]`` group
+    codes of a test: attributes and names from the datamodule, else the task's hparams, else
+    ``attribute_<column>`` with the codes as names.
+
+    Args:
+        trainer: the trainer that ran the test (its ``datamodule`` names the groups).
+        pl_module: the task (its ``group_attributes`` / ``group_names`` hparams are the fallback).
+        matrix: the gathered ``group`` codes, one row per sample; None gives no groups.
+    """
+    if matrix is None:
+        return {}, {}
+    matrix = matrix.reshape(len(matrix), -1)
+    datamodule = getattr(trainer, "datamodule", None)
+    hparams = getattr(pl_module, "hparams", {})
+    attributes = getattr(datamodule, "group_attributes", None)
+    names = getattr(datamodule, "group_names", None)
+    if not attributes:
+        attributes = hparams.get("group_attributes")
+        names = hparams.get("group_names")
+    if not attributes:
+        attributes = [f"attribute_{column}" for column in range(matrix.shape[1])]
+    if len(attributes) != matrix.shape[1]:
+        raise ValueError(
+            f"The test batches carry {matrix.shape[1]} group column(s) but the group attributes are "
+            f"{list(attributes)}; a datamodule's `group_attributes` must name every column of 'group'."
         )
-        return decode_group_matrix(matrix, list(attributes), names), {
-            a: names[a] for a in attributes if a in names
-        }
+    names = (
+        {str(key): [str(v) for v in value] for key, value in dict(names or {}).items()}
+        if isinstance(names, Mapping)
+        else {}
+    )
+    return decode_group_matrix(matrix, list(attributes), names), {
+        a: names[a] for a in attributes if a in names
+    }

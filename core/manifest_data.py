@@ -265,10 +265,16 @@ class ManifestDataModule(BaseDataModule):
         missing_groups: ``"error"`` or ``"drop"`` rows with an empty group cell.
         channels: 3 (RGB, grey repeated), 1, 4, or ``None`` for the files' own channels.
         image_size: short side resized to this, then centre-cropped square; ``None`` keeps the size.
-        mean, std: per-channel normalisation after scaling 8-bit pixels to [0, 1]; ``None`` skips it.
+        mean: per-channel mean subtracted after scaling 8-bit pixels to [0, 1] (the backbone's pretraining
+            statistics, e.g. ImageNet's); ``None`` skips the normalisation.
+        std: per-channel standard deviation to divide by after subtracting ``mean`` (``None``: 1 per channel;
+            unused without ``mean``).
         flips: random horizontal and vertical flips for training.
         cache_images: keep decoded (resized) files in memory after their first read.
-        val_fraction, test_fraction: shares of ``split_by`` units held out (seeded).
+        val_fraction: share of the ``split_by`` units left after the test split held out for validation
+            (seeded), in [0, 1); unused when the manifest has a ``split_column``.
+        test_fraction: share of the ``split_by`` units held out for testing (seeded), in [0, 1); unused
+            when the manifest has a ``split_column``.
         shots_per_class: keep a seeded k training rows per class (labels only).
 
     The manifest is read on first use, so ``num_classes``, ``input_shape``, ``group_attributes`` and

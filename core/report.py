@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,85 @@ def adapter_size_bytes(directory: Path) -> int:
     return sum(path.stat().st_size for path in directory.glob("*.safetensors")) if directory.is_dir() else 0
 
 
+def split_size(loaders: Any) -> int | None:
+    """Samples behind a split's loader(s): the length of each loader's dataset, summed; None when a dataset
+    has no length (a stream) or there is no loader.
+
+    Args:
+        loaders: a ``DataLoader``, a list or dict of them, or None.
+    """
+    if loaders is None:
+        return None
+    if isinstance(loaders, Mapping):
+        loaders = list(loaders.values())
+    if not isinstance(loaders, (list, tuple)):
+        loaders = [loaders]
+    sizes = [_length(getattr(loader, "dataset", None)) for loader in loaders]
+    return None if not sizes or None in sizes else sum(sizes)
+
+
+def describe_data(
+    trainer: Any, *, splits: Mapping[str, int | None] | None = None, tested: int | None = None
+) -> dict[str, Any] | None:
+    """What a run trained and tested on: the datamodule's class path, the dataset's name
+    (:func:`verticals.core.data.dataset_name_of`), the samples of each split and the run's seed.
+
+    Nothing is loaded for the report: a split's size is the one given in ``splits`` (the run report notes
+    them while fit runs: Lightning drops a fit's loaders before the test), else that of the loader the
+    trainer holds, else that of the datamodule's ``<split>_dataset`` attribute when set, else None. ``seed``
+    is the global seed (``seed_everything``, ``PL_GLOBAL_SEED``); ``datamodule_seed`` the datamodule's own
+    (its split and shuffling) when it has one; ``tested`` the samples the test scored (fewer than the split
+    with ``limit_test_batches``). None without a datamodule.
+
+    Args:
+        trainer: the trainer of the run (its ``datamodule`` and loaders).
+        splits: sizes already known, by split.
+        tested: the samples the test scored.
+    """
+    from verticals.core.data import SPLITS, dataset_name_of
+
+    datamodule = getattr(trainer, "datamodule", None)
+    if datamodule is None:
+        return None
+    cls = type(datamodule)
+    held = {
+        "train": getattr(trainer, "train_dataloader", None),
+        "val": getattr(trainer, "val_dataloaders", None),
+        "test": getattr(trainer, "test_dataloaders", None),
+    }
+    sizes: dict[str, int | None] = {}
+    for split in SPLITS:
+        size = (splits or {}).get(split)
+        if size is None:
+            size = split_size(held.get(split))
+        if size is None:
+            dataset = getattr(datamodule, f"{split}_dataset", None)
+            size = _length(dataset)
+        sizes[split] = size
+    seed = os.environ.get("PL_GLOBAL_SEED")
+    own_seed = getattr(datamodule, "seed", None)
+    data: dict[str, Any] = {
+        "datamodule": f"{cls.__module__}.{cls.__qualname__}",
+        "dataset": dataset_name_of(datamodule),
+        "splits": sizes,
+        "seed": int(seed) if seed is not None and seed.lstrip("-").isdigit() else None,
+    }
+    if isinstance(own_seed, int) and not isinstance(own_seed, bool):
+        data["datamodule_seed"] = own_seed
+    if tested is not None:
+        data["tested"] = int(tested)
+    return data
+
+
+def _length(dataset: Any) -> int | None:
+    if dataset is None or callable(dataset):
+        return None
+    try:
+        return len(dataset)
+    except (TypeError, NotImplementedError):
+        return None
+
+
 def write_report(
     run_dir: Path,
     *,
@@ -41,8 +122,25 @@ def write_report(
     best_validation: dict[str, Any] | None,
     checkpoint: str,
     timing: dict[str, float] | None,
+    data: dict[str, Any] | None = None,
+    figures: list[str] | None = None,
+    figures_skipped: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Write ``report.json`` and ``report.md`` into ``run_dir`` and return the report."""
+    """Write ``report.json`` and ``report.md`` into ``run_dir`` and return the report.
+
+    Both are written afresh (a later step, the baseline, adds its own key and section after this).
+
+    Args:
+        run_dir: the run directory.
+        task: the tested task (model, adapter, backbone and parameter counts come from it).
+        test_metrics: the ``test_*`` metrics of the test.
+        best_validation: ``{"monitor", "value"}`` of the tested checkpoint, when one was selected.
+        checkpoint: the tested checkpoint's path ("" for the weights in memory).
+        timing: the ``Timing`` callback's figures.
+        data: what the run trained and tested on (:func:`describe_data`).
+        figures: the figures in ``run_dir`` (paths relative to it), shown in ``report.md``.
+        figures_skipped: figure -> why it was not drawn.
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
     summary = task.parameter_summary()
     adapter_bytes = adapter_size_bytes(run_dir / "adapter")
@@ -62,6 +160,9 @@ def write_report(
         "best_validation": best_validation,
         "checkpoint": checkpoint,
         "timing": timing,
+        "data": data,
+        "figures": list(figures or []),
+        "figures_skipped": dict(figures_skipped or {}),
         "environment": _environment(),
     }
     (run_dir / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
@@ -90,11 +191,37 @@ def _markdown(report: dict[str, Any]) -> str:
         lines.append(
             f"- training: {timing['fit_seconds']:.1f} s, {timing['samples_per_second']:.1f} samples/s"
         )
+    lines += _data_markdown(report.get("data"))
     lines += ["", "| test metric | value |", "|---|---|"]
     lines += [
         f"| {name.removeprefix('test_')} | {value:.4f} |" for name, value in sorted(report["test"].items())
     ]
+    lines += _figures_markdown(report.get("figures") or [], report.get("figures_skipped") or {})
     return "\n".join(lines) + "\n"
+
+
+def _data_markdown(data: dict[str, Any] | None) -> list[str]:
+    if not data:
+        return []
+    splits = data.get("splits") or {}
+    sizes = ", ".join(f"{split} {'—' if size is None else f'{size:,}'}" for split, size in splits.items())
+    line = f"- data: {data.get('dataset')} (`{data.get('datamodule')}`); samples: {sizes}"
+    if data.get("tested") is not None and data["tested"] != splits.get("test"):
+        line += f" ({data['tested']:,} tested)"
+    seeds = f"- seed: {data.get('seed')}"
+    if data.get("datamodule_seed") is not None:
+        seeds += f" (datamodule seed {data['datamodule_seed']})"
+    return [line, seeds]
+
+
+def _figures_markdown(figures: list[str], skipped: dict[str, str]) -> list[str]:
+    if not figures and not skipped:
+        return []
+    lines = ["", "## Figures", ""]
+    for figure in figures:
+        lines += [f"![{Path(figure).stem.replace('_', ' ')}]({figure})", ""]
+    lines += [f"- not drawn: `{name}`: {reason}" for name, reason in skipped.items()]
+    return lines
 
 
 def write_seed_report(

@@ -29,7 +29,11 @@ INTERVAL = "Student t over seeds: mean ± t(1 - α/2, n - 1) · std / √n, std 
 
 # -- the sweep ---------------------------------------------------------------------------------------------
 def check_seeds(seeds: Iterable[int]) -> list[int]:
-    """The seeds as a list, refusing an empty, repeated, negative or non-integer one (Lightning seeds are uint32)."""
+    """The seeds as a list, refusing an empty, repeated, negative or non-integer one (Lightning seeds are uint32).
+
+    Args:
+        seeds: the seeds to run, e.g. ``[0, 1, 2, 3, 4]``.
+    """
     seeds = list(seeds)
     if not seeds:
         raise ValueError("No seeds given; pass at least one, e.g. `--seeds 0 1 2 3 4`.")
@@ -64,6 +68,14 @@ def sweep_seeds(
     seed order as it is available (progress, partial reports). An exception in one seed is passed to
     ``on_error`` and the sweep goes on, or, without ``on_error``, raised after the earlier seeds' results
     were handed to ``on_result``.
+
+    Args:
+        seeds: distinct non-negative integers.
+        run: ``run(seed) -> result``, one training (or any experiment) per seed.
+        jobs: seeds run at once (>= 1); above 1 only for runs in their own processes.
+        skip: ``skip(seed) -> bool``, true for seeds to leave out (e.g. already finished on disk).
+        on_result: ``on_result(seed, result)``, called in seed order as results arrive.
+        on_error: ``on_error(seed, exception)``; given, a failing seed is reported and the sweep goes on.
     """
     seeds = list(seeds)
     seeds = check_seeds(seeds) if seeds else []  # nothing left to run (all skipped upstream) is fine
@@ -107,6 +119,15 @@ class SeedStatistics:
     ``n`` counts the seeds with a value; ``std`` is the sample standard deviation (``ddof=1``); ``low`` and
     ``high`` bound the Student-t ``confidence`` interval of the mean. With one value the spread and the
     interval are NaN: one seed says nothing about the spread.
+
+    Attributes:
+        values: the metric of every seed, in seed order (NaN where a seed lacks it).
+        n: seeds with a value.
+        mean: their mean.
+        std: their sample standard deviation (NaN for one value).
+        low: lower end of the t-interval of the mean.
+        high: upper end of that interval.
+        confidence: the interval's level, e.g. 0.95.
     """
 
     values: tuple[float, ...]
@@ -122,7 +143,12 @@ class SeedStatistics:
 
 
 def seed_statistics(values: Iterable[float], confidence: float = CONFIDENCE) -> SeedStatistics:
-    """Mean, sample std and the t-interval of the mean of one metric's per-seed values (NaN ignored)."""
+    """Mean, sample std and the t-interval of the mean of one metric's per-seed values (NaN ignored).
+
+    Args:
+        values: one value per seed.
+        confidence: level of the interval, in (0, 1).
+    """
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"`confidence` must be in (0, 1), got {confidence}.")
     values = tuple(float(value) for value in values)
@@ -139,7 +165,12 @@ def seed_statistics(values: Iterable[float], confidence: float = CONFIDENCE) -> 
 def summarize_seeds(
     per_seed: Mapping[int, Mapping[str, float]], confidence: float = CONFIDENCE
 ) -> dict[str, SeedStatistics]:
-    """Per metric (every name any seed reports, sorted), its ``SeedStatistics`` over the seeds in order."""
+    """Per metric (every name any seed reports, sorted), its ``SeedStatistics`` over the seeds in order.
+
+    Args:
+        per_seed: seed -> that seed's metrics (name -> value), e.g. each run's test metrics.
+        confidence: level of the intervals, in (0, 1).
+    """
     names = sorted({name for metrics in per_seed.values() for name in metrics})
     return {
         name: seed_statistics(
@@ -158,6 +189,12 @@ class PairedBootstrap:
     ``other_draws`` the same statistics on each resample (``[B, K]``), row ``b`` of both computed on the
     same rows. A contrast of the two (difference, ratio, relative reduction) and its percentile interval
     therefore leave out the noise both models share.
+
+    Attributes:
+        reference: the reference model's statistics on all samples, ``[K]``.
+        other: the other model's statistics on all samples, ``[K]``.
+        reference_draws: the reference's statistics on each resample, ``[B, K]``.
+        other_draws: the other's statistics on the same resamples, ``[B, K]``.
     """
 
     reference: np.ndarray
@@ -217,6 +254,16 @@ def paired_bootstrap(
     strata when given) and are the same for both models. The arrays named in ``same`` (labels, groups,
     sample ids) must be equal in both: otherwise the models were not scored on the same samples.
     ``n_bootstrap=0`` gives the full-set statistics and no resamples.
+
+    Args:
+        statistic: ``statistic(arrays) -> value or values`` of one model's per-sample arrays (a subset of
+            rows on each resample).
+        reference: the reference model's per-sample arrays by name.
+        other: the other model's per-sample arrays, the same samples in the same order.
+        n_bootstrap: shared resamples (0: none); more gives steadier interval ends.
+        seed: seed of the resamples.
+        strata: per-sample stratum labels to resample within (e.g. the class), or None.
+        same: names of arrays that must be equal in both (labels, groups, ids).
     """
     if n_bootstrap < 0:
         raise ValueError(f"`n_bootstrap` must be >= 0, got {n_bootstrap}.")

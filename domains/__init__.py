@@ -11,4 +11,9 @@ on ``sys.path`` (another distribution, or a directory on ``PYTHONPATH``) is impo
 
 from pkgutil import extend_path
 
+from verticals.core.extras import install_import_check
+
 __path__ = extend_path(__path__, __name__)
+# Importing verticals.domains.<name> first checks that the `<name>` extra is installed: a missing dependency
+# is one ImportError naming `pip install 'verticals[<name>]'`, not a traceback from deep inside the domain.
+install_import_check()

@@ -10,7 +10,13 @@ def _shape(t: torch.Tensor | None) -> str:
 
 
 def check_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
-    """``x: (..., K)``, ``weight: (N, K)``, ``bias: (N,)``."""
+    """``x: (..., K)``, ``weight: (N, K)``, ``bias: (N,)``.
+
+    Args:
+        x: input ``(..., K)``.
+        weight: the frozen base weight ``(N, K)``, as in ``nn.Linear``.
+        bias: the base bias ``(N,)``, or None.
+    """
     if weight.dim() != 2:
         raise ValueError(f"`weight` must be (out_features, in_features); got shape {_shape(weight)}.")
     if x.dim() < 2 or x.shape[-1] != weight.shape[1]:
@@ -24,7 +30,15 @@ def check_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
 
 def check_lora(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, lora_a: torch.Tensor,
                lora_b: torch.Tensor) -> None:  # fmt: skip
-    """One adapter: ``lora_a: (r, K)``, ``lora_b: (N, r)``, all of ``x``'s dtype."""
+    """One adapter: ``lora_a: (r, K)``, ``lora_b: (N, r)``, all of ``x``'s dtype.
+
+    Args:
+        x: input ``(..., K)``.
+        weight: the frozen base weight ``(N, K)``, as in ``nn.Linear``.
+        bias: the base bias ``(N,)``, or None.
+        lora_a: ``A: (r, K)``.
+        lora_b: ``B: (N, r)``.
+    """
     check_linear(x, weight, bias)
     n, k = weight.shape
     if lora_a.dim() != 2 or lora_a.shape[1] != k:
@@ -47,7 +61,18 @@ def check_multi_lora(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
                      lora_b: torch.Tensor, scalings: torch.Tensor, adapter_index: torch.Tensor,
                      *, check_values: bool = True) -> None:  # fmt: skip
     """Stacked adapters: ``lora_a: (adapters, R, K)``, ``lora_b: (adapters, N, R)``, ``scalings: (adapters,)``,
-    ``adapter_index: (x.shape[0],)`` integers in ``[-1, adapters)``."""
+    ``adapter_index: (x.shape[0],)`` integers in ``[-1, adapters)``.
+
+    Args:
+        x: input ``(..., K)``.
+        weight: the frozen base weight ``(N, K)``, as in ``nn.Linear``.
+        bias: the base bias ``(N,)``, or None.
+        lora_a: stacked down projections ``(adapters, R, K)`` (see :func:`stack_adapters`).
+        lora_b: stacked up projections ``(adapters, N, R)``.
+        scalings: each adapter's scale, ``(adapters,)``.
+        adapter_index: the adapter of each row of ``x``, ``(x.shape[0],)`` integers; -1 = base layer only.
+        check_values: also check the index values (a device sync), not only shapes and dtypes.
+    """
     check_linear(x, weight, bias)
     n, k = weight.shape
     if lora_a.dim() != 3 or lora_a.shape[2] != k:

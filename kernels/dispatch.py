@@ -47,7 +47,11 @@ def mode() -> str:
 
 
 def select_backend(*tensors: torch.Tensor | None) -> Backend:
-    """The backend for a call on ``tensors`` (``None`` entries are ignored)."""
+    """The backend for a call on ``tensors`` (``None`` entries are ignored).
+
+    Args:
+        *tensors: the call's tensors; ``auto`` picks Triton only when all are on CUDA.
+    """
     chosen = mode()
     if chosen == "reference":
         return "reference"

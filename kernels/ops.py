@@ -40,6 +40,10 @@ def stack_adapters(
 
     Smaller ranks are zero-padded to ``R = max r_i``: the padded rows/columns add exact zeros, and the stack is
     differentiable, so gradients reach each adapter's own parameters.
+
+    Args:
+        lora_as: each adapter's ``A (r_i, K)``.
+        lora_bs: each adapter's ``B (N, r_i)``, in the same order.
     """
     if len(lora_as) != len(lora_bs) or not lora_as:
         raise ValueError(
@@ -67,7 +71,18 @@ def lora_linear(
     dropout: float = 0.0,
     backend: Backend | None = None,
 ) -> torch.Tensor:
-    """``x Wᵀ + b + scaling · (dropout(x) Aᵀ) Bᵀ`` without forming ``B A``; differentiable in x, A, B."""
+    """``x Wᵀ + b + scaling · (dropout(x) Aᵀ) Bᵀ`` without forming ``B A``; differentiable in x, A, B.
+
+    Args:
+        x: input ``(..., K)``.
+        weight: the frozen base weight ``(N, K)``, as in ``nn.Linear``.
+        bias: the base bias ``(N,)``, or None.
+        lora_a: LoRA's down projection ``A: (r, K)``.
+        lora_b: LoRA's up projection ``B: (N, r)``.
+        scaling: LoRA's scale ``lora_alpha / r`` (peft's ``scaling[adapter]``).
+        dropout: LoRA's dropout probability on the low-rank branch's input, in [0, 1); 0 in evaluation.
+        backend: ``triton`` or ``reference`` to force one; None lets :func:`select_backend` choose.
+    """
     check_lora(x, weight, bias, lora_a, lora_b)
     _check_dropout(dropout)
     if (backend or select_backend(x, weight, lora_a, lora_b)) == "reference":
@@ -105,6 +120,18 @@ def multi_lora_linear(
     ``adapter_index[i]``; ``-1`` rows get the base layer only. Differentiable in x and the stacked A, B.
 
     ``check_index=False`` skips the range check (a device sync) when the caller built the index itself.
+
+    Args:
+        x: input ``(..., K)``.
+        weight: the frozen base weight ``(N, K)``, as in ``nn.Linear``.
+        bias: the base bias ``(N,)``, or None.
+        lora_a: stacked down projections ``(adapters, R, K)`` (see :func:`stack_adapters`).
+        lora_b: stacked up projections ``(adapters, N, R)``.
+        scalings: each adapter's scale, ``(adapters,)``.
+        adapter_index: the adapter of each row of ``x``, ``(x.shape[0],)`` integers; -1 = base layer only.
+        dropout: LoRA's dropout probability on the low-rank branch's input, in [0, 1); 0 in evaluation.
+        backend: ``triton`` or ``reference`` to force one; None lets :func:`select_backend` choose.
+        check_index: check that every index lies in ``[-1, adapters)`` (one device sync).
     """
     scalings = torch.as_tensor(scalings, dtype=torch.float32, device=x.device)
     check_multi_lora(x, weight, bias, lora_a, lora_b, scalings, adapter_index, check_values=check_index)
@@ -131,7 +158,15 @@ def dora_weight_norm(
     *,
     backend: Backend | None = None,
 ) -> torch.Tensor:
-    """DoRA's ``||W + scaling · B A||`` per output row, detached; Triton reads ``W`` once and never forms ``B A``."""
+    """DoRA's ``||W + scaling · B A||`` per output row, detached; Triton reads ``W`` once and never forms ``B A``.
+
+    Args:
+        weight: the frozen base weight ``(N, K)``.
+        lora_a: LoRA's down projection ``A: (r, K)``.
+        lora_b: LoRA's up projection ``B: (N, r)``.
+        scaling: LoRA's scale ``lora_alpha / r`` (peft's ``scaling[adapter]``).
+        backend: ``triton`` or ``reference`` to force one; None lets :func:`select_backend` choose.
+    """
     check_lora(weight[:1], weight, None, lora_a, lora_b)
     if (backend or select_backend(weight, lora_a, lora_b)) == "reference":
         return reference.dora_weight_norm_reference(weight, lora_a, lora_b, scaling)
@@ -156,6 +191,17 @@ def dora_linear(
     GEMM's epilogue, so the layer is a single LoRA-sized pass; when training it is the fused LoRA function
     followed by one elementwise rescale (autograd needs the unscaled product for ``magnitude``'s gradient).
     With dropout, peft's three-product form is kept (``x Wᵀ`` and ``x_d Wᵀ`` differ), on the fused kernels.
+
+    Args:
+        x: input ``(..., K)``.
+        weight: the frozen base weight ``(N, K)``, as in ``nn.Linear``.
+        bias: the base bias ``(N,)``, or None.
+        lora_a: LoRA's down projection ``A: (r, K)``.
+        lora_b: LoRA's up projection ``B: (N, r)``.
+        scaling: LoRA's scale ``lora_alpha / r`` (peft's ``scaling[adapter]``).
+        magnitude: DoRA's learned magnitude ``g``, one per output feature ``(N,)``.
+        dropout: LoRA's dropout probability on the low-rank branch's input, in [0, 1); 0 in evaluation.
+        backend: ``triton`` or ``reference`` to force one; None lets :func:`select_backend` choose.
     """
     check_lora(x, weight, bias, lora_a, lora_b)
     _check_dropout(dropout)

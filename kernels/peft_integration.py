@@ -30,7 +30,12 @@ _FLAG = "_verticals_fused_lora"
 
 
 def enable_fused_lora(model: nn.Module) -> int:
-    """Make every peft LoRA/DoRA ``Linear`` in ``model`` use the fused kernels when allowed; returns how many."""
+    """Make every peft LoRA/DoRA ``Linear`` in ``model`` use the fused kernels when allowed; returns how many.
+
+    Args:
+        model: a peft-adapted model; its LoRA ``Linear`` layers are patched in place (others keep peft's
+            forward, as does any call the kernels don't cover).
+    """
     count = 0
     for module in model.modules():
         if isinstance(module, LoraLinear) and not getattr(module, _FLAG, False):
@@ -41,7 +46,11 @@ def enable_fused_lora(model: nn.Module) -> int:
 
 
 def disable_fused_lora(model: nn.Module) -> int:
-    """Undo :func:`enable_fused_lora`; returns how many layers were restored to peft's forward."""
+    """Undo :func:`enable_fused_lora`; returns how many layers were restored to peft's forward.
+
+    Args:
+        model: a model :func:`enable_fused_lora` patched.
+    """
     count = 0
     for module in model.modules():
         if getattr(module, _FLAG, False):
@@ -52,7 +61,11 @@ def disable_fused_lora(model: nn.Module) -> int:
 
 
 def fused_lora_enabled(module: nn.Module) -> bool:
-    """True when ``module`` is a peft LoRA layer whose forward :func:`enable_fused_lora` replaced."""
+    """True when ``module`` is a peft LoRA layer whose forward :func:`enable_fused_lora` replaced.
+
+    Args:
+        module: any module.
+    """
     return bool(getattr(module, _FLAG, False))
 
 

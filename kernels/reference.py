@@ -29,7 +29,19 @@ def lora_linear_reference(
     dropout: float = 0.0,
     dropout_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``x Wᵀ + b + scaling · (dropout(x) Aᵀ) Bᵀ`` with ``A: (r, K)``, ``B: (N, r)``, in peft's operation order."""
+    """``x Wᵀ + b + scaling · (dropout(x) Aᵀ) Bᵀ`` with ``A: (r, K)``, ``B: (N, r)``, in peft's operation order.
+
+    Args:
+        x: input ``(..., K)``.
+        weight: the frozen base weight ``(N, K)``, as in ``nn.Linear``.
+        bias: the base bias ``(N,)``, or None.
+        lora_a: LoRA's down projection ``A: (r, K)``.
+        lora_b: LoRA's up projection ``B: (N, r)``.
+        scaling: LoRA's scale ``lora_alpha / r`` (peft's ``scaling[adapter]``).
+        dropout: LoRA's dropout probability on the low-rank branch's input, in [0, 1); 0 in evaluation.
+        dropout_mask: a fixed keep-mask (already scaled by ``1 / (1 - p)``) in place of a random dropout,
+            to compare with a kernel's mask exactly.
+    """
     result = F.linear(x, weight, bias)
     return result + F.linear(F.linear(_dropped(x, dropout, dropout_mask), lora_a), lora_b) * scaling
 
@@ -49,6 +61,18 @@ def multi_lora_linear_reference(
     """Mixed batch: row ``i`` of ``x`` (and all its tokens) uses adapter ``adapter_index[i]``, -1 = base only.
 
     ``lora_a: (adapters, R, K)`` and ``lora_b: (adapters, N, R)`` are stacked, ranks zero-padded to ``R``.
+
+    Args:
+        x: input ``(..., K)``.
+        weight: the frozen base weight ``(N, K)``, as in ``nn.Linear``.
+        bias: the base bias ``(N,)``, or None.
+        lora_a: stacked down projections ``(adapters, R, K)`` (see :func:`stack_adapters`).
+        lora_b: stacked up projections ``(adapters, N, R)``.
+        scalings: each adapter's scale, ``(adapters,)``.
+        adapter_index: the adapter of each row of ``x``, ``(x.shape[0],)`` integers; -1 = base layer only.
+        dropout: LoRA's dropout probability on the low-rank branch's input, in [0, 1); 0 in evaluation.
+        dropout_mask: a fixed keep-mask (already scaled by ``1 / (1 - p)``) in place of a random dropout,
+            to compare with a kernel's mask exactly.
     """
     result = F.linear(x, weight, bias)
     rows = x.shape[0]
@@ -64,7 +88,14 @@ def multi_lora_linear_reference(
 def dora_weight_norm_reference(
     weight: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, scaling: float
 ) -> torch.Tensor:
-    """``||W + scaling · B A||₂`` per output row, detached (DoRA treats the norm as a constant, paper §4.3)."""
+    """``||W + scaling · B A||₂`` per output row, detached (DoRA treats the norm as a constant, paper §4.3).
+
+    Args:
+        weight: the frozen base weight ``(N, K)``.
+        lora_a: LoRA's down projection ``A: (r, K)``.
+        lora_b: LoRA's up projection ``B: (N, r)``.
+        scaling: LoRA's scale ``lora_alpha / r`` (peft's ``scaling[adapter]``).
+    """
     with torch.no_grad():
         return torch.linalg.norm(weight + scaling * (lora_b @ lora_a), dim=1).to(weight.dtype)
 
@@ -81,7 +112,20 @@ def dora_linear_reference(
     dropout: float = 0.0,
     dropout_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """DoRA as peft computes it: ``base + (g/‖W'‖ − 1)·(x_d Wᵀ) + g/‖W'‖ · s·(x_d Aᵀ)Bᵀ``, norm detached."""
+    """DoRA as peft computes it: ``base + (g/‖W'‖ − 1)·(x_d Wᵀ) + g/‖W'‖ · s·(x_d Aᵀ)Bᵀ``, norm detached.
+
+    Args:
+        x: input ``(..., K)``.
+        weight: the frozen base weight ``(N, K)``, as in ``nn.Linear``.
+        bias: the base bias ``(N,)``, or None.
+        lora_a: LoRA's down projection ``A: (r, K)``.
+        lora_b: LoRA's up projection ``B: (N, r)``.
+        scaling: LoRA's scale ``lora_alpha / r`` (peft's ``scaling[adapter]``).
+        magnitude: DoRA's learned magnitude ``g``, one per output feature ``(N,)``.
+        dropout: LoRA's dropout probability on the low-rank branch's input, in [0, 1); 0 in evaluation.
+        dropout_mask: a fixed keep-mask (already scaled by ``1 / (1 - p)``) in place of a random dropout,
+            to compare with a kernel's mask exactly.
+    """
     norm = dora_weight_norm_reference(weight, lora_a, lora_b, scaling)
     mag_scale = magnitude / norm
     result = F.linear(x, weight, bias)

@@ -3,6 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh dev
+bash scripts/setup_docs_browser.sh || true  # Debian's chromium for the docs browser test (which fails under CI=true without it)
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONWARNINGS="ignore::DeprecationWarning"
 .venv/bin/ruff check core domains kernels tests benchmarks notebooks
 .venv/bin/python -m pytest -n 2 --dist loadfile -q -p no:cacheprovider tests

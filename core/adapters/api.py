@@ -69,6 +69,15 @@ def build_peft_config(
 
     Options are checked first (:func:`~verticals.core.adapters.options.check_options`); a value peft's own
     config then refuses is an :class:`AdapterOptionError` as well.
+
+    Args:
+        model: the backbone the targets are resolved on.
+        method: a peft method name (``lora``, ``ia3`` …) or one verticals registers (``bottleneck``,
+            ``s2lora``).
+        targets: a preset (``attention``, ``qv``, ``mlp``, ``all-linear`` …), a regex over module names or a
+            list of names; None leaves ``target_modules`` to peft's default for the model.
+        trainable: modules trained in full beside the adapter (peft's ``modules_to_save``).
+        **options: the method config's own fields (``r``, ``lora_alpha`` …).
     """
     config_cls = _config_class(method)
     field_names = {f.name for f in dataclasses.fields(config_cls)}
@@ -105,6 +114,19 @@ def adapt(
     """Freeze ``model`` and add an adapter; returns a ``peft.PeftModel`` (or ``model`` for the regimes).
 
     ``adapt(backbone, "lora", targets="attention", r=8, lora_alpha=16)`` or ``adapt(backbone, LoraConfig(...))``.
+
+    Args:
+        model: the backbone; its parameters are frozen in place but for what the method trains (``full``:
+            all), and peft methods wrap it.
+        method: a method name (see :func:`peft_methods`; ``linear_probe`` / ``bitfit`` / ``full`` /
+            ``frozen`` too), a ready peft config (its string ``target_modules`` may name a preset), or an
+            :class:`AdapterSpec` (its fields replace ``targets``, ``trainable`` and the options).
+        targets: a preset (``attention``, ``qv``, ``mlp``, ``all-linear``, ``blocks``, ``layernorm`` or a
+            family's own), a regex over module names, or a list of names; resolved per backbone family.
+        trainable: modules trained in full beside the adapter (heads, patch embeddings); saved with it.
+        adapter_name: peft's name for the adapter; give another to hold several on one model.
+        **options: the method's config fields (``r``, ``lora_alpha``, ``lora_dropout`` …), checked before
+            peft sees them; the regimes take none.
     """
     if isinstance(method, AdapterSpec):
         return adapt(

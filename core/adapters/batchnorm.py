@@ -15,6 +15,9 @@ def keep_batchnorm_statistics(module: nn.Module) -> None:
     Call it after ``train()``: with a frozen or low-rank-adapted backbone and the few images per batch of a
     CPU run or a small dataset, batch statistics would drift the features, and the running buffers are not adapter
     weights, so the drift would not even be saved with the adapter.
+
+    Args:
+        module: the (adapted) backbone; its BatchNorms are switched to eval mode in place.
     """
     added = adapter_name_pattern()
     for name, child in module.named_modules():

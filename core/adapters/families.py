@@ -85,6 +85,14 @@ def register_family(
 
     Registering the same definition again is a no-op (re-importing a module is safe); a different
     definition under a taken name is an error, as in peft's and timm's registries.
+
+    Args:
+        name: lower-case identifier, unique in the registry (``timm_vit``).
+        detect: ``detect(module) -> bool``, True for the root module of a backbone of this family; it
+            should check the whole structure the presets rely on.
+        presets: preset name -> regex over module names relative to the root (full match); standard names
+            (``attention``, ``qv``, ``mlp``, ``all-linear``, ``blocks``) or the family's own.
+        unsupported: standard preset name -> why it cannot apply to this backbone (the error a user gets).
     """
     family = BackboneFamily(
         name=name, detect=detect, presets=dict(presets), unsupported=dict(unsupported or {})
@@ -119,6 +127,9 @@ def family_roots(model: nn.Module) -> list[tuple[BackboneFamily, str]]:
     """``(family, root name)`` for every backbone of a registered family inside ``model``, in model order.
 
     A root nested inside another root of the same family is left out (its names are already covered).
+
+    Args:
+        model: any module; searched through all its submodules.
     """
     found: list[tuple[BackboneFamily, str]] = []
     for name, module in model.named_modules():
@@ -135,13 +146,20 @@ def detect_families(model: nn.Module) -> list[BackboneFamily]:
 
     A model can hold several: a CLIP may be a timm ViT image tower beside an HF BERT text tower, and a
     standard preset then means its modules in both.
+
+    Args:
+        model: any module; searched through all its submodules.
     """
     present = {family.name for family, _ in family_roots(model)}
     return [family for name, family in _FAMILIES.items() if name in present]
 
 
 def detect_family(model: nn.Module) -> BackboneFamily | None:
-    """The first family of :func:`detect_families`; ``None`` means generic."""
+    """The first family of :func:`detect_families`; ``None`` means generic.
+
+    Args:
+        model: any module; searched through all its submodules.
+    """
     families = detect_families(model)
     return families[0] if families else None
 
@@ -150,7 +168,12 @@ def detect_family(model: nn.Module) -> BackboneFamily | None:
 
 
 def has_modules(module: nn.Module, required: Mapping[str, Kinds]) -> bool:
-    """Whether every dotted path in ``required`` names a submodule of ``module`` of the given type(s)."""
+    """Whether every dotted path in ``required`` names a submodule of ``module`` of the given type(s).
+
+    Args:
+        module: the module to inspect (a candidate backbone root, or one of its blocks).
+        required: dotted submodule path -> the type (or tuple of types) it must have.
+    """
     for path, kinds in required.items():
         try:
             child = module.get_submodule(path)
@@ -162,7 +185,13 @@ def has_modules(module: nn.Module, required: Mapping[str, Kinds]) -> bool:
 
 
 def every_block_has(module: nn.Module, container: str, required: Mapping[str, Kinds]) -> bool:
-    """Whether ``module.<container>`` is a non-empty list of numbered blocks that all hold ``required``."""
+    """Whether ``module.<container>`` is a non-empty list of numbered blocks that all hold ``required``.
+
+    Args:
+        module: the candidate backbone root.
+        container: dotted path of its block list (``blocks``, ``layer``, ``resblocks``).
+        required: path inside each block -> the type (or tuple of types) it must have.
+    """
     try:
         blocks = module.get_submodule(container)
     except AttributeError:
@@ -173,7 +202,11 @@ def every_block_has(module: nn.Module, container: str, required: Mapping[str, Ki
 
 
 def is_hf_bert_encoder(module: nn.Module) -> bool:
-    """An HF BERT-like encoder (BERT, RoBERTa, MiniLM …): ``layer.N`` with separate q/k/v and dense MLP."""
+    """An HF BERT-like encoder (BERT, RoBERTa, MiniLM …): ``layer.N`` with separate q/k/v and dense MLP.
+
+    Args:
+        module: a candidate backbone root (any submodule of a model, when detecting).
+    """
     return every_block_has(
         module,
         "layer",
@@ -189,7 +222,11 @@ def is_hf_bert_encoder(module: nn.Module) -> bool:
 
 
 def is_timm_vit(module: nn.Module) -> bool:
-    """A timm ViT: every ``blocks.N`` has Linear ``attn.qkv`` (fused), ``attn.proj``, ``mlp.fc1/fc2``."""
+    """A timm ViT: every ``blocks.N`` has Linear ``attn.qkv`` (fused), ``attn.proj``, ``mlp.fc1/fc2``.
+
+    Args:
+        module: a candidate backbone root (any submodule of a model, when detecting).
+    """
     return every_block_has(
         module,
         "blocks",
@@ -198,7 +235,11 @@ def is_timm_vit(module: nn.Module) -> bool:
 
 
 def is_open_clip_transformer(module: nn.Module) -> bool:
-    """open_clip's ``Transformer``: every ``resblocks.N`` has an ``nn.MultiheadAttention`` and a c_fc/c_proj MLP."""
+    """open_clip's ``Transformer``: every ``resblocks.N`` has an ``nn.MultiheadAttention`` and a c_fc/c_proj MLP.
+
+    Args:
+        module: a candidate backbone root (any submodule of a model, when detecting).
+    """
     return every_block_has(
         module,
         "resblocks",

@@ -42,6 +42,7 @@ from verticals.core.file_errors import (
     load_safetensors_file,
     load_torch_file,
 )
+from verticals.core.model_card import CARD_NAME, adapter_card
 
 COMBINATIONS = (
     "cat",
@@ -72,7 +73,17 @@ def save_adapter(model: nn.Module, directory: str | Path) -> Path:
     without an adapter (linear probe, full fine-tuning) writes its trainable tensors to
     ``trainable.safetensors``.  Never pickles. Files are written to a staging folder inside ``directory``
     and then renamed over the old ones (weights first, the config last), so a failed save (a full disk)
-    leaves the previous adapter as it was.
+    leaves the previous adapter as it was. The ``README.md`` beside them is a model card that says what the
+    folder holds and how to load it (:func:`verticals.core.model_card.adapter_card`; peft's own template
+    is empty); a ``verticals run`` replaces it with the run's card (base model, data, metrics).
+
+    Args:
+        model: the trained model: a ``PeftModel`` (from :func:`~verticals.core.adapters.api.adapt`), or a
+            plain module whose trainable parameters are what was trained.
+        directory: the folder to write (created if missing); files already there are replaced.
+
+    Returns:
+        ``directory``, as a ``Path``.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -87,6 +98,7 @@ def save_adapter(model: nn.Module, directory: str | Path) -> Path:
                 if parameter.requires_grad
             }
             save_file(tensors, str(staging / TRAINABLE_NAME))
+        (staging / CARD_NAME).write_text(adapter_card(model), encoding="utf-8")  # in place of peft's template
         written = sorted(
             (path for path in staging.rglob("*") if path.is_file()), key=lambda path: path.name == CONFIG_NAME
         )
@@ -114,6 +126,16 @@ def load_adapter(
     safetensors file, as tensors only. The fit is checked on a weightless (meta-device) copy of ``model``; for
     the rare method whose initialisation can't run there (LoRA's PiSSA), a mismatch is found while loading,
     still as a ``VerticalsFileError``.
+
+    Args:
+        model: the backbone as built for training, without an adapter.
+        directory: a folder written by :func:`save_adapter`.
+        is_trainable: load a peft adapter trainable (to continue training it); False loads it frozen, for
+            inference.
+        allow_pickle: read ``adapter_model.bin`` (tensors only) when the folder has no safetensors file.
+
+    Returns:
+        A ``PeftModel`` for a peft adapter; ``model`` itself, with its trained tensors copied in, otherwise.
     """
     directory = Path(directory)
     if (directory / CONFIG_NAME).exists():
@@ -151,6 +173,11 @@ def read_peft_adapter(
     they fit it (every tensor's name and shape), without changing ``model``.
 
     Any problem is a :class:`~verticals.core.file_errors.VerticalsFileError` naming the file.
+
+    Args:
+        directory: a folder holding ``adapter_config.json`` and the adapter's weights.
+        model: the backbone to check the adapter against (left unchanged); None checks the files alone.
+        allow_pickle: read ``adapter_model.bin`` (tensors only) when there is no safetensors file.
     """
     directory = Path(directory)
     config = _read_config(directory / CONFIG_NAME)
@@ -327,6 +354,11 @@ def load_adapter_ensemble(
     :func:`verticals.core.metrics.adapter_ensemble_probabilities` can switch between them: K members cost one
     backbone in memory, not K.  The first one is active; all are frozen (inference). Every member is checked
     against ``model`` (as in :func:`load_adapter`) before any is loaded.
+
+    Args:
+        model: the backbone, without an adapter.
+        directories: folders written by :func:`save_adapter` from a ``PeftModel``, one per member.
+        names: a distinct adapter name per directory; default ``member_0``, ``member_1``, ….
     """
     directories = [Path(directory) for directory in directories]
     names = list(names) if names is not None else [f"member_{index}" for index in range(len(directories))]
@@ -356,20 +388,32 @@ def load_adapter_ensemble(
 
 
 def merge(model: PeftModel) -> nn.Module:
-    """Fold the active adapter into the base weights and return the plain model (no inference cost)."""
+    """Fold the active adapter into the base weights and return the plain model (no inference cost).
+
+    Args:
+        model: an adapted model; its adapter layers are removed, so keep a saved copy of the adapter.
+    """
     _require_peft(model, "merge")
     return model.merge_and_unload()
 
 
 def merge_in_place(model: PeftModel) -> PeftModel:
-    """Merge but keep the adapter layers, so ``unmerge`` can restore the base weights."""
+    """Merge but keep the adapter layers, so ``unmerge`` can restore the base weights.
+
+    Args:
+        model: an adapted model; changed in place and returned.
+    """
     _require_peft(model, "merge_in_place")
     model.merge_adapter()
     return model
 
 
 def unmerge(model: PeftModel) -> PeftModel:
-    """Undo ``merge_in_place``."""
+    """Undo ``merge_in_place``.
+
+    Args:
+        model: a model merged by :func:`merge_in_place`; changed in place and returned.
+    """
     _require_peft(model, "unmerge")
     model.unmerge_adapter()
     return model
@@ -388,6 +432,16 @@ def compose(
 
     ``cat`` sums the weight updates exactly; ``ties`` / ``dare_*`` / ``magnitude_prune`` are peft's
     merging methods and need ``density``.  Only LoRA-family adapters can be composed this way.
+
+    Args:
+        model: a ``PeftModel`` holding the adapters (e.g. from :func:`load_adapter_ensemble`).
+        adapters: names of the adapters to combine.
+        weights: one weight per adapter (negative subtracts its update).
+        name: the name of the new adapter (added beside the others; activate it with ``set_adapter``).
+        combination: peft's combination type: ``cat`` (exact sum, ranks concatenated), ``linear``, ``svd``,
+            ``ties``, ``dare_linear``, ``dare_ties``, ``magnitude_prune`` and their ``_svd`` variants.
+        density: share in (0, 1] of each update's entries kept by the pruning combinations (``ties``,
+            ``dare_*``, ``magnitude_prune``).
     """
     _require_peft(model, "compose")
     if len(adapters) != len(weights) or not adapters:
@@ -410,7 +464,13 @@ def compose(
 
 
 def negate(model: PeftModel, adapter: str, *, name: str) -> PeftModel:
-    """A new adapter that subtracts ``adapter``'s update (task negation / forgetting)."""
+    """A new adapter that subtracts ``adapter``'s update (task negation / forgetting).
+
+    Args:
+        model: a ``PeftModel`` holding ``adapter``.
+        adapter: the adapter whose update is negated.
+        name: the name of the new adapter.
+    """
     return compose(model, [adapter], [-1.0], name=name, combination="cat")
 
 

@@ -59,6 +59,17 @@ class AdapterHooks:
     ``regularizer_in_output_loss``: the tuner's own ``forward`` already adds the regulariser to an output's
     ``.loss`` (peft's AdaLoRA does when its forward is called, e.g. under ``PeftModelForSeq2SeqLM``); the
     task then logs it without adding it a second time.
+
+    Attributes:
+        regularization_loss: ``(tuner) -> Tensor | None``, a term added to the training loss.
+        configure_options: ``(options, total_steps) -> options``, filling run-dependent options before the
+            adapter is built (``total_steps`` is None outside a fit).
+        after_optimizer_step: ``(tuner, step)``, called after each optimizer step (``step``: the optimizer
+            steps taken before it).
+        prepare_from_data: ``(tuner, inputs)``, called once at the start of every fit with the training
+            split's model inputs, in order.
+        regularizer_in_output_loss: the tuner's own ``forward`` already adds the regulariser to an output's
+            ``.loss``, so the task logs it without adding it again.
     """
 
     regularization_loss: RegularizationLoss | None = None
@@ -86,6 +97,18 @@ def register_adapter_hooks(
     """Declare the hooks of a tuner class that can't carry them itself (a peft built-in).
 
     Registering the same hooks again is a no-op; different hooks for a registered class are an error.
+
+    Args:
+        tuner_cls: the peft tuner class (``AdaLoraModel``); its subclasses get the hooks too.
+        regularization_loss: ``(tuner) -> Tensor | None``, a term added to the training loss.
+        configure_options: ``(options, total_steps) -> options``, filling run-dependent options before the
+            adapter is built (``total_steps`` is None outside a fit).
+        after_optimizer_step: ``(tuner, step)``, called after each optimizer step (``step``: the optimizer
+            steps taken before it).
+        prepare_from_data: ``(tuner, inputs)``, called once at the start of every fit with the training
+            split's model inputs, in order.
+        regularizer_in_output_loss: the tuner's own ``forward`` already adds the regulariser to an output's
+            ``.loss``, so the task logs it without adding it again.
     """
     if not isinstance(tuner_cls, type):
         raise TypeError(f"`tuner_cls` must be a peft tuner class (e.g. AdaLoraModel), got {tuner_cls!r}.")
@@ -110,7 +133,11 @@ def register_adapter_hooks(
 
 
 def adapter_hooks(tuner_cls: type[nn.Module] | None) -> AdapterHooks:
-    """The hooks of a tuner class: registered ones (nearest class in its MRO) over its own methods."""
+    """The hooks of a tuner class: registered ones (nearest class in its MRO) over its own methods.
+
+    Args:
+        tuner_cls: a peft tuner class (``type(peft_model.base_model)``); None gives no hooks.
+    """
     if tuner_cls is None:
         return AdapterHooks()
     registered = next(
@@ -122,7 +149,11 @@ def adapter_hooks(tuner_cls: type[nn.Module] | None) -> AdapterHooks:
 
 def tuner_class(method: str) -> type[nn.Module] | None:
     """The peft tuner class of a method name (``"adalora"`` -> ``AdaLoraModel``); None for a training regime
-    (``full``, ``linear_probe``, ``bitfit``) or a prompt-learning method without a tuner."""
+    (``full``, ``linear_probe``, ``bitfit``) or a prompt-learning method without a tuner.
+
+    Args:
+        method: a method name, case-insensitive (``lora``, ``adalora``, ``s2lora`` …).
+    """
     for peft_type, model_cls in PEFT_TYPE_TO_TUNER_MAPPING.items():
         if str(getattr(peft_type, "value", peft_type)).lower() == method.lower():
             return model_cls
@@ -130,7 +161,11 @@ def tuner_class(method: str) -> type[nn.Module] | None:
 
 
 def adapter_tuner(model: nn.Module) -> nn.Module | None:
-    """The tuner (``peft_model.base_model``) whose class keys the hooks; None for a model without adapter."""
+    """The tuner (``peft_model.base_model``) whose class keys the hooks; None for a model without adapter.
+
+    Args:
+        model: a model returned by :func:`~verticals.core.adapters.api.adapt`.
+    """
     return model.base_model if isinstance(model, PeftModel) else None
 
 

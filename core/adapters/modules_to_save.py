@@ -18,7 +18,11 @@ from torch import nn
 
 def restrict_modules_to_save(model: nn.Module) -> list[str]:
     """Freeze the ``modules_to_save`` copies of ``model`` (a ``PeftModel``) whose module no entry names
-    exactly and that were matched only as a suffix of an exactly named module; returns their names."""
+    exactly and that were matched only as a suffix of an exactly named module; returns their names.
+
+    Args:
+        model: an adapted model; anything but a ``PeftModel`` is left alone.
+    """
     if not isinstance(model, PeftModel):
         return []
     base = model.get_base_model()

@@ -50,7 +50,13 @@ def _fields(config_cls: type) -> dict[str, tuple[Any, Any]]:
 
 def check_options(config_cls: type, options: Mapping[str, Any], method: str) -> None:
     """Raise :class:`AdapterOptionError` for the first option of ``options`` that ``config_cls`` (a peft config
-    dataclass) can't take; names the config class doesn't have are left to the caller."""
+    dataclass) can't take; names the config class doesn't have are left to the caller.
+
+    Args:
+        config_cls: the method's peft config class (``LoraConfig``).
+        options: option name -> value, as a config gives them.
+        method: the method's name, for the message.
+    """
     problem = option_problem(config_cls, options)
     if problem:
         raise AdapterOptionError(
@@ -60,7 +66,12 @@ def check_options(config_cls: type, options: Mapping[str, Any], method: str) -> 
 
 
 def option_problem(config_cls: type, options: Mapping[str, Any]) -> str | None:
-    """What is wrong with the first bad option (```r` is 'abc' (str), but it must be an integer; …``), or None."""
+    """What is wrong with the first bad option (```r` is 'abc' (str), but it must be an integer; …``), or None.
+
+    Args:
+        config_cls: the method's peft config class.
+        options: option name -> value; names the class doesn't have are skipped.
+    """
     fields = _fields(config_cls)
     for name, value in options.items():
         if name not in fields:
@@ -152,7 +163,11 @@ def _matches(value: Any, hint: Any) -> bool:
 
 
 def describe_type(hint: Any) -> str:
-    """``int`` → "an integer", ``Optional[list[str]]`` → "a list of strings or null", …"""
+    """``int`` → "an integer", ``Optional[list[str]]`` → "a list of strings or null", …
+
+    Args:
+        hint: a type hint of a config field.
+    """
     if hint is None or hint is type(None):
         return "null"
     origin, arguments = typing.get_origin(hint), typing.get_args(hint)

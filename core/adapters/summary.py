@@ -15,6 +15,13 @@ class ParameterSummary:
 
     ``backbone`` counts the frozen pretrained weights the adapter rides on (excluding ``ignored``, e.g. a
     word-embedding table a time-series model never reads); ``trainable_percent`` is relative to it.
+
+    Attributes:
+        trainable: parameters that train (adapter, heads, ``trainable`` modules).
+        total: every parameter of the model, each shared tensor once.
+        backbone: the pretrained parameters the adapter rides on, less ``ignored``.
+        ignored: parameters left out of ``backbone`` (never read by the model).
+        trainable_bytes: memory of the trainable parameters, in bytes.
     """
 
     trainable: int
@@ -45,6 +52,12 @@ def parameter_summary(
 
     ``backbone_prefix`` is a regex: parameters whose names contain it, other than the ones an adapter
     added (peft prefixes, ``modules_to_save`` copies), form the backbone. ``ignore`` holds regexes of parameter names left out of the backbone count.
+
+    Args:
+        model: the adapted model.
+        backbone_prefix: regex searched in parameter names that marks the backbone; None: every parameter
+            an adapter did not add.
+        ignore: regexes of parameter names the backbone count leaves out.
     """
     seen: set[int] = set()
     trainable = total = backbone = ignored = trainable_bytes = 0

@@ -76,7 +76,11 @@ _HEAD_PARTS = {
 
 
 def adaptable_module_names(model: nn.Module) -> list[str]:
-    """Names of the modules a LoRA-like method can wrap (Linear, Conv, Embedding, MultiheadAttention)."""
+    """Names of the modules a LoRA-like method can wrap (Linear, Conv, Embedding, MultiheadAttention).
+
+    Args:
+        model: any module; e.g. to list what a regex or list of ``targets`` could name.
+    """
     return [
         name
         for name, module in model.named_modules()
@@ -85,7 +89,12 @@ def adaptable_module_names(model: nn.Module) -> list[str]:
 
 
 def summarise_names(names: Sequence[str], limit: int = 30) -> str:
-    """Collapse layer indices (``layer.0``, ``layer.1`` …) into ``layer.{0..5}`` to keep errors readable."""
+    """Collapse layer indices (``layer.0``, ``layer.1`` …) into ``layer.{0..5}`` to keep errors readable.
+
+    Args:
+        names: module names.
+        limit: at most this many collapsed names are shown; the rest are counted.
+    """
     groups: dict[str, list[int]] = {}
     order: list[str] = []
     for name in names:
@@ -120,6 +129,12 @@ def resolve_targets(
     ``kinds`` limits a preset to module types (default: the types peft's LoRA can wrap; a PEFT method
     declares its own, see :func:`verticals.core.peft_methods.target_kinds`); the ``blocks`` preset is never
     limited.  Raises ``ValueError`` listing the candidates when nothing matches.
+
+    Args:
+        model: the backbone whose module names are searched.
+        targets: a preset (``attention``, ``qv``, ``mlp``, ``all-linear``, ``blocks``, ``layernorm`` or a
+            family's own), a regex over full module names, or a list of names / name endings.
+        kinds: module types a preset may pick; default: those peft's LoRA can wrap.
     """
     kinds = ADAPTABLE_TYPES if kinds is None else kinds
     all_names = [name for name, _ in model.named_modules() if name]

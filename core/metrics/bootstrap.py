@@ -14,6 +14,12 @@ def bootstrap_indices(n: int, n_resamples: int, *, seed: int = 0, strata: Any = 
     """Index arrays of ``n_resamples`` resamples with replacement; within each stratum when ``strata`` is given.
 
     Resampling within strata keeps every stratum's size fixed, so a small group never vanishes from a resample.
+
+    Args:
+        n: samples in the data.
+        n_resamples: resamples to draw (>= 1).
+        seed: seed of the draws (the same seed gives the same resamples).
+        strata: one stratum label per sample (e.g. the group), or None for plain resampling.
     """
     if n_resamples < 1:
         raise ValueError(f"`n_resamples` must be at least 1, got {n_resamples}.")
@@ -31,7 +37,12 @@ def bootstrap_indices(n: int, n_resamples: int, *, seed: int = 0, strata: Any = 
 
 
 def percentile_interval(values: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
-    """The central ``confidence`` interval of bootstrap values, ignoring NaN resamples."""
+    """The central ``confidence`` interval of bootstrap values, ignoring NaN resamples.
+
+    Args:
+        values: the statistic on each resample.
+        confidence: the interval's level, in (0, 1).
+    """
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"`confidence` must be in (0, 1), got {confidence}.")
     values = np.asarray(values, dtype=np.float64)
@@ -54,6 +65,14 @@ def bootstrap_ci(
 
     The arrays are resampled together (same rows); resamples where the statistic is undefined (NaN) are
     dropped from the percentiles.
+
+    Args:
+        statistic: ``statistic(*arrays) -> float`` (e.g. :func:`~verticals.core.metrics.fairness.auroc`).
+        *arrays: per-sample arrays of one length, resampled by the same rows.
+        n_resamples: resamples (>= 1); more gives steadier interval ends at a higher cost.
+        confidence: the interval's level, in (0, 1).
+        seed: seed of the resamples.
+        strata: one stratum label per sample to resample within, or None.
     """
     if not arrays:
         raise ValueError("Pass at least one array to resample, e.g. bootstrap_ci(auroc, scores, target).")

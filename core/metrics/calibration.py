@@ -53,6 +53,14 @@ def fit_temperature(
 
     With ``prior_precision > 0`` the fit is the MAP estimate under ``log T ~ N(prior_log_temperature,
     1 / prior_precision)``; ``log T`` always stays within ``±max_log_temperature``.
+
+    Args:
+        logits: binary ``[N]`` positive-class logits or ``[N, C]`` class logits (e.g. on the validation set).
+        target: ``[N]`` labels (0/1 for binary logits, class indices otherwise).
+        max_iter: LBFGS iterations.
+        prior_log_temperature: centre of the Gaussian prior on ``log T`` (0: T = 1).
+        prior_precision: precision of the priors, in summed-NLL units (0: maximum likelihood, no prior).
+        max_log_temperature: bound on ``|log T|`` (> 0; 3 keeps T in [0.05, 20]).
     """
     temperature, _ = fit_temperature_and_bias(
         logits, target, max_iter=max_iter, prior_log_temperature=prior_log_temperature,
@@ -75,6 +83,15 @@ def fit_temperature_and_bias(
 
     The priors are ``log T ~ N(prior_log_temperature, 1 / prior_precision)`` and each ``b_c ~ N(0, 1 /
     prior_precision)`` (MAP; 0 = maximum likelihood). ``bias=False`` keeps ``b = 0`` (temperature only).
+
+    Args:
+        logits: binary ``[N]`` positive-class logits or ``[N, C]`` class logits (e.g. on the validation set).
+        target: ``[N]`` labels (0/1 for binary logits, class indices otherwise).
+        max_iter: LBFGS iterations.
+        prior_log_temperature: centre of the Gaussian prior on ``log T`` (0: T = 1).
+        prior_precision: precision of the priors, in summed-NLL units (0: maximum likelihood, no prior).
+        max_log_temperature: bound on ``|log T|`` (> 0; 3 keeps T in [0.05, 20]).
+        bias: fit the logit offset ``b`` too (False: temperature only).
     """
     if max_log_temperature <= 0 or prior_precision < 0:
         raise ValueError(
@@ -117,6 +134,11 @@ class TemperatureScaler(nn.Module):
     integer codes. Scaling never changes a prediction's rank, so AUROC is unchanged; calibration is.
     ``max_log_temperature`` bounds every fitted ``|log T|``; ``group_bias`` adds a per-group logit offset
     (see the module docstring).
+
+    Args:
+        max_log_temperature: bound on every fitted ``|log T|`` (> 0; 3 keeps T in [0.05, 20]).
+        group_bias: fit a logit offset per group beside its temperature, to correct a group's biased mean
+            prediction that a temperature cannot move.
     """
 
     def __init__(self, max_log_temperature: float = MAX_LOG_TEMPERATURE, group_bias: bool = False) -> None:
@@ -142,6 +164,14 @@ class TemperatureScaler(nn.Module):
         """Fit the overall temperature and, with ``groups``, one per group of at least ``min_group_size``.
 
         Each group's temperature is shrunk toward the overall one with ``prior_precision`` (0: no shrinkage).
+
+        Args:
+            logits: ``[N]`` binary or ``[N, C]`` class logits of a held-out set.
+            target: ``[N]`` labels.
+            groups: ``[N]`` non-negative integer group codes, or None for one temperature.
+            max_iter: LBFGS iterations per fit.
+            min_group_size: groups with fewer items use the overall temperature.
+            prior_precision: shrinkage of each group's fit toward the overall one (summed-NLL units).
         """
         logits, target = torch.as_tensor(logits), torch.as_tensor(target).long()
         if len(logits) != len(target):
@@ -176,7 +206,12 @@ class TemperatureScaler(nn.Module):
         return self
 
     def transform(self, logits: Any, groups: Any = None) -> torch.Tensor:
-        """Calibrated logits: ``logits / T`` (per sample ``T`` of its group when ``groups`` is given)."""
+        """Calibrated logits: ``logits / T`` (per sample ``T`` of its group when ``groups`` is given).
+
+        Args:
+            logits: ``[N]`` or ``[N, C]`` logits, as given to ``fit``.
+            groups: ``[N]`` group codes (a group unseen by ``fit`` gets the overall temperature), or None.
+        """
         logits = torch.as_tensor(logits)
         if groups is None:
             return logits / self.temperature.to(logits)

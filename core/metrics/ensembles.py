@@ -40,12 +40,21 @@ def _probabilities(model: nn.Module, inputs: Any, forward: Forward) -> torch.Ten
 
 
 def entropy(probabilities: torch.Tensor) -> torch.Tensor:
-    """Shannon entropy (nats) over the last dimension."""
+    """Shannon entropy (nats) over the last dimension.
+
+    Args:
+        probabilities: class probabilities ``[..., C]`` (rows sum to 1).
+    """
     return -(probabilities * probabilities.clamp_min(1e-12).log()).sum(dim=-1)
 
 
 def predictive_uncertainty(samples: torch.Tensor) -> dict[str, torch.Tensor]:
-    """``mean`` [N, C], ``predictive_entropy``, ``expected_entropy`` and ``mutual_information`` [N] from [K, N, C]."""
+    """``mean`` [N, C], ``predictive_entropy``, ``expected_entropy`` and ``mutual_information`` [N] from [K, N, C].
+
+    Args:
+        samples: ``[K, N, C]`` probabilities of K members or passes (from
+            :func:`adapter_ensemble_probabilities` or :func:`mc_dropout_probabilities`).
+    """
     if samples.ndim != 3:
         raise ValueError(
             f"Expected [K, N, C] probabilities (members × samples × classes), got {tuple(samples.shape)}."
@@ -68,6 +77,13 @@ def adapter_ensemble_probabilities(
 
     ``inputs`` is a tensor or an iterable of batches (tensors or dicts with ``"x"``). The model's active
     adapter and train/eval mode are restored afterwards.
+
+    Args:
+        model: a ``PeftModel`` holding the members (see :func:`verticals.core.load_adapter_ensemble`).
+        inputs: a tensor of inputs, or an iterable of batches (tensors or dicts with ``"x"``).
+        adapter_names: the members' adapter names.
+        forward: ``forward(model, x) -> logits``, for models whose call takes more than ``x`` or returns more
+            than logits; default ``model(x)``.
     """
     if not hasattr(model, "set_adapter") or not hasattr(model, "peft_config"):
         raise TypeError(
@@ -95,7 +111,11 @@ def adapter_ensemble_probabilities(
 
 
 def adapter_dropout_modules(model: nn.Module) -> list[nn.Dropout]:
-    """The dropout modules inside adapter layers (e.g. peft's ``lora_dropout``), not the backbone's own."""
+    """The dropout modules inside adapter layers (e.g. peft's ``lora_dropout``), not the backbone's own.
+
+    Args:
+        model: an adapted model.
+    """
     found: dict[int, nn.Dropout] = {}
     for module in model.modules():
         if not isinstance(module, BaseTunerLayer):
@@ -109,7 +129,16 @@ def adapter_dropout_modules(model: nn.Module) -> list[nn.Dropout]:
 def mc_dropout_probabilities(
     model: nn.Module, inputs: Any, *, n_samples: int = 20, seed: int = 0, forward: Forward = _default_forward
 ) -> torch.Tensor:
-    """``[n_samples, N, C]`` probabilities with only the adapters' dropout active (the backbone stays in eval)."""
+    """``[n_samples, N, C]`` probabilities with only the adapters' dropout active (the backbone stays in eval).
+
+    Args:
+        model: an adapted model whose adapter has dropout > 0 (e.g. ``lora_dropout: 0.1``).
+        inputs: a tensor of inputs, or an iterable of batches (tensors or dicts with ``"x"``).
+        n_samples: stochastic passes (>= 2); more gives steadier uncertainty estimates at a higher cost.
+        seed: seed of the dropout masks.
+        forward: ``forward(model, x) -> logits``, for models whose call takes more than ``x`` or returns more
+            than logits; default ``model(x)``.
+    """
     if n_samples < 2:
         raise ValueError(f"`n_samples` must be at least 2 for MC-dropout, got {n_samples}.")
     dropouts = adapter_dropout_modules(model)

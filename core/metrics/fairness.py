@@ -54,7 +54,12 @@ def _binary_auroc(scores: np.ndarray, positive: np.ndarray) -> float:
 
 
 def auroc(scores: Any, target: Any) -> float:
-    """ROC AUC: binary from ``[N]`` scores, else macro one-vs-rest over ``[N, C]`` (NaN if a class is absent)."""
+    """ROC AUC: binary from ``[N]`` scores, else macro one-vs-rest over ``[N, C]`` (NaN if a class is absent).
+
+    Args:
+        scores: binary ``[N]`` positive-class probabilities, or ``[N, C]`` class probabilities.
+        target: ``[N]`` labels (0/1, or class indices).
+    """
     probs = as_scores(scores)
     labels = as_labels(target, len(probs))
     if probs.ndim == 1:
@@ -66,7 +71,14 @@ def auroc(scores: Any, target: Any) -> float:
 def operating_threshold(
     scores: Any, target: Any, *, sensitivity: float | None = None, specificity: float | None = None
 ) -> float:
-    """The threshold reaching a target overall sensitivity (highest such) or specificity (lowest such)."""
+    """The threshold reaching a target overall sensitivity (highest such) or specificity (lowest such).
+
+    Args:
+        scores: ``[N]`` positive-class scores.
+        target: ``[N]`` binary labels.
+        sensitivity: the overall sensitivity to reach, in [0, 1] (give this or ``specificity``).
+        specificity: the overall specificity to reach, in [0, 1].
+    """
     if (sensitivity is None) == (specificity is None):
         raise ValueError("Pass exactly one of `sensitivity` or `specificity`, e.g. sensitivity=0.8.")
     probs = as_scores(scores)
@@ -89,7 +101,12 @@ def operating_threshold(
 
 
 def confusion_rates(target: Any, predictions: Any) -> dict[str, float]:
-    """TPR, FPR, FNR, TNR, selection rate and accuracy of binary predictions (NaN for an empty denominator)."""
+    """TPR, FPR, FNR, TNR, selection rate and accuracy of binary predictions (NaN for an empty denominator).
+
+    Args:
+        target: ``[N]`` binary labels.
+        predictions: ``[N]`` binary predictions (0/1).
+    """
     labels = as_labels(target, len(to_numpy(predictions)))
     predicted = as_labels(predictions, len(labels), name="predictions") == 1
     positive = labels == 1
@@ -108,7 +125,13 @@ def confusion_rates(target: Any, predictions: Any) -> dict[str, float]:
 
 
 def operating_thresholds(scores: np.ndarray, target: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
-    """``{"": threshold, "sens80": t, "spec80": t}``: the thresholds every binary table is computed at."""
+    """``{"": threshold, "sens80": t, "spec80": t}``: the thresholds every binary table is computed at.
+
+    Args:
+        scores: ``[N]`` positive-class scores.
+        target: ``[N]`` binary labels.
+        threshold: the fixed threshold (the ``""`` entry).
+    """
     thresholds = {"": float(threshold)}
     for name, (kind, value) in OPERATING_POINTS.items():
         thresholds[name] = operating_threshold(scores, target, **{kind: value})
@@ -123,7 +146,16 @@ def group_table_arrays(
     thresholds: Mapping[str, float],
     n_bins: int = 15,
 ) -> dict[str, np.ndarray]:
-    """Column name -> ``[G]`` values; the fast core shared by point estimates and bootstrap resamples."""
+    """Column name -> ``[G]`` values; the fast core shared by point estimates and bootstrap resamples.
+
+    Args:
+        scores: binary ``[N]`` positive-class probabilities, or ``[N, C]`` class probabilities.
+        target: ``[N]`` labels (0/1, or class indices).
+        codes: ``[N]`` integer group codes in ``0..n_groups-1``.
+        n_groups: groups (a code with no sample gives a row of NaN and count 0).
+        thresholds: operating point name -> threshold (binary scores; see :func:`operating_thresholds`).
+        n_bins: bins of the ECE.
+    """
     binary = scores.ndim == 1
     columns: dict[str, list[float]] = {}
 
@@ -167,6 +199,15 @@ def group_metrics(
     """Per-group AUROC, accuracy, TPR/FPR/FNR/TNR, selection rate, ECE, Brier, NLL and count.
 
     Binary tables also hold the rates at the ``sens80`` / ``spec80`` operating points (``tpr@sens80`` …).
+
+    Args:
+        scores: binary ``[N]`` positive-class probabilities, or ``[N, C]`` class probabilities.
+        target: ``[N]`` labels (0/1, or class indices).
+        groups: ``[N]`` group labels.
+        group_names: the groups in table order (integer ``groups`` are codes into it; groups absent from
+            the data are kept); default: the sorted distinct labels.
+        threshold: the fixed decision threshold of binary scores.
+        n_bins: bins of the ECE.
     """
     probs = as_scores(scores)
     labels = as_labels(target, len(probs))
@@ -194,17 +235,35 @@ def _rates_by_group(target: Any, predictions: Any, groups: Any) -> dict[str, np.
 
 
 def demographic_parity_difference(target: Any, predictions: Any, groups: Any) -> float:
-    """Largest minus smallest selection rate over groups (fairlearn's ``between_groups`` difference)."""
+    """Largest minus smallest selection rate over groups (fairlearn's ``between_groups`` difference).
+
+    Args:
+        target: ``[N]`` binary labels.
+        predictions: ``[N]`` binary predictions (0/1).
+        groups: ``[N]`` group labels (any values; each distinct one is a group).
+    """
     return _between_groups(_rates_by_group(target, predictions, groups)["selection_rate"])
 
 
 def equal_opportunity_difference(target: Any, predictions: Any, groups: Any) -> float:
-    """Largest minus smallest true-positive rate over groups."""
+    """Largest minus smallest true-positive rate over groups.
+
+    Args:
+        target: ``[N]`` binary labels.
+        predictions: ``[N]`` binary predictions (0/1).
+        groups: ``[N]`` group labels (any values; each distinct one is a group).
+    """
     return _between_groups(_rates_by_group(target, predictions, groups)["tpr"])
 
 
 def equalized_odds_difference(target: Any, predictions: Any, groups: Any) -> float:
-    """The larger of the TPR and FPR between-group differences (fairlearn's ``worst_case``)."""
+    """The larger of the TPR and FPR between-group differences (fairlearn's ``worst_case``).
+
+    Args:
+        target: ``[N]`` binary labels.
+        predictions: ``[N]`` binary predictions (0/1).
+        groups: ``[N]`` group labels (any values; each distinct one is a group).
+    """
     rates = _rates_by_group(target, predictions, groups)
     return max(_between_groups(rates["tpr"]), _between_groups(rates["fpr"]))
 
@@ -213,6 +272,10 @@ def summarize_groups(per_group: Mapping[str, float], higher_is_better: bool = Tr
     """Worst and best group, gap (max - min) and ratio (min / max) of any per-group scalar.
 
     NaN groups (an undefined metric) are left out and listed under ``undefined``.
+
+    Args:
+        per_group: group name -> the metric's value.
+        higher_is_better: whether a higher value is better (AUROC) or worse (ECE), which picks the worst.
     """
     defined = {name: float(value) for name, value in per_group.items() if not np.isnan(float(value))}
     undefined = sorted(set(per_group) - set(defined))
@@ -244,7 +307,11 @@ def summarize_groups(per_group: Mapping[str, float], higher_is_better: bool = Tr
 
 
 def summary_from_table(table: Mapping[str, np.ndarray]) -> dict[str, float]:
-    """Worst-group values, gaps and parity differences of one grouping, from its per-group columns."""
+    """Worst-group values, gaps and parity differences of one grouping, from its per-group columns.
+
+    Args:
+        table: column name -> ``[G]`` values (from :func:`group_table_arrays`).
+    """
 
     def worst(name: str, higher_is_better: bool) -> float:
         values = table[name][~np.isnan(table[name])]

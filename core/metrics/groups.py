@@ -17,6 +17,10 @@ def encode_groups(values: Any, names: Sequence[str] | None = None) -> tuple[np.n
 
     ``names`` fixes the order (and keeps groups absent from ``values``); otherwise the sorted distinct
     values are the groups. Integer codes with ``names`` are taken as indices into ``names``.
+
+    Args:
+        values: ``[N]`` group labels (strings, numbers) or integer codes.
+        names: the groups in code order; None: the sorted distinct values.
     """
     array = to_numpy(values, name="groups")
     if array.ndim != 1:
@@ -42,7 +46,11 @@ def encode_groups(values: Any, names: Sequence[str] | None = None) -> tuple[np.n
 
 
 def intersect(groups: Mapping[str, Any]) -> np.ndarray:
-    """Intersectional group labels such as ``"sex=F & age=60+"``, one per sample, attributes in order."""
+    """Intersectional group labels such as ``"sex=F & age=60+"``, one per sample, attributes in order.
+
+    Args:
+        groups: attribute -> its ``[N]`` values, all of one length.
+    """
     if not groups:
         raise ValueError("`groups` is empty: pass at least one attribute, e.g. {'sex': sex_values}.")
     columns = {name: to_numpy(values, name=name).astype(str) for name, values in groups.items()}
@@ -59,7 +67,14 @@ def intersect(groups: Mapping[str, Any]) -> np.ndarray:
 def decode_group_matrix(
     groups: Any, attributes: Sequence[str], names: Mapping[str, Sequence[str]] | None = None
 ) -> dict[str, np.ndarray]:
-    """``{attribute: values}`` from a ``[N, A]`` code matrix (a batch's ``"group"``) and the category names."""
+    """``{attribute: values}`` from a ``[N, A]`` code matrix (a batch's ``"group"``) and the category names.
+
+    Args:
+        groups: ``[N, A]`` integer codes (``[N]`` for one attribute).
+        attributes: the attribute of each column (a datamodule's ``group_attributes``).
+        names: attribute -> its categories in code order (``group_names``); an attribute without names
+            keeps its codes, as strings.
+    """
     matrix = to_numpy(groups, name="groups")
     if matrix.ndim == 1:
         matrix = matrix[:, None]

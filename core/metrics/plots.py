@@ -29,6 +29,13 @@ def plot_group_metric(
     """Bars of ``metric`` per group with CI whiskers from the ``<metric>_low`` / ``<metric>_high`` columns.
 
     ``table`` is ``FairnessResults.table`` (choose a ``grouping``) or any frame indexed by group.
+
+    Args:
+        table: per-group metrics (``FairnessResults.table``, or any frame indexed by group).
+        metric: the column to plot (``auroc``, ``ece``, ``tpr`` …).
+        grouping: the grouping to plot (an attribute, or the intersection) of a ``FairnessResults.table``;
+            None for a frame indexed by group alone.
+        ax: draw into these axes; None makes a new figure.
     """
     if grouping is not None:
         table = table.xs(grouping, level="grouping")
@@ -58,7 +65,13 @@ def plot_reliability_diagram(
     ax: Axes | None = None,
     title: str | None = None,
 ) -> Figure:
-    """Observed frequency against mean confidence per bin, one line per curve, with the diagonal."""
+    """Observed frequency against mean confidence per bin, one line per curve, with the diagonal.
+
+    Args:
+        curves: one :class:`ReliabilityCurve`, or a label -> curve mapping (e.g. one per group).
+        ax: draw into these axes; None makes a new figure.
+        title: the panel's title (default "Reliability diagram").
+    """
     if isinstance(curves, ReliabilityCurve):
         curves = {"model": curves}
     figure, ax = _axes(ax, (4.2, 4.0))

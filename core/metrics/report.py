@@ -65,6 +65,15 @@ class FairnessResults:
     contains zero. To test whether a gap is real, read ``<metric>_best_minus_worst``: the difference between
     the groups that are best and worst on the whole set, re-measured in each resample, which can turn
     negative; a CI above zero says the gap is not a resampling artefact.
+
+    Attributes:
+        table: one row per (grouping, group), each metric with its ``_low`` / ``_high`` CI columns.
+        summary: grouping -> metric -> ``{"value", "low", "high"}``.
+        overall: metric -> ``{"value", "low", "high"}`` on the whole set.
+        thresholds: the operating points found on the whole set (``default``, ``sens80``, ``spec80``).
+        n_bootstrap: bootstrap resamples behind the CIs (0: no CIs).
+        confidence: the CIs' level.
+        extremes: grouping -> metric -> the ``worst`` and ``best`` group's name.
     """
 
     table: pd.DataFrame
@@ -185,6 +194,18 @@ def fairness_report(
     attribute is a grouping; with ``intersectional`` and two or more attributes, their intersection
     (``"sex=F & age_band=60+"``) is one more. Resamples are drawn within the intersectional cells, so
     every group keeps its size; the operating-point thresholds are re-found in each resample.
+
+    Args:
+        scores: binary ``[N]`` positive-class probabilities, or ``[N, C]`` class probabilities.
+        target: ``[N]`` labels.
+        groups: attribute -> its ``[N]`` per-sample values (``{"sex": [...], "age_band": [...]}``).
+        n_bootstrap: resamples behind the CIs (0: point values only, NaN bounds).
+        confidence: the CIs' level, in (0, 1).
+        intersectional: with two or more attributes, also report their intersection.
+        threshold: the fixed decision threshold of binary scores.
+        n_bins: bins of the ECE.
+        seed: seed of the resamples.
+        group_names: attribute -> its categories in table order; default: sorted values.
     """
     probs = as_scores(scores)
     labels = as_labels(target, len(probs))
@@ -306,7 +327,14 @@ def _slug(text: str) -> str:
 def uncertainty_by_group(
     scores: np.ndarray, target: np.ndarray, groups: Mapping[str, np.ndarray], *, n_bins: int = 15
 ) -> dict[str, Any]:
-    """Calibration and selective-prediction metrics overall and per group of every attribute."""
+    """Calibration and selective-prediction metrics overall and per group of every attribute.
+
+    Args:
+        scores: binary ``[N]`` positive-class probabilities, or ``[N, C]`` class probabilities.
+        target: ``[N]`` labels.
+        groups: attribute -> its ``[N]`` per-sample values (``{"sex": [...], "age_band": [...]}``).
+        n_bins: bins of the calibration errors.
+    """
     result: dict[str, Any] = {"overall": uncertainty_metrics(scores, target, n_bins=n_bins)}
     for attribute, values in groups.items():
         codes, names = encode_groups(values)
@@ -328,7 +356,19 @@ def write_fairness_files(
     n_bins: int = 15,
     group_names: Mapping[str, Sequence[str]] | None = None,
 ) -> FairnessResults:
-    """Compute the fairness report and uncertainty metrics and write the JSON, markdown and PNG files."""
+    """Compute the fairness report and uncertainty metrics and write the JSON, markdown and PNG files.
+
+    Args:
+        directory: the folder to write (created if missing): ``fairness.json``, ``fairness.md``,
+            ``fairness_<metric>_<grouping>.png`` and ``reliability.png``.
+        scores: binary ``[N]`` positive-class probabilities, or ``[N, C]`` class probabilities.
+        target: ``[N]`` labels.
+        groups: attribute -> its ``[N]`` per-sample values (``{"sex": [...], "age_band": [...]}``).
+        n_bootstrap: resamples behind the CIs (0: none).
+        seed: seed of the resamples.
+        n_bins: bins of the calibration errors and the reliability diagram.
+        group_names: attribute -> its categories in table order; default: sorted values.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     results = fairness_report(
         scores, target, groups, n_bootstrap=n_bootstrap, seed=seed, group_names=group_names

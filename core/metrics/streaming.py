@@ -45,6 +45,13 @@ class SubgroupMetrics(Metric):
     instead — per group also Brier, NLL, prevalence, TPR/FPR/FNR/TNR and selection rate (binary: also at the
     80%-sensitivity and 80%-specificity thresholds, suffixed ``@sens80`` / ``@spec80``), and the gaps, ratios
     and parity differences at every operating point (dozens of keys: for a logger, not a progress table).
+
+    Args:
+        group_names: the groups in code order, or their count (named ``0``, ``1``, …).
+        threshold: the fixed decision threshold of binary scores.
+        n_bins: bins of the per-group ECE.
+        full: return every per-group column and summary (see above) instead of the short set.
+        **kwargs: torchmetrics ``Metric`` options (``dist_sync_on_step`` …).
     """
 
     is_differentiable = False

@@ -23,7 +23,12 @@ __all__ = ["SequenceMetric", "TokenErrorRate", "error_rate", "token_errors"]
 
 
 def error_rate(errors: np.ndarray, totals: np.ndarray) -> float:
-    """Pooled rate ``sum(errors) / sum(totals)`` (NaN when there is nothing to count)."""
+    """Pooled rate ``sum(errors) / sum(totals)`` (NaN when there is nothing to count).
+
+    Args:
+        errors: per-sample error counts.
+        totals: per-sample reference counts (words, tokens, characters).
+    """
     total = float(np.sum(totals))
     return float(np.sum(errors)) / total if total else float("nan")
 
@@ -132,6 +137,10 @@ def token_errors(reference: str, hypothesis: str) -> tuple[int, int, int, int]:
     Tokens are white-space separated; edits are Levenshtein substitutions + deletions + insertions
     (torchmetrics' word and character error rates count the same). An empty reference counts every
     hypothesis token as an insertion over zero reference tokens.
+
+    Args:
+        reference: the reference text.
+        hypothesis: the generated text.
     """
     ref_tokens, hyp_tokens = reference.split(), hypothesis.split()
     return (

@@ -22,7 +22,15 @@ _EPS = 1e-12
 
 @dataclasses.dataclass(frozen=True)
 class ReliabilityCurve:
-    """Per-bin data of a reliability diagram; empty bins hold NaN confidence/accuracy and count 0."""
+    """Per-bin data of a reliability diagram; empty bins hold NaN confidence/accuracy and count 0.
+
+    Attributes:
+        bin_lower: each bin's lower confidence edge.
+        bin_upper: each bin's upper confidence edge.
+        confidence: the mean confidence of each bin's samples.
+        accuracy: the observed frequency (accuracy) of each bin's samples.
+        count: samples per bin.
+    """
 
     bin_lower: np.ndarray
     bin_upper: np.ndarray
@@ -73,7 +81,14 @@ def _bin_ids(
 def reliability_curve(
     scores: Any, target: Any, *, n_bins: int = 15, adaptive: bool = False
 ) -> ReliabilityCurve:
-    """Mean confidence and observed frequency per bin: the data of a reliability diagram."""
+    """Mean confidence and observed frequency per bin: the data of a reliability diagram.
+
+    Args:
+        scores: binary ``[N]`` positive-class probabilities, or ``[N, C]`` class probabilities.
+        target: ``[N]`` labels.
+        n_bins: number of confidence bins (more resolves the curve, but each bin holds fewer samples).
+        adaptive: equal-mass bins (each holds about ``N / n_bins`` samples) instead of equal-width ones.
+    """
     confidence, outcome = _confidence_and_outcome(scores, target)
     ids, lower, upper = _bin_ids(confidence, n_bins, adaptive)
     count = np.bincount(ids, minlength=n_bins).astype(np.int64)
@@ -90,6 +105,13 @@ def expected_calibration_error(
 
     ``norm="l1"`` is the usual ECE, ``"l2"`` the root-mean-square calibration error, ``"max"`` the maximum
     calibration error; ``adaptive=True`` uses equal-mass bins (adaptive ECE, Nixon et al. 2019).
+
+    Args:
+        scores: binary ``[N]`` positive-class probabilities, or ``[N, C]`` class probabilities.
+        target: ``[N]`` labels.
+        n_bins: number of confidence bins.
+        norm: ``l1`` (ECE), ``l2`` (RMS calibration error) or ``max`` (maximum calibration error).
+        adaptive: equal-mass bins instead of equal-width ones.
     """
     if norm not in ("l1", "l2", "max"):
         raise ValueError(f"`norm` must be 'l1', 'l2' or 'max', got {norm!r}.")
@@ -114,6 +136,13 @@ def calibrated_ece_floor(
     Labels are drawn from the scores themselves (consistency resampling, Bröcker & Smith 2007) and the mean
     ECE over ``n_draws`` draws is returned. ECE is biased upward on small samples, so a group's ECE close
     to its floor has nothing left for recalibration to remove; the floor of a small group is high.
+
+    Args:
+        scores: binary ``[N]`` or ``[N, C]`` probabilities (no labels: they are drawn from these).
+        n_draws: label draws averaged (>= 1); more gives a steadier floor.
+        n_bins: number of confidence bins (more resolves the curve, but each bin holds fewer samples).
+        adaptive: equal-mass bins (each holds about ``N / n_bins`` samples) instead of equal-width ones.
+        seed: seed of the draws.
     """
     if n_draws < 1:
         raise ValueError(f"`n_draws` must be at least 1, got {n_draws}.")
@@ -133,12 +162,23 @@ def calibrated_ece_floor(
 
 
 def adaptive_calibration_error(scores: Any, target: Any, *, n_bins: int = 15) -> float:
-    """Adaptive ECE: equal-mass bins, so sparse high-confidence regions don't dominate the estimate."""
+    """Adaptive ECE: equal-mass bins, so sparse high-confidence regions don't dominate the estimate.
+
+    Args:
+        scores: binary ``[N]`` positive-class probabilities, or ``[N, C]`` class probabilities.
+        target: ``[N]`` labels.
+        n_bins: number of equal-mass bins.
+    """
     return expected_calibration_error(scores, target, n_bins=n_bins, adaptive=True)
 
 
 def brier_score(scores: Any, target: Any) -> float:
-    """Brier score: ``mean((p - y)^2)`` for ``[N]`` binary scores, ``mean(sum_k (p_k - 1[y=k])^2)`` for ``[N, C]``."""
+    """Brier score: ``mean((p - y)^2)`` for ``[N]`` binary scores, ``mean(sum_k (p_k - 1[y=k])^2)`` for ``[N, C]``.
+
+    Args:
+        scores: binary ``[N]`` positive-class probabilities, or ``[N, C]`` class probabilities.
+        target: ``[N]`` labels.
+    """
     probs = as_scores(scores)
     labels = as_labels(target, len(probs))
     if probs.ndim == 1:
@@ -148,14 +188,24 @@ def brier_score(scores: Any, target: Any) -> float:
 
 
 def negative_log_likelihood(scores: Any, target: Any) -> float:
-    """Mean negative log-probability of the true class (binary cross-entropy for ``[N]`` scores)."""
+    """Mean negative log-probability of the true class (binary cross-entropy for ``[N]`` scores).
+
+    Args:
+        scores: binary ``[N]`` positive-class probabilities, or ``[N, C]`` class probabilities.
+        target: ``[N]`` labels.
+    """
     probs = probabilities_2d(as_scores(scores))
     labels = as_labels(target, len(probs))
     return float(-np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], _EPS, 1.0))))
 
 
 def risk_coverage_curve(scores: Any, target: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Coverage ``k/N`` and the error rate of the ``k`` most confident predictions, for ``k = 1..N``."""
+    """Coverage ``k/N`` and the error rate of the ``k`` most confident predictions, for ``k = 1..N``.
+
+    Args:
+        scores: binary ``[N]`` positive-class probabilities, or ``[N, C]`` class probabilities.
+        target: ``[N]`` labels.
+    """
     probs = probabilities_2d(as_scores(scores))
     labels = as_labels(target, len(probs))
     confidence = probs.max(axis=1)
@@ -166,13 +216,24 @@ def risk_coverage_curve(scores: Any, target: Any) -> tuple[np.ndarray, np.ndarra
 
 
 def aurc(scores: Any, target: Any) -> float:
-    """Area under the risk-coverage curve (Geifman et al. 2019): lower means confidence ranks errors last."""
+    """Area under the risk-coverage curve (Geifman et al. 2019): lower means confidence ranks errors last.
+
+    Args:
+        scores: binary ``[N]`` positive-class probabilities, or ``[N, C]`` class probabilities.
+        target: ``[N]`` labels.
+    """
     _, risk = risk_coverage_curve(scores, target)
     return float(np.mean(risk)) if len(risk) else float("nan")
 
 
 def risk_at_coverage(scores: Any, target: Any, coverage: float = 0.8) -> float:
-    """Error rate among the ``ceil(coverage · N)`` most confident predictions (selective risk)."""
+    """Error rate among the ``ceil(coverage · N)`` most confident predictions (selective risk).
+
+    Args:
+        scores: binary ``[N]`` positive-class probabilities, or ``[N, C]`` class probabilities.
+        target: ``[N]`` labels.
+        coverage: share of predictions kept, in (0, 1].
+    """
     if not 0.0 < coverage <= 1.0:
         raise ValueError(f"`coverage` must be in (0, 1], got {coverage}.")
     _, risk = risk_coverage_curve(scores, target)
@@ -184,7 +245,14 @@ def risk_at_coverage(scores: Any, target: Any, coverage: float = 0.8) -> float:
 def uncertainty_metrics(
     scores: Any, target: Any, *, n_bins: int = 15, coverage: float = 0.8
 ) -> dict[str, float]:
-    """Every calibration and selective-prediction metric of this module, as one dict."""
+    """Every calibration and selective-prediction metric of this module, as one dict.
+
+    Args:
+        scores: binary ``[N]`` positive-class probabilities, or ``[N, C]`` class probabilities.
+        target: ``[N]`` labels.
+        n_bins: number of bins of the calibration errors.
+        coverage: the coverage of the selective risk, in (0, 1].
+    """
     return {
         "ece": expected_calibration_error(scores, target, n_bins=n_bins),
         "adaptive_ece": adaptive_calibration_error(scores, target, n_bins=n_bins),

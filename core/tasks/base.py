@@ -14,6 +14,7 @@ import dataclasses
 import math
 import re
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import lightning as L
@@ -59,12 +60,41 @@ class AdapterTask(L.LightningModule):
     The built model should expose its frozen pretrained part as ``.backbone`` (used for the backbone
     fingerprint and the trainable-% figure) and may list ``unused_parameters`` (regexes) that the
     backbone count leaves out, such as a word-embedding table a non-text model never reads.
+
+    Args:
+        model: the network to adapt: a registered model name (``timeseries.patch_transformer``; see
+            ``verticals.core.registry.registered_models``) or ``{class_path, init_args}`` naming your own
+            ``nn.Module`` class or factory; from Python, a ready ``nn.Module`` too.
+        model_args: keyword arguments for the model's builder (``encoder``, ``checkpoint``, ``size`` …: see
+            the builder's own ``Args``); a name the builder does not take is an error, not ignored.
+        adapter: what to adapt and how (``method``, ``targets``, ``trainable``, ``options``; see
+            ``AdapterSpec``); required: a peft method, or ``linear_probe`` / ``bitfit`` / ``full`` /
+            ``frozen`` to compare against one.
+        input_shape: shape of one input without the batch axis (``[channels, length]``, ``[3, 224, 224]``);
+            default: the datamodule's ``input_shape``. Give it to build the model before a Trainer runs.
+        learning_rate: learning rate of the task's AdamW over the trainable parameters (the peak of the
+            cosine schedule).
+        weight_decay: AdamW's decoupled weight decay (0 turns it off).
+        warmup_fraction: share of the run's optimizer steps (0..1) spent ramping the learning rate up
+            linearly before the cosine decay; used only with ``scheduler: cosine``.
+        scheduler: ``cosine`` (linear warm-up, then cosine decay to 0 over the run's steps) or ``constant``
+            (``learning_rate`` throughout).
+        monitor: the logged metric that picks the best checkpoint (and the one tested), e.g. ``val_loss``
+            or ``val_worst_group_auroc``; default: the task's own (``val_accuracy``, ``val_mse`` …).
+        monitor_mode: ``min`` or ``max``, whether lower or higher ``monitor`` is better; default: the mode
+            the metric's name implies.
+        group_objective: train over the data's groups (group-DRO, a mutual-information penalty on a
+            sensitive attribute): a ``GroupObjective`` or a dict of its fields; None trains on the mean loss.
     """
 
     monitor = "val_loss"
     mode = "min"
     #: Whether the task computes per-sample losses and hands them to :meth:`group_objective_loss`.
     accepts_group_objective = False
+    #: Set by a test step to tensors of whole examples the run report may draw (segmentation: ``x``,
+    #: ``truth``, ``predicted``; forecasting: ``x``, ``y``, ``forecast``), one row per sample of the batch:
+    #: references, not copies; the report keeps a few rows and clears it (``verticals.core.report_outputs``).
+    report_examples: dict[str, torch.Tensor] | None = None
 
     def __init__(
         self,
@@ -309,6 +339,10 @@ class AdapterTask(L.LightningModule):
                 setattr(config, key, value)
         self._set_adapter_options(options)
 
+    def on_train_epoch_start(self) -> None:
+        """Apply the network's own train-mode policy before each training epoch (see :func:`apply_train_policy`)."""
+        apply_train_policy(self.model)
+
     def _prepare_adapter_from_data(self) -> None:
         prepare = self.adapter_hooks().prepare_from_data
         tuner = self.adapter_tuner()
@@ -339,11 +373,8 @@ class AdapterTask(L.LightningModule):
             for batch in loader:
                 yield (batch["x"] if isinstance(batch, dict) else batch[0]).to(device)
 
-        was_training = self.model.training
-        self.model.eval()
-        with torch.no_grad():
+        with evaluation_mode(self.model), torch.no_grad():
             prepare(tuner, inputs())
-        self.model.train(was_training)
 
     def _adapter_options(self, total_steps: int | None) -> dict[str, Any]:
         configure = self.adapter_hooks().configure_options
@@ -439,11 +470,8 @@ class AdapterTask(L.LightningModule):
             raise ValueError(
                 "Pass the group objective's `feature_dim` (the width of z) or `input_shape` to probe it."
             )
-        was_training = self.model.training
-        self.model.eval()
-        with torch.no_grad():
+        with evaluation_mode(self.model), torch.no_grad():
             width = pool_features(function(torch.zeros(2, *shape))).shape[-1]
-        self.model.train(was_training)
         return int(width)
 
     def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
@@ -626,7 +654,16 @@ class AdapterTask(L.LightningModule):
         # attached callbacks matches by type over a set, so a ModelCheckpoint subclass could be attached twice
         # and (by set order) become the trainer's `checkpoint_callback` in place of the best one.
         attached = {id(callback) for callback in self._trainer.callbacks} if self._trainer is not None else set()
-        return [callback for callback in self._run_callbacks if id(callback) not in attached]
+        returned = [callback for callback in self._run_callbacks if id(callback) not in attached]
+        if self._trainer is not None and any(isinstance(callback, ModelCheckpoint) for callback in returned):
+            # Lightning's own default ModelCheckpoint() gives way to the task's checkpoints. Taken out here, not
+            # left for Lightning to replace, which prints "... will override existing callbacks" on every run.
+            self._trainer.callbacks = [
+                callback
+                for callback in self._trainer.callbacks
+                if not isinstance(callback, ModelCheckpoint) or is_user_checkpoint(callback)
+            ]
+        return returned
 
     def _adds_checkpoints(self) -> bool:
         """Whether the task adds its checkpoint callbacks: no trainer yet, or one that checkpoints with
@@ -744,6 +781,41 @@ class AdapterTask(L.LightningModule):
 
 #: An adapter option a checkpoint does not set (it was trained with the method's default).
 NOT_SET = type("NotSet", (), {"__repr__": lambda self: "not set (the method's default)"})()
+
+
+def apply_train_policy(network: nn.Module) -> None:
+    """Run ``network.train()``'s overrides (e.g. a backbone that keeps its BatchNorm statistics, see
+    :func:`~verticals.core.adapters.batchnorm.keep_batchnorm_statistics`) without switching anything else on.
+
+    Lightning never calls ``train()`` at fit start, and after each validation it restores every module's
+    ``training`` flag directly, so a model's ``train()`` override would otherwise not run: a frozen backbone's
+    BatchNorms would update their running statistics on every batch. Only what the override turns *off*
+    is kept: a module left in eval mode on purpose (a pretrained encoder's dropout) stays in eval mode.
+
+    Args:
+        network: the task's network (backbone, adapter and head), changed in place.
+    """
+    before = {module: module.training for module in network.modules()}
+    network.train()
+    for module, was_training in before.items():
+        module.training = module.training and was_training
+
+
+@contextmanager
+def evaluation_mode(network: nn.Module) -> Iterator[None]:
+    """Eval mode for the block, then every module's own mode back (not ``train(was_training)``, which would
+    switch on a frozen encoder's dropout that loading left off).
+
+    Args:
+        network: the module to put in eval mode for the block.
+    """
+    before = {module: module.training for module in network.modules()}
+    network.eval()
+    try:
+        yield
+    finally:
+        for module, was_training in before.items():
+            module.training = was_training
 
 
 def adapter_differences(given: Any, saved: Any) -> list[tuple[str, Any, Any]]:

@@ -31,6 +31,14 @@ class ClassificationTask(AdapterTask):
     of the batches; per-sample cross-entropy is its input, the labels its ``target``. The sensitive
     attribute's per-group AUROC and ECE are then logged each validation and test epoch
     (``monitor: val_worst_group_auroc`` selects the checkpoint on the worst group).
+
+    Args:
+        num_classes: number of classes (>= 2), the width of the head; default: the datamodule's
+            ``num_classes``.
+        label_smoothing: cross-entropy label smoothing in [0, 1); 0 trains on hard labels, a little (0.1)
+            can help small, noisy training sets.
+        report_bootstrap: bootstrap resamples for the CIs of the per-group report written at test end
+            (0: the report without CIs); None writes no group report.
     """
 
     monitor = "val_accuracy"

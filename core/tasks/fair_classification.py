@@ -38,29 +38,37 @@ class FairClassificationTask(ClassificationTask):
     """Classification with a mutual-information penalty and/or group-DRO over sensitive groups.
 
     The same as ``ClassificationTask(group_objective={...})``; the arguments map onto
-    :class:`~verticals.core.group_objective.GroupObjective`'s fields.
+    :class:`~verticals.core.group_objective.GroupObjective`'s fields. ``ClassificationTask``'s arguments
+    (``model``, ``adapter``, ``num_classes`` …) are taken too; the ``Args`` below are this task's own.
 
-    Args beyond ``ClassificationTask``:
+    Logs ``{stage}_worst_group_auroc``, ``{stage}_auroc_gap``, ``{stage}_ece/<group>`` … per epoch; use
+    ``monitor: val_worst_group_auroc`` to select the checkpoint on worst-group AUROC (mode ``max`` is
+    inferred for AUROC/accuracy monitors).
+
+    Args:
         sensitive_attribute: the attribute the penalty and DRO act on (default: the first one).
-        fairness_penalty: ``none`` | ``club`` | ``adversarial``.
+        fairness_penalty: ``none`` | ``club`` | ``adversarial``: how the information ``z`` keeps about the
+            attribute is estimated and penalised (``none``: no penalty, e.g. group-DRO alone).
         fairness_weight: λ, the weight of the penalty (for ``adversarial``, the gradient-reversal scale).
         penalty_on: ``features`` (pooled ``forward_features``) or ``logits`` (the head's output).
         fairness_conditional: penalise I(z; a | y) instead of I(z; a) (q / the adversary see the label).
         fairness_warmup_epochs: epochs over which λ ramps linearly from 0 (0: full λ from the start).
         auxiliary_steps: k >= 1 gives q / the adversary their own Adam optimiser and k steps per batch
             (at ``auxiliary_learning_rate``) before the encoder's step; 0 trains them in the task's optimiser.
+        auxiliary_learning_rate: learning rate of that own Adam optimiser (used when ``auxiliary_steps`` >= 1).
         group_dro: reweight the loss online towards the worst group; ``dro_step_size`` is η.
+        dro_step_size: η (> 0), the step of the exponentiated-gradient update of the group weights; larger
+            moves the weight to the worst group faster.
         dro_groups: ``sensitive`` (the attribute's groups), ``intersectional`` (all attributes crossed)
             or ``sensitive_label`` (attribute × class, Sagawa et al.'s setting).
         auxiliary_hidden: width of the hidden layer of the CLUB / adversary net.
         feature_dim: width of ``forward_features``; default: ``model.num_features`` or a probe forward.
-        group_attributes / group_names: taken from the datamodule when not given.
+        group_attributes: the data's group attributes (one per column of a batch's ``group``); taken from
+            the datamodule when not given.
+        group_names: the categories of each attribute (``group_names[attribute][code]``); taken from the
+            datamodule when not given.
         report_bootstrap: as in ``ClassificationTask``, but on by default: the group report at test end
             with 1000 bootstrap resamples (0: a report without CIs).
-
-    Logs ``{stage}_worst_group_auroc``, ``{stage}_auroc_gap``, ``{stage}_ece/<group>`` … per epoch; use
-    ``monitor: val_worst_group_auroc`` to select the checkpoint on worst-group AUROC (mode ``max`` is
-    inferred for AUROC/accuracy monitors).
     """
 
     monitor = "val_loss"

@@ -21,6 +21,12 @@ class ForecastingTask(AdapterTask):
 
     With a ``group_objective`` (see ``AdapterTask``; e.g. group-DRO over the sites or sensors of the
     series) the loss is taken per series first, then combined over the groups.
+
+    Args:
+        horizon: steps ahead to forecast (>= 1), the width of the head; default: the datamodule's
+            ``horizon``.
+        loss: the training loss, ``mse`` or ``mae``; ``mae`` is less pulled by outlying values. Both are
+            logged as metrics (with sMAPE) either way.
     """
 
     monitor = "val_mse"
@@ -80,4 +86,6 @@ class ForecastingTask(AdapterTask):
         self.log_dict(
             metrics, on_step=False, on_epoch=True, prog_bar=stage != "train", batch_size=len(forecast)
         )
+        if stage == "test":  # for the run report's forecast plot (it keeps a few)
+            self.report_examples = {"x": batch["x"], "y": batch["y"], "forecast": forecast.detach()}
         return self.adapter_loss(loss, stage)

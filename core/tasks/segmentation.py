@@ -169,40 +169,6 @@ class StageMetrics:
 class SegmentationTask(AdapterTask):
     """Segmentation of images, volumes or point sets with MONAI's losses, metrics and sliding window.
 
-    Args beyond ``AdapterTask``:
-        num_classes: label values ``0..num_classes-1``, background (0) included; a binary task has 2.
-            Default: the datamodule's ``num_classes``.
-        class_names: one name per label value, used in logged keys (``val_dice/<name>``). Default: the
-            datamodule's ``class_names``, else ``background``, ``class_1``, ….
-        activation: ``softmax`` (one output channel per class) or ``sigmoid`` (binary only: one channel,
-            the foreground probability, thresholded at ``threshold``).
-        loss: ``dice`` | ``ce`` | ``focal`` | ``dice_ce`` | ``dice_focal``; ``lambda_dice`` / ``lambda_ce`` /
-            ``lambda_focal`` weight its terms (default 1 each; e.g. ``dice_ce`` with 0.8 / 0.2).
-        include_background: whether the Dice / focal terms of the loss score the background channel
-            (MONAI's option; CE always does).
-        metrics_include_background: whether label 0 is a class of the metrics and their means (False where
-            label 0 is just the rest around the structures; True where it is a class of its own).
-        ignore_index: a label value that counts in no loss and no metric (e.g. 255 for unlabelled
-            pixels, or a padding value for point sets). A value inside ``0..num_classes-1`` also removes
-            that class: its output channel is never scored nor predicted.
-        focal_gamma: the focusing parameter of the focal term.
-        spatial_metrics: which of ``hd95`` / ``surface_dice`` to compute (images and volumes only).
-        spatial_metrics_stages: stages that compute them (they need distance transforms: slow on
-            large volumes, so by default only ``test``).
-        surface_dice_tolerance: the surface Dice tolerance per metric class (one value for all), in the
-            units of ``spacing``.
-        spacing: element spacing for the distances (one number or one per axis); a batch key ``spacing``
-            (``[N, D]``) takes precedence.
-        roi_size / sw_batch_size / overlap / sw_mode: MONAI sliding-window inference at validation, test
-            and predict for inputs larger than the model's window (``roi_size``: the window, one size
-            per spatial axis); off when ``roi_size`` is None. Training sees the batches as they come.
-        report_bootstrap: with a number of bootstrap resamples (0: no CIs), a ``GroupReport`` of every
-            metric (and per class) overall and per group is written at test end; None writes none.
-        group_objective: see ``AdapterTask``: group-DRO and/or a penalty over the groups of the batches,
-            on the per-sample losses (``sensitive`` or ``intersectional`` groups; no per-sample label). A
-            penalty reads ``forward_features``, which a sliding window doesn't give: under ``roi_size`` it is
-            a training term only.
-
     Logs ``{stage}_loss``, ``{stage}_dice``, ``{stage}_miou``, ``{stage}_dice/<class>``,
     ``{stage}_iou/<class>`` and, where computed, ``{stage}_hd95[/<class>]`` and
     ``{stage}_surface_dice[/<class>]``. Class means average the per-class means over samples; a class
@@ -213,6 +179,54 @@ class SegmentationTask(AdapterTask):
     receives those entries as keyword arguments. Test batches of 2-D slices that carry ``volume_index`` also
     give the Dice of each whole volume rebuilt from its slices: ``test_volume_dice[/<class>]`` and
     ``volume_dice``.
+
+    Args:
+        num_classes: label values ``0..num_classes-1``, background (0) included; a binary task has 2.
+            Default: the datamodule's ``num_classes``.
+        class_names: one name per label value, used in logged keys (``val_dice/<name>``). Default: the
+            datamodule's ``class_names``, else ``background``, ``class_1``, ….
+        activation: ``softmax`` (one output channel per class) or ``sigmoid`` (binary only: one channel,
+            the foreground probability, thresholded at ``threshold``).
+        threshold: the foreground probability above which a ``sigmoid`` output predicts the foreground,
+            in (0, 1); raise it for fewer false positives. Unused with ``softmax`` (arg-max).
+        loss: ``dice`` | ``ce`` | ``focal`` | ``dice_ce`` | ``dice_focal``; ``lambda_dice`` / ``lambda_ce`` /
+            ``lambda_focal`` weight its terms (default 1 each; e.g. ``dice_ce`` with 0.8 / 0.2).
+        lambda_dice: weight (>= 0) of the loss's Dice term; default 1. Setting it for a loss without a Dice
+            term is an error.
+        lambda_ce: weight (>= 0) of the loss's cross-entropy term; default 1 (only ``ce`` / ``dice_ce``).
+        lambda_focal: weight (>= 0) of the loss's focal term; default 1 (only ``focal`` / ``dice_focal``).
+        include_background: whether the Dice / focal terms of the loss score the background channel
+            (MONAI's option; CE always does).
+        metrics_include_background: whether label 0 is a class of the metrics and their means (False where
+            label 0 is just the rest around the structures; True where it is a class of its own).
+        ignore_index: a label value that counts in no loss and no metric (e.g. 255 for unlabelled
+            pixels, or a padding value for point sets). A value inside ``0..num_classes-1`` also removes
+            that class: its output channel is never scored nor predicted.
+        focal_gamma: the focusing parameter of the focal term (>= 0; 0 is plain cross-entropy, larger
+            down-weights elements the model already gets right).
+        spatial_metrics: which of ``hd95`` / ``surface_dice`` to compute (images and volumes only); default:
+            both, ``[]`` for none.
+        spatial_metrics_stages: stages that compute them (they need distance transforms: slow on
+            large volumes, so by default only ``test``).
+        surface_dice_tolerance: the surface Dice tolerance per metric class (one value for all), in the
+            units of ``spacing``.
+        spacing: element spacing for the distances (one number or one per axis); a batch key ``spacing``
+            (``[N, D]``) takes precedence.
+        roi_size: MONAI sliding-window inference at validation, test and predict for inputs larger than
+            the model's window (``roi_size``: the window, one size per spatial axis); off when ``roi_size``
+            is None. Training sees the batches as they come.
+        sw_batch_size: windows the sliding window runs through the model at once (>= 1); lower it when
+            inference runs out of memory.
+        overlap: fraction in [0, 1) by which neighbouring windows overlap; more overlap averages more
+            predictions per voxel at a higher cost.
+        sw_mode: how overlapping windows are blended: ``constant`` (plain mean) or ``gaussian`` (window
+            centres weigh more, which smooths seams).
+        report_bootstrap: with a number of bootstrap resamples (0: no CIs), a ``GroupReport`` of every
+            metric (and per class) overall and per group is written at test end; None writes none.
+        group_objective: see ``AdapterTask``: group-DRO and/or a penalty over the groups of the batches,
+            on the per-sample losses (``sensitive`` or ``intersectional`` groups; no per-sample label). A
+            penalty reads ``forward_features``, which a sliding window doesn't give: under ``roi_size`` it is
+            a training term only.
     """
 
     monitor = "val_dice"
@@ -564,6 +578,7 @@ class SegmentationTask(AdapterTask):
                 group = batch["group"]
                 values["group"] = group[:, None] if group.ndim == 1 else group
             self._last_outputs = values
+            self.report_examples = report_views(batch["x"], y, predicted, self._mask_kind)
         return self.adapter_loss(loss, stage)
 
     def _scored_channels(self, logits: torch.Tensor) -> torch.Tensor:
@@ -804,6 +819,35 @@ def _gathered(module: Any, tensor: torch.Tensor) -> torch.Tensor:
 def _nanmean(values: torch.Tensor) -> torch.Tensor:
     kept = values[~values.isnan()]
     return kept.mean() if kept.numel() else values.new_tensor(float("nan"))
+
+
+#: The longest side of the examples the run report draws (larger inputs are subsampled to it).
+REPORT_VIEW_SIDE = 256
+
+
+def report_views(
+    x: torch.Tensor, truth: torch.Tensor, predicted: torch.Tensor, kind: str | None
+) -> dict[str, torch.Tensor] | None:
+    """What the run report's overlay grid draws of a test batch: the inputs and the true and predicted label
+    maps as 2-D views (a volume's middle slice along its first spatial axis), subsampled to at most
+    ``REPORT_VIEW_SIDE`` per side; views, not copies. None for point sets (no image to draw).
+
+    Args:
+        x: the batch's inputs ``[N, C, H, W]`` or ``[N, C, D, H, W]``.
+        truth / predicted: label maps ``[N, H, W]`` or ``[N, D, H, W]``.
+        kind: the task's mask kind (``points``, ``image``, ``volume``).
+    """
+    if kind == "points" or x.ndim not in (4, 5) or x.ndim - 2 != truth.ndim - 1:
+        return None
+    if x.ndim == 5:
+        middle = x.shape[2] // 2
+        x, truth, predicted = x[:, :, middle], truth[:, middle], predicted[:, middle]
+    stride = max(1, -(-max(truth.shape[-2:]) // REPORT_VIEW_SIDE))
+    return {
+        "x": x[..., ::stride, ::stride],
+        "truth": truth[..., ::stride, ::stride],
+        "predicted": predicted[..., ::stride, ::stride],
+    }
 
 
 def _one_hot_labels(labels: torch.Tensor, values: Sequence[int]) -> torch.Tensor:

@@ -84,7 +84,12 @@ class Seq2SeqTask(AdapterTask):
             logs only the teacher-forced ``val_loss`` (cheaper) and monitors it.
         group_attribute: which group attribute the logged per-group values split by (default: the
             datamodule's first); the test-end ``GroupReport`` covers every attribute.
-        n_bootstrap / ci_confidence: bootstrap resamples and level of the group report's CIs.
+        group_names: the categories of ``group_attribute`` (``group_names[code]`` for the codes of its
+            ``group`` column), used in the logged per-group keys; default: the datamodule's.
+        n_bootstrap: bootstrap resamples of the test-end group report's CIs (0: no CIs); more gives steadier
+            interval ends at a higher cost.
+        ci_confidence: level of those CIs, in (0, 1), e.g. 0.95.
+        group_objective: not taken by this task (its steps compute no per-sample losses); leave it unset.
     """
 
     monitor = "val_loss"
@@ -269,6 +274,12 @@ class Seq2SeqTask(AdapterTask):
             if column < arrays["group"].shape[1]
             else np.zeros(len(arrays["group"]))
         )
+        unnamed = sorted({int(code) for code in codes if not 0 <= code < len(names)})
+        if names and unnamed:  # never drop or relabel groups the names don't cover
+            raise ValueError(
+                f"The {stage} data has group code(s) {unnamed} but the task knows only the groups {names} "
+                "(from its checkpoint); test through a datamodule whose `group_names` name every group."
+            )
         per_group = {}
         for code, name in enumerate(names):
             rows = codes == code

@@ -3,6 +3,7 @@ attributes (HAM10000/ISIC, Fitzpatrick17k, CheXpert) and a generated dermatology
 SAM-family segmentation (LiteMedSAM's real weights, segment-anything ViTs) on slices of volumes (the MNI152
 template, generated phantoms, Medical Segmentation Decathlon, BTCV/Synapse and ISIC layouts)."""
 
+from verticals.domains.medical import baseline as _baseline  # noqa: F401  (registers its baselines)
 from verticals.domains.medical.clip import BIOMEDCLIP_HUB_ID, CLIPClassifier, load_open_clip, write_tiny_clip
 from verticals.domains.medical.efficientnet import efficientnet_lite0, remap_lite0_state_dict
 from verticals.domains.medical.models import EfficientNetClassifier

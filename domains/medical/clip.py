@@ -228,6 +228,24 @@ class CLIPClassifier(nn.Module):
     linear probe (``self.probe``) on the image embedding, initialised from the zero-shot weights, so it
     starts at zero-shot accuracy.  Follows timm: ``forward_features`` gives the normalised image
     embedding ``[N, D]`` (the pooled features fairness penalties act on), ``forward_head`` the logits.
+
+    Registered as ``medical.clip``; in a config the arguments after ``task`` go under the task's
+    ``model_args``.
+
+    Args:
+        input_shape: ``(channels, height, width)`` of an image; set by the task from the datamodule.
+        num_outputs: classes; set by the task. ``class_names`` must list as many.
+        task: ``classification`` (the only one); set by the task.
+        checkpoint: ``tiny`` (a random tiny CLIP, offline, for tests), a hub id
+            (``hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224``, online) or a local
+            directory in the hub layout.
+        class_names: one name per class in the datamodule's label order, put into the prompts (known
+            dermatology names become descriptions: ``mel`` -> "melanoma"); required.
+        templates: prompt templates with a ``{label}`` placeholder; a class's embedding is the mean over
+            them. Default: three in BiomedCLIP's style.
+        head: ``prompts`` (the class prompts' text embeddings are the weights: zero-shot, CLIP-LoRA) or
+            ``linear`` (a linear probe on the image embedding, started from the zero-shot weights).
+        seed: seed of the random weights of the ``tiny`` checkpoint (no effect on real weights).
     """
 
     def __init__(

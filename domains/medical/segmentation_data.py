@@ -217,15 +217,23 @@ class SliceSegmentationDataModule(BaseDataModule):
     """Labelled volumes per split → 2-D slice batches with prompts, groups and slice origins.
 
     Args:
-        train / val / test: the volumes of each split; or ``volumes_fn(split)`` returning them; subclasses
-            override :meth:`load_volumes` instead (keep volumes out of the hyperparameters). A split with no
-            volumes is an empty dataset; an empty training split is an error at ``setup``.
+        train: the training volumes (``LabelledVolume`` objects, from Python); or ``volumes_fn(split)``
+            returning each split's; subclasses override :meth:`load_volumes` instead (keep volumes out of
+            the hyperparameters). A split with no volumes is an empty dataset; an empty training split is
+            an error at ``setup``.
+        val: the validation volumes, as ``train``.
+        test: the test volumes, as ``train``.
+        volumes_fn: a function ``split -> volumes`` called once per split, instead of the three lists.
         class_names: one name per label value, background first; default ``background``, ``class_1``, … up
             to the largest label value of any split. A label value outside is an error naming the case.
         axis: the volume axis slices are cut along (0 = the first of ``[D, H, W]``).
         image_size: the side ``S`` of the square slices the model sees.
-        intensity / ct_window / percentiles: per-volume normalisation (see the module docstring);
-            ignored for RGB images.
+        intensity: per-volume normalisation (see the module docstring): ``percentile`` (MR, PET,
+            ultrasound), ``ct`` (a HU window) or ``none`` (values already in [0, 1]); ignored for RGB images.
+        ct_window: ``(level, width)`` in HU of the ``ct`` window (default (40, 400), a soft-tissue window);
+            narrow it to bring out the contrast of one tissue.
+        percentiles: ``(low, high)`` percentiles (0..100) of a volume's non-zero voxels that ``percentile``
+            clips to and scales to [0, 1].
         slices: ``"foreground"`` (slices with a label > 0, MedSAM / SAMed training) or ``"all"``. Volume
             Dice over kept slices misses false positives on dropped ones: evaluate with ``"all"`` for that.
         prompt: ``"none"`` | ``"box"`` | ``"point"``: which prompt ``box_jitter`` randomises in training.
@@ -235,6 +243,12 @@ class SliceSegmentationDataModule(BaseDataModule):
         group_attributes: volume attributes to group by (batch ``group``); default every attribute that all
             volumes have, ``[]`` for none. ``group_names`` fixes each attribute's category order (default:
             sorted values over all splits).
+        group_names: each group attribute's categories in code order (``{"site": ["A", "B"]}``); default:
+            the sorted values over all splits.
+        batch_size: slices per batch (>= 1).
+        seed: seed of the training order (training prompts are drawn from torch's global generator, which
+            the run's ``seed_everything`` seeds).
+        num_workers: DataLoader worker processes (0: load in the main process).
     """
 
     def __init__(
@@ -680,6 +694,16 @@ class MNI152TissueDataModule(SliceSegmentationDataModule):
     spaced slices per split. ``slice_index`` counts the kept slices of a slab volume (its ``case_id``
     names the slab). Classes: background, grey matter, white matter (see :func:`read_mni152_tissue`,
     which also crops to the brain so it fills the image). No groups.
+
+    Args:
+        image_size: the side ``S`` of the square slices the model sees (px, >= 8).
+        slab_step: keep every ``slab_step``-th axial slice of each slab (>= 1); 2 halves the slices (and
+            the epoch time) with neighbours that differ little.
+        max_slices: keep at most this many evenly spaced slices per split (None: every kept slice); for
+            quick runs.
+        slabs: each split's slabs as ``(first, last)`` template z indices, inclusive (keys ``train``,
+            ``val``, ``test``); a split not given keeps :data:`MNI152_SLABS`'s.
+        margin: voxels kept around the brain's bounding box when cropping (>= 0).
     """
 
     def __init__(
@@ -968,6 +992,19 @@ class PhantomSegmentationDataModule(SliceSegmentationDataModule):
     ``planted`` overrides any :class:`PhantomSpec` strength (e.g. ``{site_b_noise: 0.1}``). Generated in
     memory, deterministic in ``generation_seed``; ``generated_size`` defaults to ``image_size`` (no resampling).
     Groups: ``site`` and ``sex``. See ``datasets_cards/generated_phantoms.md``.
+
+    Args:
+        num_patients: generated patients (>= 3), split per site into train / val / test.
+        num_slices: axial slices per patient (>= 1).
+        generated_size: side in px the phantoms are rendered at (>= 16); default ``image_size``. Render
+            smaller and let the slices be resized up to mimic a coarse scanner matrix.
+        generation_seed: seed of the phantoms (anatomy, sites, sexes, lesions, noise) and of their split;
+            ``seed`` seeds only the training order.
+        planted: overrides of :class:`PhantomSpec`'s site-shift strengths (``site_b_contrast``,
+            ``site_b_noise``, ``site_b_blur``, ``site_b_fraction`` …), e.g. ``{site_b_noise: 0.1}``.
+        val_fraction: per-site share of patients in validation, in [0, 1].
+        test_fraction: per-site share of patients in test, in [0, 1]; with ``val_fraction`` below 1.
+        group_attributes: which of ``site`` and ``sex`` the batches' ``group`` carries; default both.
     """
 
     def __init__(

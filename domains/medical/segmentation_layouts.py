@@ -665,6 +665,17 @@ class DecathlonDataModule(_CaseSplitDataModule):
     with ``ct_window`` and scales MRI by per-volume percentiles (MedSAM). Of the labelled cases, a seeded
     ``test_fraction`` is held out for testing and ``val_fraction`` of the rest for validation. The other
     arguments are :class:`SliceSegmentationDataModule`'s.
+
+    Args:
+        root: the task folder as downloaded (``Task09_Spleen``), holding ``dataset.json``, ``imagesTr`` and
+            ``labelsTr``.
+        channel: the modality of a 4-D task, by index or by its ``dataset.json`` name (``FLAIR``, ``T2``).
+        val_fraction: share of the cases left after the test split held out for validation (seeded), in
+            [0, 1).
+        test_fraction: share of the labelled cases held out for testing (seeded), in [0, 1).
+        seed: seed of the case split and of the training order.
+        intensity: ``auto`` (``ct`` for CT tasks, else ``percentile``), ``percentile`` or ``ct``: the
+            per-volume normalisation.
     """
 
     def __init__(
@@ -725,6 +736,16 @@ class BTCVDataModule(_CaseSplitDataModule):
     ``"random"`` (seeded ``test_fraction`` of the cases, then ``val_fraction`` of the rest) or
     ``"transunet"`` (test on :data:`TRANSUNET_TEST_CASES`, validation a seeded ``val_fraction`` of the
     other 18). CT intensities are windowed with ``ct_window`` (default TransUNet's [-125, 275] HU).
+
+    Args:
+        root: the BTCV folder (``RawData/Training``, or any folder with ``img/`` and ``label/``).
+        organs: ``all`` (13 organs) or ``synapse8`` (the Synapse benchmark's 8; the others are background).
+        split: ``random`` (seeded case split) or ``transunet`` (TransUNet's 12 test cases, so figures compare
+            with the papers that use them).
+        val_fraction: share of the non-test cases held out for validation (seeded), in [0, 1).
+        test_fraction: share of the cases held out for testing with ``split: random`` (seeded), in [0, 1).
+        seed: seed of the case split and of the training order.
+        ct_window: ``(level, width)`` in HU; default (75, 400), TransUNet's [-125, 275].
     """
 
     def __init__(
@@ -792,6 +813,25 @@ class ISICSegmentationDataModule(_CaseSplitDataModule):
     (``val_image_dir`` + ``val_mask_dir``, ``test_image_dir`` + ``test_mask_dir``), which then take that
     side and leave ``image_dir`` for the rest. Every image is kept (``slices="all"``); ``max_side`` and
     ``mask_threshold`` are :func:`read_isic`'s.
+
+    Args:
+        image_dir: folder of the (training) dermoscopy images.
+        mask_dir: folder of their lesion masks.
+        val_image_dir: the official validation images (with ``val_mask_dir``); None splits validation off
+            ``image_dir``.
+        val_mask_dir: the official validation masks.
+        test_image_dir: the official test images (with ``test_mask_dir``); None splits the test set off
+            ``image_dir``.
+        test_mask_dir: the official test masks.
+        val_fraction: share of the images left after the test split held out for validation (seeded), in
+            [0, 1); unused with official validation folders.
+        test_fraction: share of the images held out for testing (seeded), in [0, 1); unused with official
+            test folders.
+        seed: seed of the image split and of the training order.
+        max_side: images whose longer side exceeds this many px are shrunk on reading, to bound memory
+            (ISIC photos reach 6000 px); None keeps them whole.
+        mask_threshold: lesion where mask value / 255 >= this; None requires masks of only 0 and 255 (or 0
+            and 1) and refuses others.
     """
 
     def __init__(

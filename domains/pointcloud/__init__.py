@@ -3,4 +3,5 @@ a Point-MAE-style encoder, shape classification and part segmentation, generated
 scanned domain, and the ModelNet40, ScanObjectNN and ShapeNetPart layouts."""
 
 from verticals.domains.pointcloud import adapters as _adapters  # noqa: F401  (registers point_peft, dapt)
+from verticals.domains.pointcloud import baseline as _baseline  # noqa: F401  (registers its baseline)
 from verticals.domains.pointcloud import models as _models  # noqa: F401  (registers the model and family)

@@ -9,6 +9,10 @@ deep method's number means little without it beside it.
 :meth:`DescriptorForest.evaluate_on` runs it on a point-cloud datamodule the way the deep configs run: fit on
 the training split, accuracy on validation and test, and test accuracy per group (for generated shapes: clean
 / scan domain, seen / novel family), so its row reads like theirs.
+
+Registered at import (``verticals.domains.pointcloud`` imports this module) as the baseline beside every
+point-cloud classification run (:func:`forest_predictions`: fit on the run's training split, predict its
+test clouds); part segmentation gets the core's per-point linear probe on the frozen features instead.
 """
 
 from __future__ import annotations
@@ -20,9 +24,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from verticals.core.baseline import BaselineContext, BaselineSkipped, register_baseline
+from verticals.core.tasks.classification import ClassificationTask
 from verticals.domains.pointcloud.descriptors import descriptor_names, shape_descriptors
 
-__all__ = ["DescriptorForest"]
+__all__ = ["DescriptorForest", "forest_predictions"]
 
 
 class DescriptorForest:
@@ -204,6 +210,38 @@ class DescriptorForest:
             f"DescriptorForest(n_estimators={self.n_estimators}, seed={self.seed}, "
             f"fitted={self.forest is not None})"
         )
+
+
+def forest_predictions(context: BaselineContext) -> np.ndarray:
+    """A :class:`DescriptorForest` (defaults, seeded by the run) fit on the run's training split: class indices
+    of the first ``context.test_count`` test clouds."""
+    train_xyz, train_y, _ = _split(context.datamodule, "train")
+    test_xyz, _, _ = _split(context.datamodule, "test")
+    if not len(train_y):
+        raise BaselineSkipped("the training split holds no clouds")
+    forest = DescriptorForest(seed=context.seed).fit(train_xyz, train_y)
+    return forest.predict(test_xyz[: context.test_count])
+
+
+def _classifies_clouds(task: Any, datamodule: Any) -> bool:
+    from verticals.domains.pointcloud.data import ShapeDataModule, _FileDataModule
+
+    return (
+        isinstance(task, ClassificationTask)
+        and isinstance(datamodule, (ShapeDataModule, _FileDataModule))
+        and getattr(datamodule, "task", "classification") == "classification"
+    )
+
+
+register_baseline(
+    name="descriptor forest",
+    description=(
+        "scikit-learn RandomForestClassifier (300 trees) on 36 global shape descriptors per cloud (D2 and "
+        "radial histograms, PCA eigenvalue ratios), fit on the training split"
+    ),
+    applies=_classifies_clouds,
+    predict=forest_predictions,
+)
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------

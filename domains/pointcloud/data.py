@@ -245,10 +245,14 @@ class ShapeDataModule(BaseDataModule):
             stand-in's pretraining); default ``shapes.NOVEL_FAMILIES``.
         train_domain: ``"clean"``, ``"scan"`` or ``"mixed"`` (training shape ``i`` clean when ``i`` is even).
         test_domains: the test split's domains, in order.
-        num_train / num_val: shapes in the training / validation split.
+        num_train: shapes in the training split (at least one per family).
+        num_val: shapes in the validation split (at least one per family).
         num_test: test shapes *per* test domain.
         num_points: points per cloud.
-        batch_size / seed / num_workers: as in ``BaseDataModule``; ``seed`` (>= 0) also seeds the shapes.
+        batch_size: clouds per batch (>= 1).
+        seed: seed (>= 0) of the generated shapes (disjoint streams per split), of the validation split and
+            of the training order; change it to draw other shapes.
+        num_workers: DataLoader worker processes (0: load in the main process).
     """
 
     def __init__(
@@ -522,7 +526,9 @@ class ModelNet40DataModule(_FileDataModule):
         val_fraction: share of the training split held out for validation (seeded, stratified).
         normalize: centre and scale every cloud into the unit sphere.
         allow_duplicates: top up clouds with fewer than ``num_points`` points by repeats instead of an error.
-        batch_size / seed / num_workers: as in ``BaseDataModule``; ``seed`` also seeds sampling and the split.
+        batch_size: clouds per batch (>= 1).
+        seed: seed of the validation split, of the sampling (and mesh samples) and of the training order.
+        num_workers: DataLoader worker processes (0: load in the main process).
     """
 
     def __init__(
@@ -600,8 +606,14 @@ class ScanObjectNNDataModule(_FileDataModule):
         split_dir: the folder under ``root`` (default the variant's: ``main_split`` or ``main_split_nobg``;
             ``split1`` … ``split4`` for the supplementary splits).
         num_points: points per cloud (the files hold 2048; Point-MAE uses all 2048).
-        sampling / val_fraction / normalize / allow_duplicates / batch_size / seed / num_workers: as in
-            :class:`ModelNet40DataModule`.
+        sampling: how each cloud is reduced to ``num_points``: ``fps`` (farthest-point sampling, which
+            covers the shape evenly), ``random`` (a seeded subset) or ``first`` (the points as stored).
+        val_fraction: share of the training split held out for validation (seeded, stratified), in [0, 1).
+        normalize: centre and scale every cloud into the unit sphere (the pretrained encoders expect it).
+        allow_duplicates: top up clouds with fewer than ``num_points`` points by repeats instead of an error.
+        batch_size: clouds per batch (>= 1).
+        seed: seed of the validation split, of the sampling and of the training order.
+        num_workers: DataLoader worker processes (0: load in the main process).
     """
 
     def __init__(
@@ -658,8 +670,15 @@ class ShapeNetPartDataModule(_FileDataModule):
         categories: category names to keep (default every category of ``synsetoffset2category.txt``).
         official_val: validate on the official validation list instead of a part of train + val.
         num_points: points per cloud (Point-MAE: 2048).
-        sampling / val_fraction / normalize / allow_duplicates / batch_size / seed / num_workers: as in
-            :class:`ModelNet40DataModule`.
+        sampling: how each cloud is reduced to ``num_points``: ``fps`` (farthest-point sampling, which
+            covers the shape evenly), ``random`` (a seeded subset) or ``first`` (the points as stored).
+        val_fraction: share of the pooled official training and validation lists held out for validation
+            (seeded, stratified), in [0, 1); unused with ``official_val``.
+        normalize: centre and scale every cloud into the unit sphere (the pretrained encoders expect it).
+        allow_duplicates: top up clouds with fewer than ``num_points`` points by repeats instead of an error.
+        batch_size: clouds per batch (>= 1).
+        seed: seed of the validation split, of the sampling and of the training order.
+        num_workers: DataLoader worker processes (0: load in the main process).
     """
 
     task = "segmentation"

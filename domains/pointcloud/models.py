@@ -1281,6 +1281,32 @@ def point_transformer(
     ``group_size`` change the grouping (default: the size's). ``input_shape`` is ``(N points, 3)``.
     ``freeze_batchnorm``: keep the tokenizer's BatchNorm statistics while training (set false for full
     fine-tuning).
+
+    In a config, the arguments below except ``input_shape`` and ``num_outputs`` go under the task's
+    ``model_args``.
+
+    Args:
+        input_shape: ``(points, 3)`` of a cloud (xyz only); set by the task from the datamodule.
+        num_outputs: classes (classification) or part labels (segmentation); set by the task.
+        task: ``classification`` or ``segmentation`` (per-point part labels).
+        size: ``tiny`` (tests), ``small`` (the stand-in's, the default) or ``base`` (Point-MAE's 12 blocks);
+            with ``checkpoint`` it is read from the file.
+        checkpoint: an official Point-MAE / Point-BERT file (pretrained or fine-tuned) or a state dict in
+            this module's names, to adapt the real pretrained encoder.
+        pretrained: with no ``checkpoint``, use the project's stand-in pretrained on generated shapes (size
+            ``small``); False builds a random init (the from-scratch baseline).
+        num_groups: patches (tokens) per cloud, centres chosen by farthest-point sampling; default: the
+            size's (small 32, base 64). More covers finer detail at a higher cost.
+        group_size: points per patch (nearest neighbours of its centre); default: the size's.
+        feature_blocks: segmentation only: the blocks the head reads (negative counts from the end);
+            default Point-MAE's choice (3, 7, 11 of 12, spread the same way for smaller sizes).
+        num_categories: segmentation only: object categories given with each cloud (ShapeNetPart: 16), an
+            input of the head; None for none.
+        num_heads: attention heads of a random or checkpoint backbone; default: the size's.
+        drop_path_rate: the largest stochastic-depth rate, reached at the last block (0 turns it off; the
+            Point-MAE configs here use 0.1): a regulariser when blocks train.
+        freeze_batchnorm: keep the tokenizer's BatchNorm statistics while training (set false for full
+            fine-tuning).
     """
     points = _check_input_shape(input_shape)
     if task not in TASKS:

@@ -3,6 +3,7 @@ segmentation of multispectral tiles under sensor-artefact shift (a generated set
 and the real LoveDA, Potsdam, Vaihingen and EuroSAT datasets through torchgeo's own datamodules."""
 
 from verticals.domains.remote_sensing import adapters as _adapters  # noqa: F401  (registers mofa, convpass)
+from verticals.domains.remote_sensing import baseline as _baseline  # noqa: F401  (registers its baseline)
 from verticals.domains.remote_sensing.adapters import (
     ConvPassConfig,
     MoFAConfig,

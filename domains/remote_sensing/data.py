@@ -90,12 +90,16 @@ class LandCoverDataModule(BaseDataModule):
             ``landcover.ARTEFACTS``; ``"a+b"`` applies both, in order).
         test_artefacts: the test split's artefacts, ``num_test`` tiles each (the same scenes under every
             one); default ``"clean"`` and then ``train_artefacts``.
-        num_train / num_val: tiles in the training / validation split (all artefacts together).
+        num_train: tiles in the training split (>= 1, all artefacts together).
+        num_val: tiles in the validation split (>= 1, all artefacts together).
         num_test: test tiles *per* test artefact.
         tile_size: side ``S`` of a tile in px; a multiple of ``patch_size``.
         strength: every artefact's strength (0 = none, 1 = the card's defaults).
         patch_size: the ViT patch the stripes' period is set against (1.5–2 patches).
-        batch_size / seed / num_workers: as in ``BaseDataModule``; ``seed`` (>= 0) also seeds the tiles.
+        batch_size: tiles per batch (>= 1).
+        seed: seed (>= 0) of the generated tiles and their artefacts (disjoint per split) and of the
+            training order; change it to draw other scenes.
+        num_workers: DataLoader worker processes (0: generate and load in the main process).
     """
 
     def __init__(

@@ -627,6 +627,30 @@ def vit_segmenter(
     weights name, with ``checkpoint`` its local file) takes torchgeo's ViT instead (:func:`torchgeo_vit`).
     ``img_size``: the size the backbone is built for (default: the tiles'); any size splitting into whole
     patches runs. ``timm_kwargs`` go to ``timm.create_model`` for a timm name (``drop_path_rate`` …).
+
+    In a config, the arguments below except ``input_shape`` and ``num_outputs`` go under the task's
+    ``model_args`` (``task`` too, which the task passes: a classification task asks for ``classification``).
+
+    Args:
+        input_shape: ``(bands, height, width)`` of a tile; set by the task from the datamodule.
+        num_outputs: classes (output channels of the head); set by the task.
+        task: ``segmentation`` (a decode head over the patch tokens) or ``classification`` (a linear head on
+            the pooled token).
+        backbone: ``tile_vit`` (the project's stand-in), ``tile_vit_tiny`` (random, for tests), or a timm
+            name (``vit_small_patch14_reg4_dinov2``) / ``hf-hub:`` / ``local-dir:`` id.
+        checkpoint: a local weights file for the backbone (safetensors, or .pth/.bin read with
+            ``weights_only``), or the file of ``torchgeo_weights``; None uses the backbone's own source.
+        torchgeo_weights: a torchgeo ViT weights name (``ViTSmall16_Weights.SENTINEL2_ALL_DINO``); its
+            architecture replaces ``backbone`` and ``checkpoint`` must be a local copy of its file.
+        pretrained: load pretrained weights (False: a random init, for a from-scratch baseline).
+        img_size: the tile size the backbone's position table is built for (one int or ``(h, w)``); default:
+            the tiles'.
+        feature_blocks: segmentation only: the ViT blocks the decode head reads (negative counts from the
+            end); default up to 4, evenly spread, ending at the last block.
+        head: segmentation only: ``fpn`` (a small feature pyramid) or ``linear`` (the smallest head, which
+            shows what the frozen features alone give).
+        head_dim: the FPN head's width (channels); larger adds capacity to the trained head.
+        timm_kwargs: extra ``timm.create_model`` arguments for a timm-named backbone (``drop_path_rate`` …).
     """
     bands, height, width = _check_input_shape(input_shape)
     if task not in TASKS:

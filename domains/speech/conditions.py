@@ -1,14 +1,22 @@
 """Acoustic conditions of the generated speech set: the source (``clear``) and shifts a deployment meets.
 
+Each condition is a voice family: the voices its training (and validation) utterances use, and
+held-out voices of the same family that only the ``held_out_voices`` test set uses, so a result on
+them says whether an adaptation learned the condition or the few voices it heard.
+
 - ``clear``: espeak-ng's American English voice (its ``m3`` variant), normal pitch, 140 words/min;
+  held out: the ``m1`` variant and British received pronunciation (``en-gb-x-rp``);
 - ``child``: the ``f2`` variant with very high pitch, a wide pitch range and fast speech (child-like
   prosody; espeak-ng does not model a child's vocal tract, so this is a prosodic shift, not child speech);
+  held out: the ``f3`` and ``f4`` variants with the same prosody;
 - ``accented``: the English text read by French, German, Spanish and Hindi voices, which apply their
-  own language's letter-to-sound rules and phonemes to English (a strong foreign accent);
+  own language's letter-to-sound rules and phonemes to English (a strong foreign accent); held out:
+  Italian, Portuguese, Dutch and Polish voices;
 - ``noisy``: the clear voice in a reverberant room (synthetic impulse response, RT60 0.4 s) with
-  additive white noise at 15 dB SNR (torchaudio ``fftconvolve`` and ``add_noise``).
+  additive white noise at 15 dB SNR (torchaudio ``fftconvolve`` and ``add_noise``); held out: the clear
+  condition's held-out voices in the same room and noise.
 
-The voices were chosen on 16 sentences (``sentences(16, seed=2)``) so that the converted tiny.en
+The voices were chosen on 16 sentences (``template_sentences(16, seed=2)``) so that the converted tiny.en
 transcribes ``clear`` well (the plain ``en-us`` voice at 160 wpm gave 21% WER, ``en-us+m3`` at 140 wpm
 11%) and each shift is large but not hopeless; report figures from another seed.
 
@@ -20,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
@@ -28,12 +37,24 @@ import torchaudio.functional as AF
 
 from verticals.domains.speech.synthesis import Voice, synthesize
 
-__all__ = ["CONDITIONS", "Condition", "render", "room_impulse_response"]
+__all__ = ["CONDITIONS", "Condition", "render", "room_impulse_response", "voice_condition"]
 
 
 @dataclass(frozen=True)
 class Condition:
-    """How an utterance of a condition is rendered: voices (cycled by utterance), jitter, room, noise."""
+    """How an utterance of a condition is rendered: voices (cycled by utterance), jitter, room, noise.
+
+    Args:
+        name: the condition's group name in reports.
+        voices: the voices of its training, validation and in-distribution test utterances.
+        pitch_jitter: per-utterance pitch change, up to this many espeak-ng pitch units either way.
+        rate_jitter: per-utterance rate change, up to this many words per minute either way.
+        rt60: reverberation time of the synthetic room in seconds; None: no room.
+        snr_db: white noise at this signal-to-noise ratio in dB; None: no noise.
+        held_out_voices: voices of the same family never used in training, for the ``held_out_voices``
+            test set (:meth:`with_held_out_voices`); empty: the condition has none.
+        description: one line for tables and cards.
+    """
 
     name: str
     voices: tuple[Voice, ...] = (Voice(),)
@@ -41,7 +62,24 @@ class Condition:
     rate_jitter: int = 8
     rt60: float | None = None
     snr_db: float | None = None
+    held_out_voices: tuple[Voice, ...] = field(default=(), compare=False)
     description: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.voices:
+            raise ValueError(f"Condition {self.name!r} needs at least one voice.")
+        shared = {v.name for v in self.voices} & {v.name for v in self.held_out_voices}
+        if shared:
+            raise ValueError(
+                f"Condition {self.name!r}: held-out voices {sorted(shared)} are also training voices; a "
+                "held-out voice must never be trained on."
+            )
+
+    def with_held_out_voices(self) -> Condition:
+        """The same condition (room, noise, jitter) spoken by its held-out voices instead."""
+        if not self.held_out_voices:
+            raise ValueError(f"Condition {self.name!r} has no held-out voices.")
+        return replace(self, voices=self.held_out_voices, held_out_voices=())
 
     def voice_for(self, index: int, seed: int) -> Voice:
         """The voice of utterance ``index``: the condition's voice, pitch/rate jittered (seeded)."""
@@ -55,21 +93,35 @@ class Condition:
         """A digest of everything that changes the audio (for the cache)."""
         spec = asdict(self)
         spec.pop("description")
+        spec.pop("held_out_voices")  # they never sound in this condition's own utterances
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
 _STANDARD = Voice("en-us+m3", rate=140)
+_STANDARD_HELD_OUT = (Voice("en-us+m1", rate=140), Voice("en-gb-x-rp", rate=140))
+
+
+def _child(variant: str) -> Voice:
+    return Voice(f"en-us+{variant}", rate=210, pitch=95, pitch_range=90)
+
 
 CONDITIONS: dict[str, Condition] = {
-    "clear": Condition("clear", (_STANDARD,), description="standard en-us voice (m3 variant), 140 wpm"),
+    "clear": Condition(
+        "clear",
+        (_STANDARD,),
+        held_out_voices=_STANDARD_HELD_OUT,
+        description="standard en-us voice (m3 variant), 140 wpm",
+    ),
     "child": Condition(
         "child",
-        (Voice("en-us+f2", rate=210, pitch=95, pitch_range=90),),
+        (_child("f2"),),
+        held_out_voices=(_child("f3"), _child("f4")),
         description="high pitch, wide pitch range, fast (210 wpm)",
     ),
     "accented": Condition(
         "accented",
         tuple(Voice(name, rate=140) for name in ("fr", "de", "es", "hi")),
+        held_out_voices=tuple(Voice(name, rate=140) for name in ("it", "pt", "nl", "pl")),
         description="English read by fr/de/es/hi voices",
     ),
     "noisy": Condition(
@@ -77,9 +129,31 @@ CONDITIONS: dict[str, Condition] = {
         (_STANDARD,),
         rt60=0.4,
         snr_db=15.0,
+        held_out_voices=_STANDARD_HELD_OUT,
         description="reverb RT60 0.4 s + white noise at 15 dB SNR",
     ),
 }
+
+
+def voice_condition(name: str, voices: Sequence[str], base: Condition | None = None) -> Condition:
+    """A condition spoken by the named espeak-ng ``voices`` (e.g. ``["en-gb-scotland", "en-029"]``) at the
+    clear condition's rate, keeping ``base``'s room, noise and jitter (and its held-out voices if none of
+    them is among ``voices``): how a config brings its own voices.
+
+    Args:
+        name: the condition's group name.
+        voices: espeak-ng voice names, optionally with a variant (``en-us+f3``).
+        base: the condition whose room, noise, jitter and prosody to keep; default ``clear``'s settings.
+    """
+    base = base or CONDITIONS["clear"]
+    prosody = base.voices[0]
+    chosen = tuple(replace(prosody, name=voice) for voice in voices)
+    if not chosen:
+        raise ValueError(f"Condition {name!r}: give at least one voice name.")
+    held_out = tuple(v for v in base.held_out_voices if v.name not in set(voices))
+    return replace(
+        base, name=name, voices=chosen, held_out_voices=held_out, description=f"voices {list(voices)}"
+    )
 
 
 def room_impulse_response(rt60: float, sample_rate: int, generator: torch.Generator) -> torch.Tensor:

@@ -19,8 +19,8 @@ import csv
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -41,10 +41,17 @@ from verticals.domains.speech.audio import (
     prepare_waveform,
     read_audio,
 )
-from verticals.domains.speech.conditions import CONDITIONS, Condition, render
+from verticals.domains.speech.conditions import CONDITIONS, Condition, render, voice_condition
 from verticals.domains.speech.models import cache_root, whisper_tokenizer, window_feature_extractor
 from verticals.domains.speech.synthesis import espeak_version
-from verticals.domains.speech.text import sentences
+from verticals.domains.speech.text import (
+    normalize_transcript,
+    read_sentences,
+    split_sentences,
+    split_user_sentences,
+    template_sentences,
+    unseen_word_share,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +60,7 @@ __all__ = [
     "LibriSpeechDataModule",
     "SpeechCollator",
     "SpeechDataModule",
+    "TEST_SETS",
     "SyntheticSpeechDataModule",
     "UtteranceDataset",
     "read_librispeech",
@@ -104,7 +112,9 @@ class SpeechCollator:
 
     def __call__(self, items: Sequence[Utterance]) -> dict[str, object]:
         labels = pad_sequence(
-            [torch.tensor(item.labels, dtype=torch.long) for item in items], batch_first=True, padding_value=-100
+            [torch.tensor(item.labels, dtype=torch.long) for item in items],
+            batch_first=True,
+            padding_value=-100,
         )
         return {
             "input_features": torch.stack([expand_features(i.features, i.fill, self.frames) for i in items]),
@@ -120,6 +130,20 @@ class SpeechDataModule(BaseDataModule):
     Subclasses set ``group_attributes``/``group_names`` and implement ``_sources(split)``. Loaders come
     from the core's one factory (``BaseDataModule.dataloader``); a last training batch of one utterance is
     kept (Whisper has no BatchNorm).
+
+    Args:
+        batch_size: utterances per batch (>= 1).
+        max_source_positions: the Whisper encoder window in positions, a multiple of 50 (50 per second:
+            500 = 10 s); None keeps Whisper's 30 s. A shorter window makes short utterances much cheaper;
+            the model reads it from the data's ``input_shape``.
+        cache_dir: folder of the cached audio and log-mel features; default ``<cache root>/speech``
+            (``$VERTICALS_CACHE`` or ``~/.cache/verticals``).
+        invalid_audio: ``error`` stops at an empty, silent or non-finite clip, naming it; ``skip`` leaves
+            it out and counts it in the audio-treatment summary.
+        too_long_audio: ``error`` stops at a clip longer than the encoder window; ``skip`` leaves it out and
+            counts it (clips are never truncated: the transcript would no longer match).
+        seed: seed of the training order.
+        num_workers: DataLoader worker processes (0: load in the main process).
     """
 
     group_attributes: list[str] = ["condition"]
@@ -269,13 +293,60 @@ class SpeechDataModule(BaseDataModule):
         return SpeechCollator(self.frames)
 
 
+TEST_SETS = ("held_out_sentences", "in_template", "held_out_voices")
+
+
 class SyntheticSpeechDataModule(SpeechDataModule):
     """Generated English utterances (espeak-ng) under acoustic ``conditions`` (see ``conditions.py``).
 
-    Each split has its own sentences (``text.sentences`` with a split-specific seed); within a split
-    every condition speaks the same sentences, so per-condition WERs are paired comparisons.
-    ``conditions`` are names of the packaged ones or your own ``Condition`` objects (another voice, room
-    or noise level); the audio cache is keyed on everything that changes the sound.
+    Text: by default the open sentence generator (``text.split_sentences``): train, validation and test
+    share no sentence and training text draws on only part of the vocabulary, so a share of the test
+    words never occurs in training (``summary()`` measures it). ``sentences`` / ``sentences_file`` bring
+    your own text instead (split the same way); ``text="template"`` trains on the earlier ten templates.
+    Within a split every condition speaks the same sentences, so per-condition WERs are paired.
+
+    Test sets (``test_set``): ``held_out_sentences`` (the test sentences, the training voices),
+    ``in_template`` (the earlier template sentences, the training voices) and ``held_out_voices`` (the
+    test sentences read by each condition's held-out voices, never trained on). Test a checkpoint on each
+    to see what an adaptation learned: the text, the voices, or the condition.
+
+    Args:
+        conditions: the acoustic conditions, each a group of the report: names of the packaged ones
+            (``clear``, ``child``, ``accented``, ``noisy``; see ``conditions.CONDITIONS``), names given in
+            ``voices``, or your own ``Condition`` objects, with distinct names.
+        utterances_per_condition: training utterances generated per condition (>= 1).
+        val_utterances_per_condition: validation utterances per condition (>= 1).
+        test_utterances_per_condition: test utterances per condition (>= 1); more narrows the per-condition
+            WER intervals.
+        seed: seed of the sentences, voices and noise of every split (each split draws its own) and of
+            the training order; change it to generate another set.
+        cache_dir: folder of the cached audio and log-mel features; default ``<cache root>/speech``
+            (``$VERTICALS_CACHE`` or ``~/.cache/verticals``).
+        batch_size: utterances per batch (>= 1).
+        max_source_positions: the Whisper encoder window in positions, a multiple of 50 (50 per second:
+            500 = 10 s); None keeps Whisper's 30 s. A shorter window makes short utterances much cheaper;
+            the model reads it from the data's ``input_shape``.
+        too_long_audio: ``error`` stops at a clip longer than the encoder window; ``skip`` leaves it out and
+            counts it (clips are never truncated: the transcript would no longer match).
+        num_workers: DataLoader worker processes (0: load in the main process).
+        text: ``open`` (the generator with thousands of words; default) or ``template`` (the earlier ten
+            templates for every split, as before this option existed: splits may then share sentences).
+        sentences: your own sentences (a list); shuffled with ``seed`` and cut into train, validation and
+            test sentences that share none.
+        sentences_file: a UTF-8 file of your own sentences, one a line (``#`` starts a comment line); read
+            and split like ``sentences`` (give one or the other).
+        held_out_word_share: with the open generator, the share of each word list kept out of training
+            text (in [0, 1)); validation and test text draws on all words.
+        test_set: what the test split holds: ``held_out_sentences``, ``in_template`` or
+            ``held_out_voices`` (see above).
+        train_conditions: the conditions of the training and validation splits (default: all of
+            ``conditions``); the test split always covers every condition. ``[clear]`` trains a
+            clear-speech-only control.
+        voices: your own voices, ``{condition: [espeak-ng voice names]}``: a packaged condition keeps its
+            room, noise and prosody with these voices; a new name becomes a condition with the clear
+            condition's prosody (list it in ``conditions`` too).
+        held_out_voices: ``{condition: [espeak-ng voice names]}`` for the ``held_out_voices`` test set,
+            replacing the condition's own; they must not be among its training voices.
     """
 
     def __init__(
@@ -290,6 +361,14 @@ class SyntheticSpeechDataModule(SpeechDataModule):
         max_source_positions: int | None = None,
         too_long_audio: Literal["error", "skip"] = "error",
         num_workers: int = 0,
+        text: Literal["open", "template"] = "open",
+        sentences: Sequence[str] | None = None,
+        sentences_file: str | None = None,
+        held_out_word_share: float = 0.2,
+        test_set: Literal["held_out_sentences", "in_template", "held_out_voices"] = "held_out_sentences",
+        train_conditions: Sequence[str] | None = None,
+        voices: Mapping[str, Sequence[str]] | None = None,
+        held_out_voices: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         super().__init__(
             batch_size,
@@ -299,28 +378,128 @@ class SyntheticSpeechDataModule(SpeechDataModule):
             seed=seed,
             num_workers=num_workers,
         )
-        unknown = [c for c in conditions if not isinstance(c, Condition) and c not in CONDITIONS]
-        resolved = [c if isinstance(c, Condition) else CONDITIONS[c] for c in conditions if c not in unknown]
+        voices, held_out_voices = dict(voices or {}), dict(held_out_voices or {})
+        unknown = [
+            c for c in conditions if not isinstance(c, Condition) and c not in CONDITIONS and c not in voices
+        ]
+        resolved = [self._resolve(c, voices, held_out_voices) for c in conditions if c not in unknown]
         names = [c.name for c in resolved]
         if unknown or not names or len(set(names)) != len(names):
             raise ValueError(
-                f"`conditions` must be distinct names from {sorted(CONDITIONS)} or `Condition`s with distinct "
-                f"names, got {list(conditions)}."
+                f"`conditions` must be distinct names from {sorted(CONDITIONS)}, names given in `voices`, or "
+                f"`Condition`s with distinct names; got {list(conditions)}."
+            )
+        stray = sorted((set(voices) | set(held_out_voices)) - set(names))
+        if stray:
+            raise ValueError(
+                f"`voices` / `held_out_voices` name {stray}, which are not in `conditions` {names}."
             )
         counts = (utterances_per_condition, val_utterances_per_condition, test_utterances_per_condition)
         if min(counts) < 1:
             raise ValueError(f"Utterances per condition must be >= 1 for train/val/test, got {counts}.")
+        if text not in ("open", "template"):
+            raise ValueError(f"`text` must be 'open' or 'template', got {text!r}.")
+        if test_set not in TEST_SETS:
+            raise ValueError(f"`test_set` must be one of {TEST_SETS}, got {test_set!r}.")
+        if sentences is not None and sentences_file is not None:
+            raise ValueError("Give `sentences` or `sentences_file`, not both.")
+        if not 0.0 <= held_out_word_share < 1.0:
+            raise ValueError(f"`held_out_word_share` must be in [0, 1), got {held_out_word_share}.")
+        trained = list(train_conditions) if train_conditions is not None else names
+        if not trained or set(trained) - set(names):
+            raise ValueError(f"`train_conditions` must be a non-empty subset of {names}, got {trained}.")
+        if test_set == "held_out_voices":
+            lacking = [c.name for c in resolved if not c.held_out_voices]
+            if lacking:
+                raise ValueError(
+                    f"The held_out_voices test set needs held-out voices for every condition; {lacking} have "
+                    "none (give them in `held_out_voices`)."
+                )
         self.conditions = names
+        self.train_conditions = [name for name in names if name in trained]
         self._condition_specs = dict(zip(names, resolved))
         self.counts = dict(zip(SPLITS, counts))
+        self.text, self.test_set, self.held_out_word_share = text, test_set, held_out_word_share
+        self.user_sentences = read_sentences(sentences_file) if sentences_file else sentences
         self.group_names = {"condition": names}
+        self._texts: dict[str, list[str]] | None = None
+        self._summary_logged = False
+        if self.user_sentences is not None:
+            self.split_texts()  # too few sentences for the splits is an error now, not at setup
+
+    @staticmethod
+    def _resolve(
+        condition: str | Condition, voices: Mapping[str, Sequence[str]], held_out: Mapping[str, Sequence[str]]
+    ) -> Condition:
+        spec = condition if isinstance(condition, Condition) else CONDITIONS.get(condition)
+        name = spec.name if spec is not None else str(condition)
+        if name in voices:
+            spec = voice_condition(name, voices[name], spec)
+        if name in held_out:
+            prosody = spec.voices[0]
+            spec = replace(spec, held_out_voices=tuple(replace(prosody, name=v) for v in held_out[name]))
+        return spec
+
+    # -- text ------------------------------------------------------------------------------
+    def split_texts(self) -> dict[str, list[str]]:
+        """The sentences of each split (``test``: of the chosen test set), one per utterance index."""
+        if self._texts is None:
+            wanted = {split: self.counts[split] for split in SPLITS}
+            if self.user_sentences is not None:
+                texts = split_user_sentences(self.user_sentences, wanted, self.seed)
+            elif self.text == "template":
+                texts = {
+                    s: template_sentences(n, seed=self.seed * 3 + SPLITS.index(s)) for s, n in wanted.items()
+                }
+            else:
+                texts = split_sentences(wanted, self.seed, self.held_out_word_share)
+            if self.test_set == "in_template":  # the earlier set's test sentences, as they were drawn
+                texts["test"] = template_sentences(wanted["test"], seed=self.seed * 3 + SPLITS.index("test"))
+            self._texts = texts
+        return self._texts
+
+    def summary(self) -> dict[str, object]:
+        """What the set holds: text source, sentences per split, sentences shared between splits, the share
+        of test words never in training text, and the voices of each condition in train and test."""
+        texts = self.split_texts()
+        normalised = {split: {normalize_transcript(t) for t in texts[split]} for split in SPLITS}
+        test_specs = {
+            name: spec.with_held_out_voices() if self.test_set == "held_out_voices" else spec
+            for name, spec in self._condition_specs.items()
+        }
+        return {
+            "text": "user" if self.user_sentences is not None else self.text,
+            "test_set": self.test_set,
+            "sentences": {split: len(texts[split]) for split in SPLITS},
+            "shared_sentences": {
+                "train_val": len(normalised["train"] & normalised["val"]),
+                "train_test": len(normalised["train"] & normalised["test"]),
+                "val_test": len(normalised["val"] & normalised["test"]),
+            },
+            "unseen_test_word_share": unseen_word_share(texts["train"], texts["test"]),
+            "train_conditions": list(self.train_conditions),
+            "train_voices": {
+                name: sorted({v.name for v in self._condition_specs[name].voices})
+                for name in self.train_conditions
+            },
+            "test_voices": {name: sorted({v.name for v in spec.voices}) for name, spec in test_specs.items()},
+        }
+
+    def setup(self, stage: str | None = None) -> None:
+        super().setup(stage)
+        if not self._summary_logged:
+            self._summary_logged = True
+            log.info("%s: %s", type(self).__name__, json.dumps(self.summary()))
 
     def _sources(self, split: str) -> list[UtteranceSource]:
-        texts = sentences(self.counts[split], seed=self.seed * 3 + SPLITS.index(split))
+        texts = self.split_texts()[split]
         version = espeak_version()
         out = []
-        for name in self.conditions:
+        names = self.conditions if split == "test" else self.train_conditions
+        for name in names:
             condition = self._condition_specs[name]
+            if split == "test" and self.test_set == "held_out_voices":
+                condition = condition.with_held_out_voices()
             for index, text in enumerate(texts):
                 key = f"synthetic/{version}/{condition.key()}/{self.seed}/{split}/{index}/{text}"
 
@@ -401,6 +580,28 @@ class LibriSpeechDataModule(SpeechDataModule):
 
     ``group_by``: ``"subset"`` (e.g. test-clean vs test-other) or ``"sex"`` (from ``SPEAKERS.TXT``).
     ``max_utterances``: a seeded subsample per split, for CPU-scale runs.
+
+    Args:
+        root: the corpus folder, holding the subset folders (``<root>/test-clean/<speaker>/<chapter>/``)
+            and ``SPEAKERS.TXT``.
+        subsets: the subset folders of each split (keys ``train``, ``val``, ``test``); default:
+            ``train-clean-100`` / ``dev-clean`` / ``test-clean`` and ``test-other``.
+        group_by: ``subset`` (each subset a group) or ``sex`` (the speaker's, from ``SPEAKERS.TXT``): what
+            the per-group WERs split by.
+        audio_extension: suffix of the audio files (``flac`` as distributed; ``wav`` after a conversion).
+        max_utterances: keep a seeded random subsample of this many utterances per split (None: all).
+        batch_size: utterances per batch (>= 1).
+        max_source_positions: the Whisper encoder window in positions, a multiple of 50 (50 per second:
+            500 = 10 s); None keeps Whisper's 30 s. A shorter window makes short utterances much cheaper;
+            the model reads it from the data's ``input_shape``.
+        cache_dir: folder of the cached audio and log-mel features; default ``<cache root>/speech``
+            (``$VERTICALS_CACHE`` or ``~/.cache/verticals``).
+        invalid_audio: ``error`` stops at an empty, silent or non-finite clip, naming it; ``skip`` leaves
+            it out and counts it in the audio-treatment summary.
+        too_long_audio: ``error`` stops at a clip longer than the encoder window; ``skip`` leaves it out and
+            counts it (clips are never truncated: the transcript would no longer match).
+        seed: seed of the training order and of the ``max_utterances`` subsample.
+        num_workers: DataLoader worker processes (0: load in the main process).
     """
 
     def __init__(
@@ -464,6 +665,25 @@ class CommonVoiceDataModule(SpeechDataModule):
 
     ``group_by`` is a TSV column (``gender``, ``age``, ``accents`` or the older ``accent``); an empty
     value becomes the group ``"unknown"``. Groups are the sorted values over all splits' TSVs.
+
+    Args:
+        root: the language folder of the release, holding ``clips/`` and the split TSVs.
+        tsv: the TSV file of each split (keys ``train``, ``val``, ``test``); default ``train.tsv`` /
+            ``dev.tsv`` / ``test.tsv``.
+        group_by: the TSV column the per-group WERs split by (``gender``, ``age``, ``accents``).
+        max_utterances: keep a seeded random subsample of this many utterances per split (None: all).
+        batch_size: utterances per batch (>= 1).
+        max_source_positions: the Whisper encoder window in positions, a multiple of 50 (50 per second:
+            500 = 10 s); None keeps Whisper's 30 s. A shorter window makes short utterances much cheaper;
+            the model reads it from the data's ``input_shape``.
+        cache_dir: folder of the cached audio and log-mel features; default ``<cache root>/speech``
+            (``$VERTICALS_CACHE`` or ``~/.cache/verticals``).
+        invalid_audio: ``error`` stops at an empty, silent or non-finite clip, naming it; ``skip`` leaves
+            it out and counts it in the audio-treatment summary.
+        too_long_audio: ``error`` stops at a clip longer than the encoder window; ``skip`` leaves it out and
+            counts it (clips are never truncated: the transcript would no longer match).
+        seed: seed of the training order and of the ``max_utterances`` subsample.
+        num_workers: DataLoader worker processes (0: load in the main process).
     """
 
     def __init__(

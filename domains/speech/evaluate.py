@@ -1,6 +1,7 @@
 """Zero-shot WER/CER of a Whisper model per condition of the generated speech set.
 
     python -m verticals.domains.speech.evaluate --model tiny.en --utterances 50 --max-source-positions 500
+    python -m verticals.domains.speech.evaluate --test-set held_out_voices     # voices never trained on
 
 Transcripts and references are normalised with Whisper's ``EnglishTextNormalizer`` and scored with
 ``TranscriptErrors``' per-utterance counts (jiwer; corpus-level: errors summed over utterances, divided by reference words / characters).
@@ -18,12 +19,12 @@ import numpy as np
 import torch
 
 from verticals.domains.speech.conditions import Condition
-from verticals.domains.speech.data import SyntheticSpeechDataModule
+from verticals.domains.speech.data import TEST_SETS, SyntheticSpeechDataModule
 from verticals.domains.speech.metrics import utterance_errors
-from verticals.domains.speech.models import load_whisper
+from verticals.domains.speech.models import DEFAULT_MAX_NEW_TOKENS, load_whisper
 from verticals.domains.speech.text import normalize_transcript
 
-__all__ = ["ConditionScore", "score_groups", "transcribe_split", "zero_shot_scores"]
+__all__ = ["ConditionScore", "parse_arguments", "score_groups", "transcribe_split", "zero_shot_scores"]
 
 
 @dataclass(frozen=True)
@@ -41,9 +42,21 @@ def evaluation_set(
     max_source_positions: int | None = None,
     batch_size: int = 16,
     cache_dir: str | None = None,
+    test_set: str = "held_out_sentences",
 ) -> SyntheticSpeechDataModule:
     """The generated set with only a test split worth the name: ``utterances`` per condition (train and
-    validation get one each, unused), for zero-shot scoring."""
+    validation get one each, unused), for zero-shot scoring.
+
+    Args:
+        conditions: condition names or ``Condition`` objects.
+        utterances: test utterances per condition.
+        seed: the set's seed (the packaged configs and the benchmark use 0).
+        max_source_positions: the encoder window (500 = 10 s); None keeps 30 s.
+        batch_size: utterances per batch.
+        cache_dir: the audio and feature cache; default ``<cache root>/speech``.
+        test_set: ``held_out_sentences``, ``in_template`` or ``held_out_voices`` (see
+            ``SyntheticSpeechDataModule``).
+    """
     return SyntheticSpeechDataModule(
         conditions=conditions,
         utterances_per_condition=1,
@@ -53,6 +66,7 @@ def evaluation_set(
         batch_size=batch_size,
         max_source_positions=max_source_positions,
         cache_dir=cache_dir,
+        test_set=test_set,  # type: ignore[arg-type]
     )
 
 
@@ -125,7 +139,8 @@ def ctranslate2_transcripts(
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line of ``python -m verticals.domains.speech.evaluate`` (see the module docstring)."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -136,21 +151,41 @@ def main(argv: list[str] | None = None) -> None:
         "--max-source-positions", type=int, default=None, help="500 = 10 s window; default 30 s"
     )
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--max-new-tokens", type=int, default=48, help="cap on greedy decoding (it can loop)")
+    parser.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=DEFAULT_MAX_NEW_TOKENS,
+        help="cap on greedy decoding (it can loop); the speech configs' cap by default",
+    )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--test-set",
+        default="held_out_sentences",
+        choices=TEST_SETS,
+        help="new sentences / the earlier template sentences / new sentences by held-out voices",
+    )
     parser.add_argument(
         "--compare-ctranslate2",
         action="store_true",
         help="also decode with CTranslate2 (tiny.en) and compare",
     )
     parser.add_argument("--show", type=int, default=0, help="print this many transcripts per condition")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_arguments(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     model, processor = load_whisper(
         args.model, max_source_positions=args.max_source_positions, max_new_tokens=args.max_new_tokens
     )
     datamodule = evaluation_set(
-        args.conditions, args.utterances, args.seed, args.max_source_positions, args.batch_size
+        args.conditions,
+        args.utterances,
+        args.seed,
+        args.max_source_positions,
+        args.batch_size,
+        test_set=args.test_set,
     )
     start = time.perf_counter()
     datamodule.dataset("test")
@@ -175,7 +210,10 @@ def main(argv: list[str] | None = None) -> None:
         for h, r in [(h, r) for h, r in pairs if not (h.startswith(r) or r.startswith(h))][:5]:
             print(f"  HF {h!r}\n  CT2 {r!r}")
     window = datamodule.window_seconds
-    print(f"model={args.model} window={window:g}s utterances/condition={args.utterances} seed={args.seed}")
+    print(
+        f"model={args.model} window={window:g}s utterances/condition={args.utterances} seed={args.seed} "
+        f"test set={args.test_set}"
+    )
     print(f"audio treatments: {datamodule.treatment_counts['test'].summary()}")
     print("| condition | utterances | WER | CER |\n|---|---|---|---|")
     for score in scores:

@@ -82,7 +82,9 @@ class TranscriptErrors(SequenceMetric):
     """Per-utterance word and character error counts after a transcript normaliser; corpus WER and CER.
 
     Args:
-        normalizer: applied to references and hypotheses before counting (see :func:`text_normalizer`).
+        normalizer: applied to references and hypotheses before counting (see :func:`text_normalizer`):
+            ``whisper_english`` (default), ``whisper_basic`` (other languages), ``lower`` or ``none``. WERs
+            compare only under the same one.
     """
 
     statistics = _COUNTS

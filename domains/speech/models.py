@@ -57,7 +57,9 @@ TINY_RANDOM = "tiny-random"
 FRAMES_PER_POSITION = 2
 HOP_LENGTH = 160
 SAMPLING_RATE = 16_000
-DEFAULT_MAX_NEW_TOKENS = 96
+#: The one cap on greedy decoding's new tokens (it can loop on shifted speech): the generation config's,
+#: the speech configs' ``max_new_tokens``, the zero-shot CLI's and the benchmarks' (a test checks they agree).
+DEFAULT_MAX_NEW_TOKENS = 64
 
 # S2-LoRA without target_modules on an HF Whisper adapts the attention q/v projections (the paper's setting).
 S2LoRAModel.target_module_mapping.setdefault("whisper", ["q_proj", "v_proj"])
@@ -86,7 +88,12 @@ def whisper_generation_config(
     config: WhisperConfig, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
 ) -> GenerationConfig:
     """Greedy English transcription without timestamps, built locally; new tokens capped because greedy
-    decoding can loop on noisy audio."""
+    decoding can loop on noisy audio.
+
+    The cap is ``max_length``, not ``max_new_tokens``: Whisper's ``generate`` counts ``max_length`` from after
+    its start tokens (so it caps new tokens), while ``max_new_tokens`` makes transformers warn on every
+    call that both are set (its generic ``generate`` fills in a default ``max_length``).
+    """
     english_only = config.vocab_size == 51864
     return GenerationConfig(
         decoder_start_token_id=config.decoder_start_token_id,
@@ -98,7 +105,7 @@ def whisper_generation_config(
         forced_decoder_ids=None,
         suppress_tokens=list(config.suppress_tokens or []),
         begin_suppress_tokens=list(config.begin_suppress_tokens or []),
-        max_new_tokens=max_new_tokens,
+        max_length=max_new_tokens,
         num_beams=1,
         do_sample=False,
         return_timestamps=False,
@@ -282,6 +289,16 @@ class WhisperModule(nn.Module):
     A sequence-to-sequence task uses ``.backbone`` directly (``backbone(input_features=..., labels=...)``
     and ``backbone.generate(input_features)``). ``input_shape = (80, frames)`` from the datamodule sets
     the encoder window (``frames / 2`` positions) when ``max_source_positions`` is not given.
+
+    Args:
+        input_shape: ``(80, frames)`` log-mel features of one utterance; set by the task from the datamodule.
+        source: ``tiny.en`` (the bundled model, converted once and cached; offline), ``tiny-random`` (seeded
+            random weights, for tests), a local Hugging Face Whisper directory, or a hub id such as
+            ``openai/whisper-small`` (online).
+        max_source_positions: the encoder window in positions (50 per second, a multiple of 50); default:
+            the one the data's ``input_shape`` implies. Giving one the data disagrees with is an error.
+        max_new_tokens: cap on the tokens ``generate`` produces per utterance (its generation config); the
+            task's own ``max_new_tokens`` caps decoding during validation and test.
     """
 
     def __init__(
@@ -315,7 +332,13 @@ class WhisperModule(nn.Module):
         return self.backbone(input_features=input_features, labels=labels, **kwargs)
 
     @torch.no_grad()
-    def generate(self, input_features: torch.Tensor, **kwargs) -> torch.Tensor:
+    def generate(
+        self, input_features: torch.Tensor, max_new_tokens: int | None = None, **kwargs
+    ) -> torch.Tensor:
+        """Greedy token ids (start tokens stripped). ``max_new_tokens`` is passed on as Whisper's
+        ``max_length``, which counts only new tokens (see :func:`whisper_generation_config`)."""
+        if max_new_tokens is not None:
+            kwargs["max_length"] = max_new_tokens
         return self.backbone.generate(input_features=input_features, **kwargs)
 
 

@@ -460,6 +460,19 @@ class UCRDataModule(_SeriesClassificationDataModule):
     z-normalises every series per channel, the archive's convention (many UCR problems are already
     z-normalised; most UEA ones are not); ``"dataset"`` standardises each channel with TRAIN's
     statistics, keeping amplitude (better for sensor sets such as BasicMotions); ``"none"`` keeps raw values. Unequal lengths are right-padded with each series' last value.
+
+    Args:
+        dataset: the archive problem's name (``GunPoint``, ``BasicMotions`` …); with ``root=None`` one of
+            ``SHIPPED_UCR_DATASETS``, matched case-insensitively.
+        root: folder holding ``<dataset>/<dataset>_TRAIN.ts`` and ``_TEST.ts`` (an archive download); None
+            reads the copy shipped with sktime, offline.
+        batch_size: series per batch (>= 1).
+        val_fraction: share of TRAIN, in [0, 1), held out (stratified, seeded) for validation and checkpoint
+            selection; 0 validates on TRAIN itself.
+        seed: seed of the validation split and of the training order.
+        num_workers: DataLoader worker processes (0: load in the main process).
+        normalize: ``series`` (z-normalise each series per channel; ``true`` too), ``dataset`` (standardise
+            each channel with TRAIN's statistics, keeping amplitude) or ``none`` (raw values; ``false`` too).
     """
 
     def __init__(
@@ -532,6 +545,22 @@ class CSVClassificationDataModule(_SeriesClassificationDataModule):
 
     Validation is a stratified ``val_fraction`` of the train file; ``normalize`` as in ``UCRDataModule``
     (``"series"``, ``"dataset"`` or ``"none"``).
+
+    Args:
+        train_path: the training CSV (one row per series, or per channel with ``channel_column``).
+        test_path: the test CSV, in the same layout; never used for model selection.
+        label_column: column of the class labels.
+        channel_column: column naming each row's channel, for multivariate series (one row per channel);
+            None: every row is a univariate series.
+        id_column: column identifying the series a row belongs to (with ``channel_column``).
+        batch_size: series per batch (>= 1).
+        val_fraction: share of the train file, in [0, 1), held out (stratified, seeded) for validation and
+            checkpoint selection; 0 validates on the training series themselves.
+        seed: seed of the validation split and of the training order.
+        num_workers: DataLoader worker processes (0: load in the main process).
+        normalize: ``series`` (z-normalise each series per channel; ``true`` too), ``dataset`` (standardise
+            each channel with the train file's statistics, keeping amplitude) or ``none`` (raw values;
+            ``false`` too).
     """
 
     def __init__(
@@ -618,6 +647,23 @@ class ForecastingDataModule(BaseDataModule):
     mean and std (no statistics from val/test); ``inverse_transform`` maps outputs back.
 
     Batches: ``{"x": FloatTensor[B, C, context_length], "y": FloatTensor[B, C, horizon]}``.
+
+    Args:
+        series: a series bundled with sktime: ``airline``, ``lynx``, ``shampoo_sales``, ``pbs``, ``uschange``
+            or ``solar`` (see ``BUNDLED_FORECASTING_SERIES``); ignored when ``csv_path`` is given.
+        csv_path: a CSV with time in rows and one column per channel, to forecast your own series.
+        value_columns: the CSV's columns to forecast, one channel each; default: every numeric column.
+        context_length: past steps the model sees per window (>= 1); longer gives more history at a higher
+            cost per step.
+        horizon: steps ahead each window asks for (>= 1); the task takes it as its own ``horizon``.
+        test_size: last steps of the series that form the test period (>= ``horizon``).
+        val_size: steps before the test period that form the validation period (0, or >= ``horizon``);
+            0 validates on the training windows (no held-out estimate then).
+        batch_size: windows per batch (>= 1).
+        num_workers: DataLoader worker processes (0: load in the main process).
+        seed: seed of the training order.
+        normalize: standardise each channel with the training period's mean and std (no statistics from
+            val/test); ``inverse_transform`` maps forecasts back to the original units.
     """
 
     def __init__(

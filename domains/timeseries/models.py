@@ -99,6 +99,24 @@ class PatchTransformer(nn.Module):
     head and the adapters train with their own dropout.  Classification embeds all channels of a patch together and mean-pools (or flattens) the tokens;
     forecasting is channel-independent (as GPT4TS and PatchTST): each channel is instance-normalised,
     encoded on its own, and de-normalised after the head.
+
+    Registered as ``timeseries.patch_transformer``; in a config, the arguments below except the first three
+    go under the task's ``model_args``.
+
+    Args:
+        input_shape: ``(channels, length)`` of a series; set by the task (from the datamodule).
+        num_outputs: classes (classification) or forecast steps (forecasting); set by the task.
+        task: ``classification`` or ``forecasting``; set by the task.
+        encoder: the pretrained transformer: ``minilm`` (the offline MiniLM-L6 default), ``tiny-bert``
+            (random, for tests), a local Hugging Face model directory, or a hub id such as ``gpt2`` (online).
+        num_layers: keep the encoder's first N blocks (GPT4TS keeps 6); None keeps them all. Fewer is
+            cheaper; more gives the adapter more to work with.
+        patch_length: time steps per patch (token); shorter patches give more tokens.
+        stride: steps between the starts of consecutive patches (overlap when < ``patch_length``); raise
+            it when a long series gives more patches than the encoder has positions.
+        pooling: classification only: ``mean`` over the tokens, or ``flatten`` them all into the head
+            (keeps where in the series a pattern occurs, at a head of ``width x patches`` inputs).
+        head_dropout: dropout before the linear head, in [0, 1).
     """
 
     def __init__(

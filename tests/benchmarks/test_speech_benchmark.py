@@ -1,15 +1,15 @@
-"""The speech benchmark script end to end at tiny scale (tiny random Whisper, a few utterances, 1 epoch)."""
+"""The speech benchmark end to end at tiny scale (tiny random Whisper, one utterance per condition, 1 epoch):
+every method on the three test sets, the clear-only control, resuming, and the analysis on known counts."""
 
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-from verticals.core.metrics import bootstrap_indices, percentile_interval
 
 
 @pytest.fixture(scope="module")
@@ -18,15 +18,17 @@ def benchmark(load_script):
         yield module
 
 
-def test_tiny_run_writes_markdown_and_json(benchmark, tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(sys, "argv", list(sys.argv))
-    output = tmp_path / "results" / "speech.md"
-    argv = [
+def _tiny(tmp_path: Path, output: Path) -> list[str]:
+    return [
         "--source",
         "tiny-random",
         "--methods",
         "zero_shot",
-        "s2lora",
+        "lora_qv",
+        "control",
+        "--seeds",
+        "0",
+        "1",
         "--train-per-condition",
         "1",
         "--val-per-condition",
@@ -40,15 +42,7 @@ def test_tiny_run_writes_markdown_and_json(benchmark, tmp_path: Path, monkeypatc
         "--epochs",
         "1",
         "--bootstrap",
-        "10",
-        "--merge-batches",
-        "1",
-        "--timing-repeats",
-        "1",
-        "--throughput-steps",
-        "2",
-        "--throughput-repeats",
-        "1",
+        "20",
         "--cache-dir",
         str(tmp_path / "cache"),
         "--runs-dir",
@@ -56,84 +50,90 @@ def test_tiny_run_writes_markdown_and_json(benchmark, tmp_path: Path, monkeypatc
         "--output",
         str(output),
     ]
-    results = benchmark.main(argv)
+
+
+def test_tiny_run_reports_every_method_and_test_set_and_resumes(
+    benchmark, tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    output = tmp_path / "results" / "speech.md"
+    output.parent.mkdir()
+    earlier = {"command": "python benchmarks/speech.py --epochs 2", "settings": {"epochs": 2}}
+    earlier["methods"] = {"zero_shot": {"wer": {"clear": 0.2}}, "lora_qv": {"wer": {"clear": 0.02}}}
+    output.with_suffix(".json").write_text(json.dumps(earlier))
+    results = benchmark.main(_tiny(tmp_path, output))
     saved = json.loads(output.with_suffix(".json").read_text())
-    assert saved["methods"].keys() == {"zero_shot", "s2lora"}
-    per_utterance = saved["methods"]["s2lora"]["utterances"]
-    assert (
-        per_utterance["condition"] == ["clear", "child", "accented", "noisy"]
-        and len(per_utterance["words"]) == 4
-    )
-    assert set(saved["methods"]["s2lora"]["wer"]) == {"clear", "child", "accented", "noisy"}
-    assert (
-        saved["methods"]["s2lora"]["adapter_bytes"] > 0
-        and saved["methods"]["zero_shot"]["adapter_bytes"] == 0
-    )
-    merge = saved["merge"]["s2lora"]
-    assert merge["equal_transcripts"] == merge["utterances"] == 2  # one test batch of two
-    throughput = saved["throughput"]
-    assert throughput["verticals"]["steps"] == throughput["seq2seq_trainer"]["steps"] == 2
-    assert throughput["verticals"]["utterances"] == throughput["seq2seq_trainer"]["utterances"] == 4
-    for route in ("verticals", "seq2seq_trainer"):  # steady state: step 2 only, so below the whole window
-        assert 0 < throughput[route]["steady_utterances_per_s"] < float("inf")
-    assert results["throughput"]["ratio"] > 0 and results["throughput"]["ratio_whole_window"] > 0
-    benchmark.main(["--render", str(output.with_suffix(".json")), "--output", str(tmp_path / "again.md")])
-    assert (tmp_path / "again.md").read_text() == output.read_text()
+    runs = {(r["method"], r["seed"]) for r in saved["runs"]}
+    assert runs == {("zero_shot", 0), ("lora_qv", 0), ("lora_qv", 1), ("control", 0), ("control", 1)}
+    conditions = ["clear", "child", "accented", "noisy"]
+    for run in saved["runs"]:
+        assert set(run["test_sets"]) == {"held_out_sentences", "in_template", "held_out_voices"}
+        for table in run["test_sets"].values():
+            assert table["condition"] == conditions  # every condition by its own name, control included
+    control = next(r for r in saved["runs"] if r["method"] == "control")
+    lora = next(r for r in saved["runs"] if r["method"] == "lora_qv")
+    assert control["steps"] == lora["steps"] == 2  # 4 utterances, batches of 2: the same steps
+    assert control["data"]["train_conditions"] == ["clear"] and lora["data"]["train_conditions"] == conditions
+    assert lora["data"]["shared_sentences"] == {"train_val": 0, "train_test": 0, "val_test": 0}
+    summary = saved["summary"]
+    assert list(summary) == ["held_out_sentences", "in_template", "held_out_voices"]
+    cell = summary["held_out_voices"]["methods"]["lora_qv"]["child"]
+    assert cell["seeds"] == 2 and cell["seed_low"] <= cell["wer"] <= cell["seed_high"]
+    assert {"value", "low", "high"} <= set(cell["change"]) and "control_share" in cell
+    assert "control_share" not in summary["held_out_voices"]["methods"]["control"]["child"]
+    assert saved["before"]["wer"]["lora_qv"] == {"clear": 0.02}
+    assert set(saved["methods"]) == {"zero_shot", "lora_qv", "control"}  # the chart's block
     text = output.read_text()
-    assert "python benchmarks/speech.py" in text and "| s2lora |" in text and "Seq2SeqTrainer" in text
+    for needle in (
+        "## held_out_voices",
+        "| control |",
+        "Before (the table this replaces",
+        "lora_qv clear 0.020",
+    ):
+        assert needle in text, needle
+    benchmark.main(["--render", str(output.with_suffix(".json")), "--output", str(tmp_path / "again.md")])
+    from charts import strip_chart_links  # benchmarks/ is on sys.path once a script is loaded
+
+    assert strip_chart_links((tmp_path / "again.md").read_text()) == strip_chart_links(text)
+
+    def no_more_runs(*args, **kwargs):
+        raise AssertionError("a recorded run ran again")
+
+    monkeypatch.setattr(benchmark, "run_method", no_more_runs)
+    again = benchmark.main([*_tiny(tmp_path, output), "--resume"])
+    assert len(again["runs"]) == len(results["runs"]) and again["before"] == results["before"]
 
 
-def test_paired_ratio_of_shifted_wer_with_a_bootstrap_ci(benchmark) -> None:
-    conditions = ["clear"] * 3 + ["child"] * 3 + ["noisy"] * 3
-    words = [5] * 9
-    lora = {"condition": conditions, "words": words, "word_errors": [0, 1, 0, 2, 2, 2, 1, 1, 1]}
-    half = {"condition": conditions, "words": words, "word_errors": [0, 0, 0, 1, 1, 1, 0, 1, 0]}
-    result = benchmark.paired_ratio(half, lora, n_bootstrap=200)
-    # shifted WER: lora (6/15 + 3/15) / 2 = 0.3, half (3/15 + 1/15) / 2 = 2/15
-    assert result["ratio"] == pytest.approx((2 / 15) / 0.3)
-    assert result["low"] <= result["ratio"] <= result["high"]
-    same = benchmark.paired_ratio(lora, lora, n_bootstrap=50)
-    assert same == {"ratio": 1.0, "low": 1.0, "high": 1.0}  # paired: the same draw for both sides
-    with pytest.raises(ValueError, match="'words' arrays differ: a paired bootstrap needs the same samples"):
-        benchmark.paired_ratio(half, {**lora, "words": [4] * 9}, n_bootstrap=10)
-    methods = {
-        "s2lora": {"utterances": half},
-        "lora_qv": {"utterances": lora},
-        "zero_shot": {"utterances": None},
+def _arrays(conditions, words, errors):
+    return {
+        "condition": np.asarray(conditions),
+        "words": np.asarray(words, dtype=float),
+        "word_errors": np.asarray(errors, dtype=float),
     }
-    assert set(benchmark.paired_comparisons(methods, 20)) == {"s2lora_over_lora_qv"}
 
 
-def _paired_ratio_before_the_core(benchmark, numerator, denominator, n_bootstrap, seed=0):
-    """``paired_ratio`` as the benchmark had it before the paired bootstrap moved to ``verticals.core.seeds``."""
-    conditions = np.asarray(numerator["condition"])
-    words = np.asarray(numerator["words"])
-    top, bottom = np.asarray(numerator["word_errors"]), np.asarray(denominator["word_errors"])
-    shifted = benchmark.shifted_wer_of_counts
-    value = shifted(top, words, conditions) / shifted(bottom, words, conditions)
-    draws = [
-        shifted(top[i], words[i], conditions[i]) / shifted(bottom[i], words[i], conditions[i])
-        for i in bootstrap_indices(len(words), max(n_bootstrap, 1), seed=seed, strata=conditions)
-    ]
-    low, high = percentile_interval(np.asarray(draws))
-    return {"ratio": value, "low": low, "high": high}
+def test_change_and_control_share_on_known_counts(benchmark) -> None:
+    conditions, words = ["child"] * 4 + ["clear"] * 2, [10] * 6
+    zero = _arrays(conditions, words, [4, 4, 4, 4, 1, 1])
+    method = _arrays(conditions, words, [2, 2, 2, 2, 0, 0])
+    control = _arrays(conditions, words, [3, 3, 3, 3, 0, 0])
+    change = benchmark.paired_change(zero, method, "child", n_bootstrap=50)
+    assert change["value"] == pytest.approx(0.2 - 0.4) and change["low"] == change["high"] == change["value"]
+    share = benchmark.control_share(zero, control, method, "child", n_bootstrap=50)
+    assert share["value"] == pytest.approx(0.5) and share["low"] == share["high"] == pytest.approx(0.5)
+    none = benchmark.control_share(zero, control, zero, "child", n_bootstrap=10)
+    assert math.isnan(none["value"])  # no gain to explain
+    with pytest.raises(ValueError, match="'words' arrays differ"):
+        benchmark.paired_change(zero, _arrays(conditions, [9] * 6, [0] * 6), "child", n_bootstrap=5)
 
 
-@pytest.mark.parametrize("n_bootstrap, seed", [(0, 0), (1, 3), (500, 0), (500, 11)])
-def test_paired_ratio_is_unchanged_by_the_move_to_the_core(benchmark, n_bootstrap, seed) -> None:
-    rng = np.random.default_rng(seed)
-    conditions = list(rng.choice(["clear", "child", "noisy", "fast"], 60))
-    words = [int(w) for w in rng.integers(3, 30, 60)]
-    one = {
-        "condition": conditions,
-        "words": words,
-        "word_errors": [int(rng.integers(0, w // 2 + 1)) for w in words],
-    }
-    two = {
-        "condition": conditions,
-        "words": words,
-        "word_errors": [int(rng.integers(0, w // 3 + 1)) for w in words],
-    }
-    assert benchmark.paired_ratio(two, one, n_bootstrap, seed) == _paired_ratio_before_the_core(
-        benchmark, two, one, n_bootstrap, seed
-    )
+def test_the_control_trains_on_clear_speech_with_the_same_number_of_utterances(benchmark) -> None:
+    args = benchmark.parse_args(["--train-per-condition", "7"])
+    assert args.methods == list(benchmark.DEFAULT_METHODS) and args.seeds == [0, 1, 2]
+    control = benchmark.data_arguments(args, "control", "in_template")
+    assert control[control.index("--data.init_args.utterances_per_condition") + 1] == "28"
+    assert control[control.index("--data.init_args.train_conditions") + 1] == "[clear]"
+    assert benchmark.config_name("control") == "speech/whisper_lora_qv"
+    assert benchmark.packaged_data()["max_epochs"] == benchmark.packaged_data("s2lora")["max_epochs"]
+    with pytest.raises(SystemExit):
+        benchmark.parse_args(["--resume"])  # resuming needs the runs directory

@@ -15,8 +15,8 @@ NAME = "medical_fairness.ipynb"
 SMALL_SCALE = {"NUM_IMAGES": 80, "GENERATED_SIZE": 32, "IMAGE_SIZE": 32, "MAX_EPOCHS": 1, "N_BOOTSTRAP": 30}
 
 
-def test_committed_clean_with_parameters(assert_committed_clean) -> None:
-    assert_committed_clean(NAME, SMALL_SCALE)
+def test_committed_executed_with_parameters(assert_committed_executed) -> None:
+    assert_committed_executed(NAME, SMALL_SCALE)
 
 
 def test_medical_fairness_notebook(tmp_path: Path, run_notebook) -> None:

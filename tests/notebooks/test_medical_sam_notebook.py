@@ -29,8 +29,8 @@ SMALL_SCALE = {
 }
 
 
-def test_committed_clean_with_parameters(assert_committed_clean) -> None:
-    assert_committed_clean(NAME, SMALL_SCALE)
+def test_committed_executed_with_parameters(assert_committed_executed) -> None:
+    assert_committed_executed(NAME, SMALL_SCALE)
 
 
 def test_medical_sam_notebook(tmp_path: Path, run_notebook, monkeypatch: pytest.MonkeyPatch) -> None:

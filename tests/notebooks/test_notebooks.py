@@ -1,4 +1,4 @@
-"""Every worked notebook runs end to end at a small scale (papermill), and is committed without outputs.
+"""Every worked notebook runs end to end at a small scale (papermill), and is committed executed at full scale.
 
 The notebooks run in a kernel of *this* interpreter: a kernel spec pointing at ``sys.executable`` is written
 into ``tmp_path`` and found first through ``JUPYTER_PATH``, so nothing is registered globally and a user-level
@@ -28,8 +28,8 @@ SMALL_SCALE: dict[str, dict[str, object]] = {
 
 
 @pytest.mark.parametrize("name", sorted(SMALL_SCALE))
-def test_notebook_is_committed_clean(name: str, assert_committed_clean) -> None:
-    assert_committed_clean(name, SMALL_SCALE[name])
+def test_notebook_is_committed_executed(name: str, assert_committed_executed) -> None:
+    assert_committed_executed(name, SMALL_SCALE[name])
 
 
 def test_timeseries_adaptation(tmp_path: Path, run_notebook) -> None:

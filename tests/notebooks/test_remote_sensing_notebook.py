@@ -75,8 +75,8 @@ def _fake_benchmark(path: Path) -> None:
     path.write_text(json.dumps(results, indent=2, default=str))
 
 
-def test_committed_clean_with_parameters(assert_committed_clean) -> None:
-    assert_committed_clean(NAME, SMALL_SCALE)
+def test_committed_executed_with_parameters(assert_committed_executed) -> None:
+    assert_committed_executed(NAME, SMALL_SCALE)
 
 
 def test_remote_sensing_notebook(tmp_path: Path, run_notebook, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -24,8 +24,8 @@ SMALL_SCALE = {
 }
 
 
-def test_committed_clean_with_parameters(assert_committed_clean) -> None:
-    assert_committed_clean(NAME, SMALL_SCALE)
+def test_committed_executed_with_parameters(assert_committed_executed) -> None:
+    assert_committed_executed(NAME, SMALL_SCALE)
 
 
 def test_speech_notebook(tmp_path: Path, run_notebook) -> None:

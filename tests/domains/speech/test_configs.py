@@ -71,6 +71,19 @@ def test_the_methods_of_the_issue_are_packaged():
         assert config["model"]["init_args"]["model_args"]["source"] == "tiny.en"
 
 
+def test_one_decoding_cap_for_configs_cli_and_model():
+    """The configs, the zero-shot CLI and the model's generation config share one new-token cap."""
+    from verticals.domains.speech.evaluate import parse_arguments
+    from verticals.domains.speech.models import DEFAULT_MAX_NEW_TOKENS
+
+    caps = {
+        yaml.safe_load(packaged_configs()[n].read_text())["model"]["init_args"]["max_new_tokens"]
+        for n in SPEECH
+    }
+    assert caps == {DEFAULT_MAX_NEW_TOKENS}
+    assert parse_arguments([]).max_new_tokens == DEFAULT_MAX_NEW_TOKENS
+
+
 @pytest.mark.parametrize("name", SPEECH)
 def test_every_speech_config_runs_fit_and_test(tmp_path, cache_dir, name):
     epochs = "0" if name.endswith("zero_shot") else "1"

@@ -9,12 +9,15 @@ import torch
 from verticals.domains.speech import conditions as conditions_module
 from verticals.domains.speech import data as data_module
 from verticals.domains.speech.audio import AudioError
+from verticals.domains.speech.conditions import CONDITIONS, Condition
 from verticals.domains.speech.data import (
     CommonVoiceDataModule,
     LibriSpeechDataModule,
     SyntheticSpeechDataModule,
     read_librispeech,
 )
+from verticals.domains.speech.synthesis import Voice
+from verticals.domains.speech.text import template_sentences, unseen_word_share
 
 soundfile = pytest.importorskip("soundfile")
 
@@ -73,9 +76,6 @@ def test_synthetic_features_are_cached_and_reused(tmp_path, monkeypatch):
 
 
 def test_synthetic_accepts_user_defined_conditions(tmp_path):
-    from verticals.domains.speech.conditions import Condition
-    from verticals.domains.speech.synthesis import Voice
-
     slow = Condition("slow", (Voice("en-us+m3", rate=110),), pitch_jitter=0, rate_jitter=0)
     datamodule = _synthetic(tmp_path, conditions=["clear", slow])
     assert datamodule.group_names == {"condition": ["clear", "slow"]}
@@ -93,6 +93,84 @@ def test_synthetic_rejects_unknown_conditions(tmp_path):
         _synthetic(tmp_path, conditions=["clear", "martian"])
     with pytest.raises(ValueError, match=">= 1"):
         _synthetic(tmp_path, test_utterances_per_condition=0)
+
+
+def test_synthetic_splits_share_no_sentence_and_the_summary_measures_unseen_test_words(tmp_path):
+    datamodule = _synthetic(tmp_path, utterances_per_condition=30, test_utterances_per_condition=20)
+    summary = datamodule.summary()
+    assert summary["text"] == "open" and summary["sentences"] == {"train": 30, "val": 1, "test": 20}
+    assert summary["shared_sentences"] == {"train_val": 0, "train_test": 0, "val_test": 0}
+    texts = datamodule.split_texts()
+    assert summary["unseen_test_word_share"] == unseen_word_share(texts["train"], texts["test"]) > 0.1
+    assert summary["train_voices"] == {"clear": ["en-us+m3"], "child": ["en-us+f2"]}
+    template = _synthetic(tmp_path, test_set="in_template", utterances_per_condition=30)
+    assert template.split_texts()["test"] == template_sentences(1, seed=2)  # the earlier test split
+    assert template.split_texts()["train"] == texts["train"]  # the same training text
+
+
+def test_synthetic_takes_a_users_sentences_as_a_list_or_a_file(tmp_path):
+    mine = [f"Patient {name} takes the tablets twice a day." for name in ("Ann", "Bo", "Cy", "Di", "Ed")]
+    datamodule = _synthetic(tmp_path, sentences=mine)
+    texts = datamodule.split_texts()
+    used = texts["train"] + texts["val"] + texts["test"]
+    assert [len(texts[split]) for split in ("train", "val", "test")] == [2, 1, 1]
+    assert set(used) <= set(mine) and len(set(used)) == 4  # no sentence in two splits
+    assert datamodule.summary()["text"] == "user"
+    path = tmp_path / "mine.txt"
+    path.write_text("\n".join(mine) + "\n")
+    assert _synthetic(tmp_path, sentences_file=str(path)).split_texts() == texts
+    with pytest.raises(ValueError, match="cannot fill"):
+        _synthetic(tmp_path, sentences=mine[:3])
+    with pytest.raises(ValueError, match="not both"):
+        _synthetic(tmp_path, sentences=mine, sentences_file=str(path))
+
+
+def test_synthetic_options_parse_from_a_config(tmp_path):
+    """Sentences, voices and the test set come through the YAML a `verticals` config holds."""
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser()
+    parser.add_class_arguments(SyntheticSpeechDataModule, "data")
+    config = parser.parse_string(
+        f"""
+data:
+  conditions: [clear, scottish]
+  voices: {{scottish: [en-gb-scotland]}}
+  held_out_voices: {{scottish: [en-029]}}
+  sentences: [One two three., Four five six., Seven eight nine., Ten eleven twelve.]
+  test_set: held_out_voices
+  train_conditions: [clear]
+  utterances_per_condition: 2
+  val_utterances_per_condition: 1
+  test_utterances_per_condition: 1
+  cache_dir: {tmp_path}
+"""
+    )
+    datamodule = SyntheticSpeechDataModule(**config.data.as_dict())
+    summary = datamodule.summary()
+    assert datamodule.group_names == {"condition": ["clear", "scottish"]}
+    assert summary["train_conditions"] == ["clear"] and summary["text"] == "user"
+    assert summary["test_voices"] == {"clear": ["en-gb-x-rp", "en-us+m1"], "scottish": ["en-029"]}
+    assert [s.group for s in datamodule._sources("train")] == ["clear", "clear"]
+    assert [s.group for s in datamodule._sources("test")] == ["clear", "scottish"]
+
+
+def test_held_out_voices_are_never_trained_on_and_sound_different(tmp_path):
+    clear = CONDITIONS["clear"]
+    assert clear.held_out_voices and not {v.name for v in clear.voices} & {
+        v.name for v in clear.held_out_voices
+    }
+    assert clear.with_held_out_voices().key() != clear.key()
+    datamodule = _synthetic(tmp_path, conditions=["clear"], test_set="held_out_voices")
+    usual = _synthetic(tmp_path, conditions=["clear"])
+    (held_out,), (trained,) = datamodule.dataset("test"), usual.dataset("test")
+    assert held_out.text == trained.text and not torch.equal(held_out.features, trained.features)
+    train_voices = {v.name for c in datamodule._condition_specs.values() for v in c.voices}
+    assert not train_voices & set(datamodule.summary()["test_voices"]["clear"])
+    with pytest.raises(ValueError, match="must never be trained on"):
+        Condition("x", (Voice("en-us+m3"),), held_out_voices=(Voice("en-us+m3"),))
+    with pytest.raises(ValueError, match="held-out voices"):
+        _synthetic(tmp_path, conditions=[Condition("plain", (Voice("en-us"),))], test_set="held_out_voices")
 
 
 def _write(path, seconds, rate=16_000, amplitude=0.3):

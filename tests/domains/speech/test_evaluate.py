@@ -52,7 +52,17 @@ def test_command_line_prints_a_table(tmp_path, monkeypatch, capsys):
             "2",
             "--show",
             "1",
+            "--test-set",
+            "in_template",
         ]
     )
     out = capsys.readouterr().out
     assert "window=6s" in out and "| clear | 1 |" in out and "audio treatments: ok=1" in out
+    assert "test set=in_template" in out
+
+
+def test_the_evaluation_set_takes_each_test_set(tmp_path):
+    for test_set in ("held_out_sentences", "in_template", "held_out_voices"):
+        assert evaluation_set(["clear"], 2, cache_dir=str(tmp_path), test_set=test_set).test_set == test_set
+    with pytest.raises(ValueError, match="test_set"):
+        evaluation_set(["clear"], 2, cache_dir=str(tmp_path), test_set="martian")

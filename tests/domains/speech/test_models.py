@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 from transformers import WhisperForConditionalGeneration
 
 from verticals.core.registry import build_model
 from verticals.domains.speech.models import (
+    DEFAULT_MAX_NEW_TOKENS,
     TINY_RANDOM,
     WhisperModule,
     cache_root,
@@ -27,7 +30,8 @@ def test_tiny_random_is_seeded_with_real_tokenizer_and_local_generation_config()
     assert torch.equal(model.model.encoder.conv1.weight, again.model.encoder.conv1.weight)
     generation = model.generation_config
     assert generation.is_multilingual is False and generation.no_timestamps_token_id == 50362
-    assert generation.forced_decoder_ids is None and generation.max_new_tokens == 96
+    assert generation.forced_decoder_ids is None and generation.max_length == DEFAULT_MAX_NEW_TOKENS
+    assert generation.max_new_tokens is None  # the cap is Whisper's max_length: see whisper_generation_config
     assert len(processor.tokenizer) == 50363 and processor.tokenizer.pad_token_id == 50256
     assert processor.feature_extractor.nb_max_frames == 3000
 
@@ -36,8 +40,23 @@ def test_generate_starts_with_the_english_no_timestamps_prompt():
     model, _ = load_whisper(TINY_RANDOM, max_source_positions=50, max_new_tokens=3)
     with torch.no_grad():
         out = model.generate(input_features=torch.randn(1, 80, 100), return_dict_in_generate=True)
-    assert 1 <= out.sequences.shape[1] <= 3 + 2
+    assert 1 <= out.sequences.shape[1] <= 3 + 2  # the cap counts new tokens; the 2 start tokens come on top
     assert model.generation_config.decoder_start_token_id == 50257
+
+
+def test_decoding_caps_new_tokens_without_a_warning_per_batch(caplog):
+    """transformers warns "Both `max_new_tokens` and `max_length` seem to have been set" on every call that
+    gives Whisper ``max_new_tokens``; the module passes the cap as Whisper's ``max_length`` instead."""
+    module = WhisperModule(input_shape=(80, 100), source=TINY_RANDOM)
+    features = torch.randn(2, 80, 100, generator=torch.Generator().manual_seed(0))
+    module.generate(features, max_new_tokens=3)  # transformers' once-per-process notices come first
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        lengths = [module.generate(features, max_new_tokens=cap).shape[1] for cap in (3, 5, 3)]
+        default = module.generate(features).shape[1]
+    assert lengths == [3, 5, 3] and default <= DEFAULT_MAX_NEW_TOKENS  # random weights never stop early
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not said, said
 
 
 def test_max_source_positions_slices_the_position_table_and_pads_features_to_match():
@@ -84,7 +103,7 @@ def test_generation_config_follows_the_vocabulary():
     assert whisper_generation_config(config).is_multilingual is False
     config.vocab_size = 51865
     multilingual = whisper_generation_config(config, max_new_tokens=10)
-    assert multilingual.is_multilingual is True and multilingual.max_new_tokens == 10
+    assert multilingual.is_multilingual is True and multilingual.max_length == 10
 
 
 def test_registered_module_reads_its_window_from_the_data_shape():

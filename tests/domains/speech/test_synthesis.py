@@ -15,7 +15,7 @@ from verticals.domains.speech.synthesis import (
     synthesize,
     synthesize_native,
 )
-from verticals.domains.speech.text import normalize_transcript, sentences
+from verticals.domains.speech.text import normalize_transcript, template_sentences
 
 
 def test_synthesis_is_reproducible_and_resampled_to_16k():
@@ -70,9 +70,9 @@ def test_room_impulse_response_decays():
 
 
 def test_sentences_are_seeded_and_varied():
-    a = sentences(30, seed=1)
-    assert a == sentences(30, seed=1) and a != sentences(30, seed=2)
+    a = template_sentences(30, seed=1)
+    assert a == template_sentences(30, seed=1) and a != template_sentences(30, seed=2)
     assert len(set(a)) == 30 and all(s[0].isupper() and s[-1] in ".?" for s in a)
     assert normalize_transcript("Can you CALL Anna, please?") == "can you call anna please"
     with pytest.raises(ValueError, match="count"):
-        sentences(-1)
+        template_sentences(-1)
