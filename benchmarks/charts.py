@@ -28,8 +28,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 DPI = 110
 CONFIDENCE = 0.95
 HEADING = "## Charts"
-BLOCK_START = "<!-- charts: drawn by benchmarks/charts.py from the report's JSON; do not edit by hand -->"
-BLOCK_END = "<!-- /charts -->"
+BLOCK_START = (
+    "<!-- benchmark charts: drawn by benchmarks/charts.py from the report's JSON; do not edit by hand -->"
+)
+BLOCK_END = "<!-- /benchmark charts -->"
 _IMAGE_LINK = re.compile(r"!\[[^\]]*\]\(([^)\s]+)\)")
 
 

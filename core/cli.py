@@ -434,7 +434,8 @@ def _plain_init(value: Any) -> dict[str, Any] | None:
 
 
 def written_paths(trainer: Trainer, directory: Path | None = None) -> str:
-    """What ``verticals run`` wrote: the run directory, report, adapter, checkpoints, config and metrics.
+    """What ``verticals run`` wrote: the run directory, report, adapter, checkpoints, config and metrics,
+    and the figures the report lists (``report.json``'s ``figures``, relative to the run directory).
 
     Pass the run ``directory`` when calling on one process of several (finding it is a collective call).
     """
@@ -454,7 +455,19 @@ def written_paths(trainer: Trainer, directory: Path | None = None) -> str:
     ]
     lines = [f"Run directory: {directory}"]
     lines += [f"  {label + ':':17s}{path}" for label, path in entries if path is not None and path.exists()]
+    figures = _report_figures(directory)
+    if figures:
+        lines.append(f"  {'figures:':17s}{', '.join(figures)}")
     return "\n".join(lines)
+
+
+def _report_figures(directory: Path) -> list[str]:
+    """The figures ``report.json`` lists that are in ``directory`` (relative paths); none without a report."""
+    try:
+        listed = json.loads((directory / "report.json").read_text()).get("figures") or []
+    except (OSError, ValueError, AttributeError):  # no report, or not a JSON object
+        return []
+    return [str(name) for name in listed if isinstance(name, str) and (directory / name).is_file()]
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -32,6 +32,16 @@ TRAINABLE_NAME = "trainable.safetensors"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
+
+def tag_of(name: str) -> str:
+    """A Hub tag for a free-text name: lower case, runs of other characters as one hyphen
+    ("generated point-cloud shapes (clean and scanned)" -> "generated-point-cloud-shapes-clean-and-scanned").
+
+    Args:
+        name: the dataset's (or any) display name.
+    """
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
 def hub_model_id(source: Any) -> str | None:
     """``source`` when it reads as a Hugging Face Hub model id (``google-bert/bert-base-uncased``) and is not a
     file on this machine; else None (the card's ``base_model`` is for Hub ids only).
@@ -262,7 +272,7 @@ def run_model_card(report: Mapping[str, Any], *, task: Any, directory: Path | st
         "base_model": hub_model_id(source),
         "library_name": "peft" if peft_adapter else None,
         "license": backbone_license(network),
-        "tags": [PROJECT, method, task_name, *([str(data["dataset"])] if data.get("dataset") else [])],
+        "tags": [PROJECT, method, task_name, *([tag_of(str(data["dataset"]))] if data.get("dataset") else [])],
     }
     title = f"{method} on {report.get('model')}" + (f" for {data['dataset']}" if data.get("dataset") else "")
     build = network_call(task)

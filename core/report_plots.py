@@ -164,8 +164,11 @@ def plot_intervals(
 
     Args:
         names: the bars' labels.
-        values / low / high: each bar's value and its interval's ends (NaN: no whisker).
-        ylabel / title: the axis label and the panel's title.
+        values: each bar's value.
+        low: the lower end of each bar's interval (NaN: no whisker).
+        high: the upper end of each bar's interval (NaN: no whisker).
+        ylabel: the value axis' label.
+        title: the panel's title.
         counts: samples behind each bar, shown under its label (``n=…``).
         unit_interval: the values lie in [0, 1] (accuracy, Dice): the axis shows all of it.
         reference: a value drawn as a dashed line across (the overall value).
@@ -238,7 +241,8 @@ def plot_overlays(
 
     Args:
         images: ``[E, C, H, W]`` or ``[E, H, W]`` inputs (the middle slice of a volume).
-        truth / predicted: ``[E, H, W]`` label maps.
+        truth: ``[E, H, W]`` true label maps.
+        predicted: ``[E, H, W]`` predicted label maps.
         labels: the label values to colour (the classes the metrics score); others stay clear.
         class_names: one name per label in ``labels``, for the legend.
     """
@@ -280,7 +284,8 @@ def plot_forecasts(context: np.ndarray, truth: np.ndarray, forecast: np.ndarray)
 
     Args:
         context: ``[E, C, L]`` inputs (or ``[E, L]``).
-        truth / forecast: ``[E, C, H]`` targets and forecasts (or ``[E, H]``).
+        truth: ``[E, C, H]`` targets over the horizon (or ``[E, H]``).
+        forecast: ``[E, C, H]`` forecasts over the horizon (or ``[E, H]``).
     """
     context, truth, forecast = (np.asarray(array, dtype=float) for array in (context, truth, forecast))
     if context.ndim == 3:

@@ -834,7 +834,8 @@ def report_views(
 
     Args:
         x: the batch's inputs ``[N, C, H, W]`` or ``[N, C, D, H, W]``.
-        truth / predicted: label maps ``[N, H, W]`` or ``[N, D, H, W]``.
+        truth: the true label maps ``[N, H, W]`` or ``[N, D, H, W]``.
+        predicted: the predicted label maps, shaped like ``truth``.
         kind: the task's mask kind (``points``, ``image``, ``volume``).
     """
     if kind == "points" or x.ndim not in (4, 5) or x.ndim - 2 != truth.ndim - 1:

@@ -24,6 +24,13 @@ from verticals.domains.medical.synthetic import DermatologySpec, generate_dermat
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_CACHE = "~/.cache/verticals/medical"
+#: The dataset each manifest layout reads, as reports and model cards name it (``generic``: the CSV's stem).
+LAYOUT_DATASET_NAMES = {
+    "ham10000": "HAM10000",
+    "isic2020": "ISIC 2020",
+    "fitzpatrick17k": "Fitzpatrick17k",
+    "chexpert": "CheXpert",
+}
 
 #: The core's manifest dataset, under the name this module has always exported.
 ImageManifestDataset = ManifestDataset
@@ -120,6 +127,7 @@ class ManifestDataModule(CoreManifestDataModule):
             shots_per_class=shots_per_class,
         )
         self.save_hyperparameters()
+        self.dataset_name = LAYOUT_DATASET_NAMES.get(layout) or Path(manifest).stem
         self.manifest_options = {
             "layout": layout,
             "image_root": image_root,
@@ -208,6 +216,7 @@ class GeneratedDermatologyDataModule(ManifestDataModule):
             num_workers=num_workers,
             shots_per_class=shots_per_class,
         )
+        self.dataset_name = "generated dermatology (planted skin-tone shift)"
 
     def manifest_path(self) -> str:
         return str(generate_dermatology(self.root, self.spec))

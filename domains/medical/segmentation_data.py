@@ -317,6 +317,8 @@ class SliceSegmentationDataModule(BaseDataModule):
         self._volumes: dict[str, list[LabelledVolume]] | None = None
         self._datasets: dict[str, SliceDataset] = {}
         self._slice_counts: dict[str, dict[str, Any]] = {}
+        if type(self) is SliceSegmentationDataModule:  # a subclass names its own data (else its class name)
+            self.dataset_name = "labelled volumes given in Python"
 
     # -- what the splits hold ----------------------------------------------------------------
     def load_volumes(self, split: str) -> Sequence[LabelledVolume]:
@@ -750,6 +752,7 @@ class MNI152TissueDataModule(SliceSegmentationDataModule):
                     )
         self.slab_step, self.max_slices, self.margin = int(slab_step), max_slices, margin
         self.slabs = chosen
+        self.dataset_name = "MNI152 2009a tissue maps (nilearn)"
         self._template: LabelledVolume | None = None
 
     def load_volumes(self, split: str) -> list[LabelledVolume]:
@@ -794,15 +797,21 @@ class PhantomSpec:
     """Everything that defines one generated phantom set (see ``datasets_cards/generated_phantoms.md``).
 
     Attributes:
-        num_patients / num_slices / image_size / seed: size, slices per patient, matrix, randomness.
+        num_patients: how many patients (volumes) the set holds.
+        num_slices: axial slices per patient.
+        image_size: square matrix side of each slice in px.
+        seed: seeds every random draw of the generator (same spec, same set).
         site_b_fraction: share of patients scanned at site B (under-represented).
         lesion_fraction: share of patients with a lesion in the organ.
         site_b_contrast: site B's tissue contrast relative to site A's (1 = the same).
-        site_a_noise / site_b_noise: noise sigma per site (tissue intensities span about 0–0.8).
+        site_a_noise: site A's noise sigma (tissue intensities span about 0–0.8).
+        site_b_noise: site B's noise sigma (tissue intensities span about 0–0.8).
         site_b_blur: site B's Gaussian blur sigma in px at 128 px (scaled with ``image_size``).
-        site_a_fov / site_b_fov: field of view in mm (a smaller one crops the body and enlarges it).
+        site_a_fov: site A's field of view in mm (a smaller one crops the body and enlarges it).
+        site_b_fov: site B's field of view in mm (a smaller one crops the body and enlarges it).
         slice_thickness: mm between slices.
-        val_fraction / test_fraction: per-site share of patients in validation / test.
+        val_fraction: per-site share of patients in validation.
+        test_fraction: per-site share of patients in test.
     """
 
     num_patients: int = 24
@@ -1050,6 +1059,7 @@ class PhantomSegmentationDataModule(SliceSegmentationDataModule):
         )
         self.spec.validate()
         self._generated: dict[str, list[LabelledVolume]] | None = None
+        self.dataset_name = "generated two-site abdominal phantoms"
 
     def load_volumes(self, split: str) -> list[LabelledVolume]:
         if self._generated is None:

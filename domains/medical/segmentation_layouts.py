@@ -721,6 +721,9 @@ class DecathlonDataModule(_CaseSplitDataModule):
         self.save_hyperparameters()
         self._init_split(val_fraction, test_fraction)
         self.root, self.channel, self.task = Path(root), index, task
+        modality = f" ({task.modalities[index]})" if len(task.modalities) > 1 else ""
+        folder = self.root.expanduser().resolve().name
+        self.dataset_name = f"Medical Segmentation Decathlon {folder}{modality}"
 
     def case_ids(self) -> list[str]:
         return [case for case, _, _ in self.task.cases]
@@ -786,6 +789,9 @@ class BTCVDataModule(_CaseSplitDataModule):
         self.save_hyperparameters()
         self._init_split(val_fraction, test_fraction)
         self.root, self.organs, self.split_mode = Path(root), organs, split
+        organ_set = "Synapse 8 organs" if organs == "synapse8" else "13 organs"
+        split_note = ", TransUNet test cases" if split == "transunet" else ""
+        self.dataset_name = f"BTCV abdomen CT ({organ_set}{split_note})"
 
     def case_ids(self) -> list[str]:
         return [case for case, _, _ in btcv_cases(self.root)]
@@ -886,6 +892,7 @@ class ISICSegmentationDataModule(_CaseSplitDataModule):
         )
         self.folders = {split: (Path(i), Path(m)) for split, (i, m) in folders.items()}
         self.max_side, self.mask_threshold = max_side, mask_threshold
+        self.dataset_name = f"ISIC lesion segmentation ({Path(image_dir).expanduser().resolve().name})"
 
     def case_ids(self) -> list[str]:
         return [case for case, _, _ in isic_cases(*self.folders["train"])]

@@ -53,18 +53,27 @@ class DermatologySpec:
     """Everything that defines one generated set (its cache key).
 
     Attributes:
-        num_images / image_size / seed / test_fraction: size, resolution, randomness, per-patient test share.
+        num_images: how many images (lesions) the set holds.
+        image_size: square side of each image in px.
+        seed: seeds every random draw of the generator (same spec, same set).
+        test_fraction: share of patients (all their lesions) put in the test split.
         dark_fraction: share of dark-skin patients (under-representation).
-        prevalence_light / prevalence_dark: malignancy prevalence per skin tone (before the age effect).
+        prevalence_light: malignancy prevalence on light skin (before the age effect).
+        prevalence_dark: malignancy prevalence on dark skin (before the age effect).
         dark_lesion_opacity: pigment opacity on dark skin (light skin: 0.9); lower = less lesion contrast.
         dark_variegation: share of the malignant colour variegation visible on dark skin (1 = all).
         dark_palette: how far the variegation's colours move, on dark skin, from blue-grey / dark-brown to
             pale (depigmented) / near-black patches (0 = same colours as on light skin, 1 = the other palette).
         dark_contrast: global contrast factor of the dark-skin acquisition (1 = none).
         dark_blur: Gaussian blur sigma in pixels (at 64 px; scaled with ``image_size``) of that acquisition.
-        light_noise / dark_noise: mean per-image sensor-noise sigma (pixel values in [0, 1]).
-        marker_light_malignant / marker_light_benign / marker_dark_malignant / marker_dark_benign: chance
-            of a surgical-ink mark beside the lesion, per skin tone and class (the group-dependent shortcut).
+        light_noise: mean per-image sensor-noise sigma on light skin (pixel values in [0, 1]).
+        dark_noise: mean per-image sensor-noise sigma on dark skin (pixel values in [0, 1]).
+        marker_light_malignant: chance of a surgical-ink mark beside a malignant lesion on light skin (the
+            four ``marker_*`` chances make the group-dependent shortcut).
+        marker_light_benign: chance of a surgical-ink mark beside a benign lesion on light skin.
+        marker_dark_malignant: chance of a surgical-ink mark beside a malignant lesion on dark skin.
+        marker_dark_benign: chance of a surgical-ink mark beside a benign lesion on dark skin.
+        version: the generator's version (``GENERATOR_VERSION``); a new generator gets new cache keys.
     """
 
     num_images: int = 2000

@@ -40,8 +40,10 @@ class DescriptorForest:
             the same predictions.
         max_features: features tried per split (scikit-learn's option; ``"sqrt"`` is its default).
         min_samples_leaf: the fewest training clouds in a leaf.
-        d2_bins / radial_bins / pairs: the descriptors' histogram bins and D2 point pairs
+        d2_bins: bins of the D2 (pairwise-distance) histogram descriptor
             (see :func:`~verticals.domains.pointcloud.descriptors.shape_descriptors`).
+        radial_bins: bins of the radial (distance-to-centroid) histogram descriptor.
+        pairs: how many point pairs the D2 histogram samples in each cloud.
         descriptor_seed: seeds the D2 pairs (the same pairs for every cloud and every forest seed).
         n_jobs: worker processes of the forest (1: the benchmark runs several things at once).
     """

@@ -306,6 +306,10 @@ class ShapeDataModule(BaseDataModule):
             "domain": list(dict.fromkeys([*self.test_domains, *train_domains])),
             "novelty": ["seen", "novel"],
         }
+        described = {"clean": "clean", "scan": "scanned"}
+        domains = " and ".join(described.get(domain, domain) for domain in self.group_names["domain"])
+        kind = "point-cloud shapes" if self.task == "classification" else "point-cloud shape parts"
+        self.dataset_name = f"generated {kind} ({domains})"
         self._arrays: dict[str, dict[str, np.ndarray]] = {}
         self._datasets: dict[str, PointCloudItems] = {}
 
@@ -560,6 +564,7 @@ class ModelNet40DataModule(_FileDataModule):
             raise ValueError(f"`layout` must be 'auto', 'hdf5', 'off' or 'resampled', got {layout!r}.")
         self.layout, self.mesh_points = layout, _check_count(mesh_points, "mesh_points")
         self.save_hyperparameters()
+        self.dataset_name = "ModelNet40" if layout == "auto" else f"ModelNet40 ({layout})"
         self._folder: tuple[str, Path] | None = None
 
     def _located(self) -> tuple[str, Path]:
@@ -647,6 +652,7 @@ class ScanObjectNNDataModule(_FileDataModule):
             )
         self.variant, self.split_dir = variant, split_dir
         self.save_hyperparameters()
+        self.dataset_name = f"ScanObjectNN {variant}" + (f" ({split_dir})" if split_dir else "")
 
     @property
     def class_names(self) -> list[str]:
@@ -715,6 +721,9 @@ class ShapeNetPartDataModule(_FileDataModule):
         self.categories = None if categories is None else list(categories)
         self.official_val = bool(official_val)
         self.save_hyperparameters()
+        chosen = self.categories or []
+        subset = ", ".join(chosen) if len(chosen) <= 3 else f"{len(chosen)} categories"
+        self.dataset_name = f"ShapeNetPart ({subset})" if chosen else "ShapeNetPart"
         self.group_attributes = ["category"]
         self._names: list[str] | None = None
 

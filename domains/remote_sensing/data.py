@@ -153,6 +153,7 @@ class LandCoverDataModule(BaseDataModule):
         order = dict.fromkeys([*self.test_artefacts, *self.train_artefacts])
         self.group_attributes = ["artefact"]
         self.group_names = {"artefact": list(order)}
+        self.dataset_name = "generated multispectral land-cover tiles (sensor artefacts)"
         self._arrays: dict[str, tuple[np.ndarray, np.ndarray, list[str]]] = {}
         self._datasets: dict[str, LandCoverTiles] = {}
 

@@ -588,6 +588,9 @@ class CSVClassificationDataModule(_SeriesClassificationDataModule):
         if missing:
             raise FileNotFoundError(f"CSV file(s) not found: {', '.join(missing)}.")
         self.label_column, self.channel_column, self.id_column = label_column, channel_column, id_column
+        stem = self.paths["train"].stem
+        trimmed = stem[: -len("_train")] if stem.lower().endswith(("_train", "-train")) else stem
+        self.dataset_name = trimmed or stem
 
     def _read_split(self, split: str) -> _Series:
         return _read_csv(self.paths[split], self.label_column, self.channel_column, self.id_column)
@@ -708,6 +711,7 @@ class ForecastingDataModule(BaseDataModule):
         if csv_path is not None and not Path(csv_path).is_file():
             raise FileNotFoundError(f"No CSV file at {csv_path}.")
         self.series, self.csv_path, self.value_columns = series, csv_path, value_columns
+        self.dataset_name = series if csv_path is None else Path(csv_path).stem
         self.context_length, self.horizon = context_length, horizon
         self.test_size, self.val_size = test_size, val_size
         self.batch_size, self.num_workers, self.seed, self.normalize = (

@@ -26,6 +26,7 @@ from verticals.core.cli import (
     packaged_configs,
     resolve_config,
     run_cli,
+    written_paths,
 )
 from verticals.core.tasks import ClassificationTask
 from verticals.core.tasks.base import NOT_SET, adapter_differences, mark_user_checkpoint
@@ -130,6 +131,19 @@ def test_run_ends_with_the_paths_it_wrote(user_checkpoint_run):
         ("metrics", run_dir / "metrics.csv"),
     ]:
         assert re.search(rf"^  {label}: +{re.escape(str(path))}$", tail, re.MULTILINE), (label, tail)
+    figures = json.loads((run_dir / "report.json").read_text())["figures"]
+    assert "learning_curve.png" in figures
+    assert re.search(rf"^  figures: +{re.escape(', '.join(figures))}$", tail, re.MULTILINE), tail
+
+
+def test_the_figures_line_lists_what_the_report_lists_and_is_there(tmp_path):
+    trainer = SimpleNamespace(checkpoint_callback=None, checkpoint_callbacks=[])
+    assert "figures:" not in written_paths(trainer, tmp_path)  # no report
+    (tmp_path / "report.json").write_text("[]")
+    assert "figures:" not in written_paths(trainer, tmp_path)  # not a report
+    (tmp_path / "learning_curve.png").write_bytes(b"png")
+    (tmp_path / "report.json").write_text(json.dumps({"figures": ["learning_curve.png", "gone.png"]}))
+    assert written_paths(trainer, tmp_path).splitlines()[-1] == "  figures:         learning_curve.png"
 
 
 @pytest.mark.parametrize("given", ["nothing", "users", "users-all-defaults", "checkpointing-off"])

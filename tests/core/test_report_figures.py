@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from verticals.core.adapters.api import adapt
 from verticals.core.adapters.io import save_adapter
 from verticals.core.data import BaseDataModule, dataset_name_of
-from verticals.core.model_card import adapter_card, backbone_license, front_matter, hub_model_id
+from verticals.core.model_card import adapter_card, backbone_license, front_matter, hub_model_id, tag_of
 from verticals.core.report import _markdown, describe_data, split_size
 from verticals.core.report_figures import (
     best_epoch,
@@ -313,3 +313,9 @@ def test_a_saved_adapter_carries_a_card_not_peft_template(tmp_path):
     card = (folder / "README.md").read_text()
     assert "trainable.safetensors" in card and "library_name" not in card
     assert card == adapter_card(probe)
+
+
+def test_dataset_names_become_hub_tags() -> None:
+    assert tag_of("generated point-cloud shapes (clean and scanned)") == "generated-point-cloud-shapes-clean-and-scanned"
+    assert tag_of("GunPoint") == "gunpoint"
+    assert tag_of("  MNI152 2009a tissue maps (nilearn) ") == "mni152-2009a-tissue-maps-nilearn"

@@ -449,16 +449,17 @@ def test_seq2seq_run_lists_the_text_metric_per_group(tmp_path):
 
 
 def test_the_report_adds_little_time(tmp_path, monkeypatch):
-    """The figures, card and report of a small run take well under a second (measured, not assumed)."""
+    """The figures, card and report of a small run cost well under a second of CPU (measured: about 0.4 to
+    0.7 s on a busy 2-core machine); CPU time, since the wall clock there depends on the other processes."""
     spent = []
     original = RunReport.on_test_end
 
     def timed(self, trainer, pl_module):
-        start = time.perf_counter()
+        start = time.process_time()
         original(self, trainer, pl_module)
-        spent.append(time.perf_counter() - start)
+        spent.append(time.process_time() - start)
 
     monkeypatch.setattr(RunReport, "on_test_end", timed)
     task = ClassificationTask(model=MODEL, adapter=LORA)
     run(tmp_path, task, classification_data(), epochs=1)
-    assert len(spent) == 1 and spent[0] < 3.0  # a loose bound: the machine may be busy
+    assert len(spent) == 1 and spent[0] < 2.0  # a loose bound over the measured figure

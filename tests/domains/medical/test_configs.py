@@ -51,6 +51,14 @@ def test_config_runs(name: str, tmp_path: Path) -> None:
         assert report["parameters"]["trainable_percent"] < 10.0
     if "few_shot" in name:
         assert cli.datamodule.shots_per_class == 2 and len(cli.datamodule.datasets["train"]) == 4
+    # The practitioner's baseline beside it on the same test images (tests/domains/medical/test_baseline.py).
+    baseline = report["baseline"]
+    assert "skipped" not in baseline, baseline
+    expected = "zero-shot" if "biomedclip" in name else "linear probe (ImageNet features)"
+    assert baseline["name"] == expected
+    assert baseline["adapter"] == pytest.approx(report["test"]["test_accuracy"])
+    itself = name.endswith("zero_shot") or name == "medical/efficientnet_linear_probe"
+    assert baseline.get("is_config", False) is itself
     # Every medical config, plain or fairness-aware, writes the per-group report at test end.
     fairness = json.loads((Path(cli.trainer.log_dir) / "fairness.json").read_text())
     assert {row["grouping"] for row in fairness["fairness"]["groups"]} >= {"skin_tone", "sex"}

@@ -103,6 +103,12 @@ def test_sam_config_runs(name: str, tmp_path: Path, tiny_sam_checkpoint: Path) -
     assert 0.0 <= test["test_volume_dice"] <= 1.0  # Dice of each volume rebuilt from its slices
     assert cli.model.volume_dice is not None and cli.model.volume_dice.ndim == 2
 
+    # The zero-shot box-prompted model beside it, on the same slices (tests/domains/medical/test_baseline.py).
+    baseline = report["baseline"]
+    assert baseline["name"] == "zero-shot box prompts" and "skipped" not in baseline, baseline
+    assert baseline["adapter"] == pytest.approx(test["test_dice"], abs=1e-6)
+    assert baseline.get("is_config", False) is (SAM_CONFIGS[name] == "none")
+
     parameters = report["parameters"]
     percent, trainable = parameters["trainable_percent"], parameters["trainable"]
     segmenter = cli.model._base_network()
