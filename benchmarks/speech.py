@@ -606,7 +606,10 @@ def judge(summary: Mapping[str, Any], method: str = "lora_qv") -> list[str]:
         better = {s: c.get("verdict") == "better than zero-shot" for s, c in cells.items()}
         large = {s: better[s] and c.get("relative_cut", 0) >= TARGET_CUT for s, c in cells.items()}
         beyond = {s: (c.get("control_share") or {}).get("high", math.nan) < 1.0 for s, c in cells.items()}
-        if all(large.values()) and all(beyond.values()) and len(held_out) == 2:
+        controlled = all("control_share" in c for c in cells.values())
+        if all(large.values()) and len(held_out) == 2 and not controlled:
+            verdict = "reproduced against zero-shot (no control run yet)"
+        elif all(large.values()) and all(beyond.values()) and len(held_out) == 2:
             verdict = "reproduced"
         elif any(better.values()):
             verdict = "partly"

@@ -140,7 +140,12 @@ def _unregister_baseline(name: str) -> None:
 
 def baselines_for(task: AdapterTask, datamodule: Any) -> list[Baseline]:
     """The registered baselines that apply to this run, in registration order; the generic linear probe when
-    none does."""
+    none does.
+
+    Args:
+        task: the run's task.
+        datamodule: the run's datamodule.
+    """
     found = [baseline for baseline in _BASELINES.values() if baseline.applies(task, datamodule)]
     if found:
         return found
@@ -151,7 +156,11 @@ def baselines_for(task: AdapterTask, datamodule: Any) -> list[Baseline]:
 
 def nothing_trained(context: BaselineContext) -> bool:
     """Whether the run took no optimizer step (``max_epochs: 0``): the tested model is the frozen one, so a
-    zero-shot baseline is the config itself."""
+    zero-shot baseline is the config itself.
+
+    Args:
+        context: the run's baseline context (its Trainer counts the steps).
+    """
     trainer = context.trainer
     return trainer is not None and int(trainer.global_step) == 0
 
@@ -181,7 +190,11 @@ class BaselineContext:
         return self.task.device
 
     def batches(self, split: str) -> Iterator[Any]:
-        """Every batch of ``split`` in dataset order, on the task's device (see ``split_batches``)."""
+        """Every batch of ``split`` in dataset order, on the task's device (see ``split_batches``).
+
+        Args:
+            split: ``train``, ``val`` or ``test``.
+        """
         return split_batches(self.datamodule, split, self.device)
 
     def test_batches(self) -> Iterator[Any]:
@@ -189,12 +202,20 @@ class BaselineContext:
         return split_batches(self.datamodule, "test", self.device, limit=self.test_batch_limit)
 
     def predictions(self, forward: Callable[[Any], Any]) -> Any:
-        """``forward(batch)`` over :meth:`test_batches`, joined (no gradients)."""
+        """``forward(batch)`` over :meth:`test_batches`, joined (no gradients).
+
+        Args:
+            forward: a batch's predictions in the task's form (see :mod:`verticals.core.baseline_scoring`).
+        """
         with torch.no_grad():
             return concatenate([forward(batch) for batch in self.test_batches()])
 
     def network_predictions(self, network: nn.Module) -> Any:
-        """The predictions of ``network`` (a model of the kind the task trains) on the test samples."""
+        """The predictions of ``network`` (a model of the kind the task trains) on the test samples.
+
+        Args:
+            network: e.g. the frozen model from :meth:`frozen_network`.
+        """
         return self.predictions(lambda batch: self.scoring.network_predictions(network, batch))
 
     @contextmanager
@@ -255,9 +276,8 @@ class BaselineContext:
             raise BaselineSkipped("the task does not know its `input_shape`, so its model can't be rebuilt.")
         args = {**(task.hparams.get("model_args") or {}), **model_args}
         devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
-        initialise = (
-            self.trainer.strategy.tensor_init_context() if self.trainer is not None else nullcontext()
-        )
+        # On the device the Trainer built the network on (its random draws come from that device's generator).
+        initialise = torch.device(self.device) if self.trainer is not None else nullcontext()
         with torch.random.fork_rng(devices=devices):
             if self.rng_state is not None:
                 torch.set_rng_state(self.rng_state["cpu"])
@@ -528,6 +548,8 @@ def _test_batch_limit(datamodule: Any, trainer: L.Trainer | None) -> int | None:
     limit = getattr(trainer, "limit_test_batches", None) if trainer is not None else None
     if limit is None or (isinstance(limit, float) and limit >= 1.0):
         return None
+    if limit == 0:
+        return 0
     if isinstance(limit, int):  # per process: the processes together tested this many batches each
         return limit * max(1, int(getattr(trainer, "world_size", 1)))
     loader = datamodule.dataloader("test", shuffle=False) if hasattr(datamodule, "dataloader") else None
@@ -567,7 +589,11 @@ def add_baseline_to_report(run_dir: Path | str, results: Sequence[Mapping[str, A
 
 
 def baseline_markdown(results: Sequence[Mapping[str, Any]]) -> str:
-    """The ``## Baseline`` section: one bullet per baseline, its description and verdict."""
+    """The ``## Baseline`` section: one bullet per baseline, its description and verdict.
+
+    Args:
+        results: the entries :func:`run_baselines` returned.
+    """
     lines = [SECTION, ""]
     for entry in results:
         lines.append(
@@ -608,14 +634,22 @@ def run_baseline_step(
     directory = run_directory(trainer)  # every rank: trainer.log_dir is a collective call under DDP
     entries = None
     if trainer.is_global_zero:
-        if isinstance(model, AdapterTask) and datamodule is not None:
-            seed = int(os.environ.get("PL_GLOBAL_SEED", "0") or 0)
-            with _kept_random_state():
-                entries = run_baselines(model, datamodule, trainer=trainer, rng_state=rng_state, seed=seed)
-        else:
+        what = ""
+        if not isinstance(model, AdapterTask) or datamodule is None:
             what = (
                 "no datamodule" if datamodule is None else f"{type(model).__name__} is not a verticals task"
             )
+        else:
+            seed = int(os.environ.get("PL_GLOBAL_SEED", "0") or 0)
+            try:
+                with _kept_random_state():
+                    entries = run_baselines(
+                        model, datamodule, trainer=trainer, rng_state=rng_state, seed=seed
+                    )
+            except Exception as error:  # the finished run keeps its report; the failure is said, not raised
+                what = f"scoring the test samples failed: {type(error).__name__}: {error}"
+                print(f"verticals: {what}", file=sys.stderr, flush=True)
+        if entries is None:
             entries = [{"name": "baseline", "skipped": what, "verdict": f"No baseline: {what}."}]
         add_baseline_to_report(directory, entries)
         for entry in entries:

@@ -71,23 +71,45 @@ class TaskScoring:
         self.task = task
 
     def adapter_predictions(self, batch: Any) -> Any:
-        """The trained task's predictions for a batch (the model as tested)."""
+        """The trained task's predictions for a batch (the model as tested).
+
+        Args:
+            batch: a test batch on the task's device.
+        """
         return self.network_predictions(self.task.model, batch)
 
     def network_predictions(self, network: nn.Module, batch: Any) -> Any:
-        """Predictions of ``network``, a model of the kind the task trains (a rebuilt frozen one, say)."""
+        """Predictions of ``network``, a model of the kind the task trains (a rebuilt frozen one, say).
+
+        Args:
+            network: the model to predict with.
+            batch: a test batch on the network's device.
+        """
         raise NotImplementedError
 
     def truth(self, batch: Any) -> Any:
-        """The batch's ground truth, one row (or item) per sample."""
+        """The batch's ground truth, one row (or item) per sample.
+
+        Args:
+            batch: a test batch.
+        """
         return batch["y"].detach().cpu().numpy()
 
     def per_sample(self, predictions: Any, truth: Any) -> dict[str, np.ndarray]:
-        """Per-sample arrays (first dimension = samples) that :meth:`statistic` reads."""
+        """Per-sample arrays (first dimension = samples) that :meth:`statistic` reads.
+
+        Args:
+            predictions: the predictions of some samples, joined over batches.
+            truth: their ground truth, joined the same way.
+        """
         raise NotImplementedError
 
     def statistic(self, arrays: Mapping[str, np.ndarray]) -> float:
-        """The metric on the samples whose arrays are given (any subset, e.g. a bootstrap resample)."""
+        """The metric on the samples whose arrays are given (any subset, e.g. a bootstrap resample).
+
+        Args:
+            arrays: per-sample arrays from :meth:`per_sample`, restricted to the samples to score.
+        """
         raise NotImplementedError
 
 
@@ -233,7 +255,11 @@ class Seq2SeqScoring(TaskScoring):
 
 
 def scoring_for(task: AdapterTask) -> TaskScoring | None:
-    """The scoring of ``task``'s type (subclasses included); None for a task type without one."""
+    """The scoring of ``task``'s type (subclasses included); None for a task type without one.
+
+    Args:
+        task: the trained task.
+    """
     for kind, scoring in (
         (ClassificationTask, ClassificationScoring),
         (ForecastingTask, ForecastingScoring),
@@ -247,7 +273,13 @@ def scoring_for(task: AdapterTask) -> TaskScoring | None:
 
 def network_inputs(network: nn.Module, batch: Any, function: Any = None) -> dict[str, Any]:
     """The batch entries a network takes besides ``x`` (those its ``batch_inputs`` attribute names), keeping
-    only those ``function`` (default: the network's ``forward``) accepts as keywords."""
+    only those ``function`` (default: the network's ``forward``) accepts as keywords.
+
+    Args:
+        network: the model (a peft wrapper is looked through).
+        batch: the batch.
+        function: the method the entries are for (e.g. ``forward_features``).
+    """
     base = network.get_base_model() if hasattr(network, "get_base_model") else network
     names = [
         name for name in getattr(base, "batch_inputs", ()) if isinstance(batch, Mapping) and name in batch
@@ -268,7 +300,15 @@ def split_batches(
 ) -> Iterator[Any]:
     """The batches of ``split`` in dataset order (no shuffling), moved to ``device`` and through the
     datamodule's batch transform (``transform_batch(batch, split)`` where it has one, as a Trainer's
-    ``on_after_batch_transfer``); at most ``limit`` batches."""
+    ``on_after_batch_transfer``); at most ``limit`` batches.
+
+    Args:
+        datamodule: a verticals datamodule (``dataloader(split, shuffle=False)``) or any with
+            ``<split>_dataloader()``.
+        split: ``train``, ``val`` or ``test``.
+        device: where the batches go.
+        limit: the most batches to serve (None: all).
+    """
     if hasattr(datamodule, "dataloader"):
         loader = datamodule.dataloader(split, shuffle=False)
     else:
@@ -282,7 +322,11 @@ def split_batches(
 
 
 def concatenate(parts: Sequence[Any]) -> Any:
-    """Per-batch predictions or truths joined along the samples (arrays stacked, lists chained)."""
+    """Per-batch predictions or truths joined along the samples (arrays stacked, lists chained).
+
+    Args:
+        parts: one entry per batch.
+    """
     if not parts:
         return np.zeros(0)
     if isinstance(parts[0], np.ndarray):

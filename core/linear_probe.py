@@ -54,7 +54,12 @@ Features = Callable[[nn.Module, Any], torch.Tensor]
 
 def frozen_features(network: nn.Module, batch: Any) -> torch.Tensor:
     """``network.forward_features(x)`` of a batch (with the batch entries it takes, such as a category),
-    as float; :class:`BaselineSkipped` for a model without ``forward_features``."""
+    as float; :class:`BaselineSkipped` for a model without ``forward_features``.
+
+    Args:
+        network: the frozen model (a peft wrapper is looked through).
+        batch: the batch.
+    """
     base = network.get_base_model() if hasattr(network, "get_base_model") else network
     function = getattr(base, "forward_features", None)
     if function is None:

@@ -41,21 +41,33 @@ def _model(task: Any) -> Any:
 
 
 def zero_shot_predictions(context: BaselineContext) -> np.ndarray:
-    """The CLIP model without adapter, classifying by its class prompts: class indices of the test samples."""
+    """The CLIP model without adapter, classifying by its class prompts: class indices of the test samples.
+
+    Args:
+        context: the run's baseline context.
+    """
     with context.frozen_network(model_args={"head": "prompts"}) as network:
         return context.network_predictions(network)
 
 
 def efficientnet_probe_predictions(context: BaselineContext) -> np.ndarray:
     """A linear probe on frozen EfficientNet-Lite0 ImageNet features (those the config names, or the packaged
-    ones for a config that trains from scratch): class indices of the test samples."""
+    ones for a config that trains from scratch): class indices of the test samples.
+
+    Args:
+        context: the run's baseline context.
+    """
     args = context.task.hparams.get("model_args") or {}
     pretrained = bool(args.get("pretrained", True)) or args.get("weights") is not None
     return linear_probe_predictions(context, model_args={"pretrained": True}, verify=pretrained)
 
 
 def box_prompted_predictions(context: BaselineContext) -> np.ndarray:
-    """The SAM model as it ships, one ground-truth box per class present: label maps of the test samples."""
+    """The SAM model as it ships, one ground-truth box per class present: label maps of the test samples.
+
+    Args:
+        context: the run's baseline context.
+    """
     task = context.task
     num_classes = int(task.hparams["num_classes"])
     ignore = task.hparams.get("ignore_index")

@@ -216,7 +216,11 @@ class DescriptorForest:
 
 def forest_predictions(context: BaselineContext) -> np.ndarray:
     """A :class:`DescriptorForest` (defaults, seeded by the run) fit on the run's training split: class indices
-    of the first ``context.test_count`` test clouds."""
+    of the first ``context.test_count`` test clouds.
+
+    Args:
+        context: the run's baseline context (its datamodule, test count and seed).
+    """
     train_xyz, train_y, _ = _split(context.datamodule, "train")
     test_xyz, _, _ = _split(context.datamodule, "test")
     if not len(train_y):

@@ -18,7 +18,11 @@ __all__ = ["frozen_model_predictions"]
 
 
 def frozen_model_predictions(context: BaselineContext) -> list[str]:
-    """The model rebuilt without adapter, greedy transcripts of the test utterances."""
+    """The model rebuilt without adapter, greedy transcripts of the test utterances.
+
+    Args:
+        context: the run's baseline context.
+    """
     with context.frozen_network() as network:
         return context.network_predictions(network)
 

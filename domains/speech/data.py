@@ -486,6 +486,7 @@ class SyntheticSpeechDataModule(SpeechDataModule):
         }
 
     def setup(self, stage: str | None = None) -> None:
+        """Prepare the stage's splits and log :meth:`summary` once (what the text and voices hold out)."""
         super().setup(stage)
         if not self._summary_logged:
             self._summary_logged = True

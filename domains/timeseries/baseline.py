@@ -82,7 +82,11 @@ def _series(datamodule: Any, split: str, count: int | None = None) -> tuple[np.n
 
 
 def minirocket_predictions(context: BaselineContext) -> np.ndarray:
-    """MiniRocket + ridge classifier, fit on the training split: class indices of the test samples."""
+    """MiniRocket + ridge classifier, fit on the training split: class indices of the test samples.
+
+    Args:
+        context: the run's baseline context (its datamodule, test count and seed).
+    """
     from sklearn.linear_model import RidgeClassifierCV
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -108,6 +112,9 @@ def dtw_predictions(context: BaselineContext) -> np.ndarray:
 
     Full DTW, or a 10% Sakoe-Chiba window when full DTW would fill more than ``DTW_CELL_BUDGET`` cells;
     skipped when even that is over the budget (a large archive problem: hours on a CPU).
+
+    Args:
+        context: the run's baseline context (its datamodule and test count).
     """
     from sktime.classification.distance_based import KNeighborsTimeSeriesClassifier
 
@@ -166,7 +173,11 @@ def _autocorrelation_period(values: np.ndarray, longest: int) -> int:
 
 def seasonal_period(datamodule: ForecastingDataModule) -> tuple[int, str]:
     """The seasonal naive forecast's period for a forecasting datamodule and how it was found (see the
-    module docstring); at most the context length."""
+    module docstring); at most the context length.
+
+    Args:
+        datamodule: the run's forecasting datamodule.
+    """
     period = _frequency_period(datamodule)
     how = "the series' calendar frequency"
     if period is None:
@@ -196,7 +207,11 @@ def seasonal_naive(contexts: np.ndarray, horizon: int, period: int) -> np.ndarra
 
 
 def seasonal_naive_predictions(context: BaselineContext) -> np.ndarray:
-    """Each test window's seasonal naive forecast from its own context: ``[n, C, horizon]``."""
+    """Each test window's seasonal naive forecast from its own context: ``[n, C, horizon]``.
+
+    Args:
+        context: the run's baseline context (its datamodule and test count).
+    """
     datamodule = context.datamodule
     period, _ = seasonal_period(datamodule)
     dataset = datamodule.split_dataset("test")

@@ -137,3 +137,32 @@ def test_the_control_trains_on_clear_speech_with_the_same_number_of_utterances(b
     assert benchmark.packaged_data()["max_epochs"] == benchmark.packaged_data("s2lora")["max_epochs"]
     with pytest.raises(SystemExit):
         benchmark.parse_args(["--resume"])  # resuming needs the runs directory
+
+
+def _cell(cut, change_high, share_high=None):
+    cell = {"relative_cut": cut, "change": {"value": -cut, "low": -cut - 0.1, "high": change_high}}
+    cell["verdict"] = "better than zero-shot" if change_high < 0 else "no difference shown"
+    if share_high is not None:
+        cell["control_share"] = {"value": share_high - 0.2, "low": share_high - 0.4, "high": share_high}
+    return cell
+
+
+def test_the_claim_is_judged_per_condition_from_the_table(benchmark) -> None:
+    def summary(child, noisy):
+        return {
+            test_set: {
+                "conditions": ["clear", "child", "noisy"],
+                "methods": {"lora_qv": {"child": c, "noisy": n}},
+            }
+            for test_set, c, n in zip(("held_out_sentences", "held_out_voices"), child, noisy)
+        }
+
+    lines = benchmark.judge(
+        summary(
+            [_cell(0.5, -0.1, 0.6), _cell(0.4, -0.1, 0.5)], [_cell(0.5, -0.1, 1.2), _cell(0.1, 0.05, 1.2)]
+        )
+    )
+    assert lines[0].startswith("- **child: reproduced**") and lines[1].startswith("- **noisy: partly**")
+    lines = benchmark.judge(summary([_cell(0.5, -0.1), _cell(0.5, -0.1)], [_cell(0.0, 0.1), _cell(0.0, 0.1)]))
+    assert "reproduced against zero-shot (no control run yet)" in lines[0]
+    assert lines[1].startswith("- **noisy: not reproduced**")

@@ -370,7 +370,10 @@ def test_the_probe_rebuilds_the_random_backbone_the_run_started_from(trained) ->
     assert fingerprint(task.model.backbone) != task.backbone_reference["fingerprint"]  # trained in place
     without = BaselineContext(task, datamodule, trainer, ClassificationScoring(task), 48, rng_state=None)
     torch.manual_seed(12345)  # any other random state draws other weights
-    with pytest.raises(BaselineSkipped, match="gave another backbone than the run's"), without.frozen_network():
+    with (
+        pytest.raises(BaselineSkipped, match="gave another backbone than the run's"),
+        without.frozen_network(),
+    ):
         pass
 
 
@@ -526,3 +529,22 @@ def test_run_help_documents_the_flag(capsys, monkeypatch: pytest.MonkeyPatch) ->
         run_cli(["run", "--help"])
     out = capsys.readouterr().out
     assert "--baseline {true,false}" in out and "--baseline false`` skips it" in " ".join(out.split())
+
+
+class _TupleBatches:
+    """A datamodule whose test batches are ``(x, y)`` tuples: no scoring can read them."""
+
+    def dataloader(self, split: str, shuffle: bool = False) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [(torch.zeros(2, 2, 8), torch.zeros(2, dtype=torch.long))]
+
+
+def test_the_step_after_testing_never_fails_the_run(trained, capsys) -> None:
+    from verticals.core.baseline import run_baseline_step
+
+    trainer, task, _ = trained
+    (entry,) = run_baseline_step(trainer, task, _TupleBatches())
+    assert entry["skipped"].startswith("scoring the test samples failed: TypeError")
+    assert "verticals: scoring the test samples failed" in capsys.readouterr().err
+    assert _report(trainer)["baseline"]["skipped"] == entry["skipped"]
+    (other,) = run_baseline_step(trainer, nn.Linear(2, 2), _TupleBatches())  # type: ignore[arg-type]
+    assert other["verdict"] == "No baseline: Linear is not a verticals task."

@@ -36,11 +36,26 @@ def kernel_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     return KERNEL_NAME
 
 
+# Notebooks whose full-scale run has not been committed yet (a 2-core CPU could not run them in the session
+# that made the others; notebooks/README.md says so). They stay committed without outputs until then: a
+# partial or smoke run is never committed in their place.
+AWAITING_FULL_RUN = {
+    "timeseries_adaptation.ipynb": "20 runs of MiniLM (about 35 min on a free 2-core CPU)",
+    "medical_sam_segmentation.ipynb": "LiteMedSAM at 256 px (hours on a CPU; minutes on a GPU)",
+    "speech_whisper_lora.ipynb": "issue 21 changes its data and text first",
+}
+
+
 def _assert_committed_executed(name: str, parameter_names: Iterable[str]) -> None:
     notebook_path = NOTEBOOKS / name
     notebook = nbformat.read(notebook_path, as_version=4)
     nbformat.validate(notebook)
     code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    if name in AWAITING_FULL_RUN:
+        clean = all(not cell.outputs and cell.execution_count is None for cell in code)
+        assert clean, f"{notebook_path.name} awaits its full-scale run: commit it clean or executed in full"
+        _assert_parameters(notebook_path.name, code, parameter_names)
+        return
     counts = [cell.execution_count for cell in code]
     assert all(counts) and counts == sorted(counts), (
         f"{notebook_path.name} must be committed executed top to bottom (a full-scale run; see notebooks/README.md)"
@@ -54,10 +69,14 @@ def _assert_committed_executed(name: str, parameter_names: Iterable[str]) -> Non
     recorded = notebook.metadata.get("papermill", {}).get("parameters", {})
     small = {key: value for key, value in recorded.items() if key in SMALL_ONLY and SMALL_ONLY[key] == value}
     assert not small, f"{notebook_path.name} was committed from a smoke run ({small}); commit a full-scale run"
+    _assert_parameters(notebook_path.name, code, parameter_names)
+
+
+def _assert_parameters(file_name: str, code: list[Any], parameter_names: Iterable[str]) -> None:
     tagged = [cell for cell in code if "parameters" in cell.metadata.get("tags", [])]
-    assert len(tagged) == 1, f"{notebook_path.name} needs exactly one cell tagged 'parameters' (papermill)"
+    assert len(tagged) == 1, f"{file_name} needs exactly one cell tagged 'parameters' (papermill)"
     for name in parameter_names:
-        assert f"{name} =" in tagged[0].source, f"{notebook_path.name}: the parameters cell lacks {name}"
+        assert f"{name} =" in tagged[0].source, f"{file_name}: the parameters cell lacks {name}"
 
 
 # Parameters that only a smoke run sets: a committed notebook whose papermill record holds one of them shows

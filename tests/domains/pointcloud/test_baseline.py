@@ -185,3 +185,32 @@ def test_evaluate_on_refuses_what_it_cannot_classify() -> None:
         forest.evaluate_on(segmentation)
     with pytest.raises(TypeError, match="needs a verticals point-cloud datamodule .*got dict"):
         forest.evaluate_on({})
+
+
+# -- beside a run ----------------------------------------------------------------------------------------------
+def test_forest_predictions_are_the_forest_fit_on_the_runs_training_split(shapes: ShapeDataModule) -> None:
+    """What ``verticals run`` puts beside a point-cloud classifier: the default forest, seeded by the run, fit on
+    the training split, on the first test clouds it scored."""
+    from types import SimpleNamespace
+
+    from verticals.domains.pointcloud.baseline import forest_predictions
+
+    context = SimpleNamespace(datamodule=shapes, test_count=20, seed=2)
+    predicted = forest_predictions(context)
+    train, test = shapes.split_arrays("train"), shapes.split_arrays("test")
+    expected = DescriptorForest(seed=2).fit(train["xyz"], train["labels"]).predict(test["xyz"][:20])
+    np.testing.assert_array_equal(predicted, expected)
+
+
+def test_the_forest_stands_beside_classifiers_and_a_probe_beside_part_segmenters() -> None:
+    from verticals.core.baseline import baselines_for
+    from verticals.core.tasks import ClassificationTask, SegmentationTask
+
+    classifier = ClassificationTask(model="pointcloud.point_transformer", adapter={"method": "lora"})
+    segmenter = SegmentationTask(model="pointcloud.point_transformer", adapter={"method": "lora"})
+    classes = ShapeDataModule(num_train=8, num_val=8, num_test=1, num_points=64)
+    parts = ShapeDataModule(task="segmentation", num_train=8, num_val=8, num_test=1, num_points=64)
+    assert [entry.name for entry in baselines_for(classifier, classes)] == ["descriptor forest"]
+    assert [entry.name for entry in baselines_for(segmenter, parts)] == [
+        "linear probe"
+    ]  # the core's, per point

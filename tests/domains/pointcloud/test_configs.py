@@ -147,6 +147,16 @@ def _head_parameters(cli: Any) -> int:
     )
 
 
+def _assert_baseline(run: Path, metric: str, name: str = "descriptor forest") -> None:
+    """The practitioner's baseline beside the run, scored like it on the same test clouds: the descriptor forest
+    for classes, the per-point linear probe on the frozen features for parts."""
+    report = json.loads((run / "report.json").read_text())
+    baseline = report["baseline"]
+    assert baseline["name"] == name and "skipped" not in baseline, baseline
+    assert baseline["metric"] == metric and 0.0 <= baseline["baseline"] <= 1.0
+    assert baseline["adapter"] == pytest.approx(report["test"][f"test_{metric}"], abs=1e-6)
+
+
 def _assert_grouped_report(run: Path, metric: str) -> None:
     for file in ("report.json", "report.md", "groups.json", "groups.md", "config.yaml"):
         assert (run / file).is_file(), file
@@ -172,6 +182,7 @@ def test_shape_config_runs(name: str, tmp_path: Path, monkeypatch: pytest.Monkey
     )  # fmt: skip
     run = Path(cli.trainer.log_dir)
     _assert_grouped_report(run, "accuracy")
+    _assert_baseline(run, "accuracy")
     assert cli.model.hparams["num_classes"] == 8 and list(cli.model.hparams["input_shape"]) == [POINTS, 3]
 
     parameters = json.loads((run / "report.json").read_text())["parameters"]
@@ -245,6 +256,7 @@ def test_part_segmentation_config_runs(tmp_path: Path, monkeypatch: pytest.Monke
     )  # fmt: skip
     run = Path(cli.trainer.log_dir)
     _assert_grouped_report(run, "miou")
+    _assert_baseline(run, "miou", "linear probe")
     assert cli.model.hparams["class_names"] == part_names(families)  # table.top, table.leg, stool.seat, ...
     assert cli.model.hparams["ignore_index"] == 255 and cli.model.hparams["num_classes"] == 6
     assert cli.model.metric_labels == list(range(6))  # every part is scored, the background (255) nowhere
@@ -311,6 +323,7 @@ def test_scanobjectnn_config_runs_on_a_tiny_scanobjectnn(
     _assert_bank_filled(cli, run / "adapter")
     report = json.loads((run / "report.json").read_text())
     assert 0.0 <= report["test"]["test_accuracy"] <= 1.0
+    _assert_baseline(run, "accuracy")
 
 
 def test_modelnet40_config_runs_on_a_tiny_modelnet40_h5(
@@ -347,6 +360,7 @@ def test_modelnet40_config_runs_on_a_tiny_modelnet40_h5(
     _assert_bank_filled(cli, run / "adapter")
     report = json.loads((run / "report.json").read_text())
     assert 0.0 <= report["test"]["test_accuracy"] <= 1.0
+    _assert_baseline(run, "accuracy")
 
 
 @pytest.mark.parametrize("dataset", ["scanobjectnn", "modelnet40"])

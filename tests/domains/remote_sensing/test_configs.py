@@ -86,6 +86,7 @@ def test_tile_config_runs(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyP
         assert (run / file).is_file(), file
     report = json.loads((run / "report.json").read_text())
     assert 0.0 <= report["test"]["test_miou"] <= 1.0
+    _assert_linear_probe_beside(run, "miou")  # the practitioner's baseline, on the same tiles
     groups = json.loads((run / "groups.json").read_text())["groupings"]["artefact"]["groups"]
     assert set(groups) == {"clean", "stripes", "haze", "noise", "jpeg", "colour"}
     for row in groups.values():
@@ -157,6 +158,7 @@ def test_loveda_config_runs_on_a_tiny_loveda(tmp_path: Path, monkeypatch: pytest
     run = Path(cli.trainer.log_dir)
     groups = json.loads((run / "groups.json").read_text())["groupings"]["scene"]["groups"]
     assert set(groups) == {"urban", "rural"}
+    _assert_linear_probe_beside(run, "miou")
 
 
 def test_eurosat_config_runs_on_a_tiny_eurosat(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -179,3 +181,13 @@ def test_eurosat_config_runs_on_a_tiny_eurosat(tmp_path: Path, monkeypatch: pyte
     assert cli.model.hparams["num_classes"] == 10 and list(cli.model.hparams["input_shape"]) == [13, 16, 16]
     assert type(cli.model.model.base_model).__name__ == "LoraModel"
     assert (Path(cli.trainer.log_dir) / "report.json").is_file()
+    _assert_linear_probe_beside(Path(cli.trainer.log_dir), "accuracy")
+
+
+def _assert_linear_probe_beside(run: Path, metric: str) -> None:
+    """The report holds the linear probe on the frozen ViT, scored like the run on the same test samples."""
+    report = json.loads((run / "report.json").read_text())
+    baseline = report["baseline"]
+    assert baseline["name"] == "linear probe (frozen ViT)" and "skipped" not in baseline, baseline
+    assert baseline["metric"] == metric and 0.0 <= baseline["baseline"] <= 1.0
+    assert baseline["adapter"] == pytest.approx(report["test"][f"test_{metric}"], abs=1e-6)

@@ -109,6 +109,11 @@ def test_every_speech_config_runs_fit_and_test(tmp_path, cache_dir, name):
         assert cli.model.adapter_spec.options["total_step"] >= 1
     if name.endswith("zero_shot"):
         assert cli.trainer.global_step == 0
+    # The frozen model's WER beside it, on the same utterances (tests/domains/speech/test_baseline.py).
+    baseline = json.loads((run / "report.json").read_text())["baseline"]
+    assert baseline["name"] == "frozen model" and baseline["metric"] == "wer" and "skipped" not in baseline
+    assert baseline["adapter"] == pytest.approx(float(metrics["test_wer"]))
+    assert baseline.get("is_config", False) is name.endswith("zero_shot")
 
 
 def _trainable_on_tiny_en_shapes(name: str) -> int:
