@@ -420,6 +420,7 @@ class SyntheticSpeechDataModule(SpeechDataModule):
         self._condition_specs = dict(zip(names, resolved))
         self.counts = dict(zip(SPLITS, counts))
         self.text, self.test_set, self.held_out_word_share = text, test_set, held_out_word_share
+        self.dataset_name = f"synthetic espeak-ng speech ({test_set.replace('_', ' ')} test set)"
         self.user_sentences = read_sentences(sentences_file) if sentences_file else sentences
         self.group_names = {"condition": names}
         self._texts: dict[str, list[str]] | None = None

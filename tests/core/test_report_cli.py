@@ -59,5 +59,5 @@ def test_run_names_its_data_draws_its_figures_and_a_resumed_curve_has_every_epoc
     assert list(read_learning_curve(run / "metrics.csv").epochs.index) == [0, 1, 2]
     card = (run / "adapter" / "README.md").read_text()
     front = yaml.safe_load(card.split("---\n")[1])
-    assert front["library_name"] == "peft" and "GunPoint" in front["tags"]
+    assert front["library_name"] == "peft" and "gunpoint" in front["tags"]  # the dataset as a Hub tag (lower case, hyphens)
     assert "train 40, val 10, test 150" in card and "PeftModel.from_pretrained" in card
