@@ -66,11 +66,10 @@ from _common import (
 from charts import chart_report
 
 from verticals.core.cli import packaged_configs, run_cli
-from verticals.core.metrics import bootstrap_indices, percentile_interval
 from verticals.core.report import adapter_size_bytes
 from verticals.core.seeds import check_seeds, paired_bootstrap, seed_statistics
 from verticals.domains.speech.data import TEST_SETS
-from verticals.domains.speech.metrics import UTTERANCE_TABLE, read_utterance_table
+from verticals.domains.speech.metrics import UTTERANCE_TABLE, control_share, pooled_wer, read_utterance_table
 
 CONTROL = "control"
 METHODS = ("zero_shot", "lora_qv", "lora_all_linear", "s2lora", "adalora", "bitfit", CONTROL)
@@ -211,11 +210,6 @@ def run_method(method: str, seed: int, args: argparse.Namespace, root: Path) -> 
 
 
 # -- the analysis -------------------------------------------------------------------------------------------
-def condition_wer(errors: np.ndarray, words: np.ndarray) -> float:
-    total = float(np.sum(words))
-    return float(np.sum(errors)) / total if total else math.nan
-
-
 def seed_mean_errors(records: Sequence[Mapping[str, Any]], test_set: str) -> dict[str, np.ndarray] | None:
     """Per-utterance word errors averaged over a method's seeds (with the shared condition and words)."""
     tables = [r["test_sets"].get(test_set) for r in records if r["test_sets"].get(test_set)]
@@ -238,9 +232,7 @@ def per_seed_wer(records: Sequence[Mapping[str, Any]], test_set: str, condition:
         table = record["test_sets"].get(test_set)
         if table:
             rows = np.asarray(table["condition"]) == condition
-            out.append(
-                condition_wer(np.asarray(table["word_errors"])[rows], np.asarray(table["words"])[rows])
-            )
+            out.append(pooled_wer(np.asarray(table["word_errors"])[rows], np.asarray(table["words"])[rows]))
     return out
 
 
@@ -251,7 +243,7 @@ def paired_change(
     rows = reference["condition"] == condition
 
     def wer(arrays: Mapping[str, np.ndarray]) -> float:
-        return condition_wer(arrays["word_errors"], arrays["words"])
+        return pooled_wer(arrays["word_errors"], arrays["words"])
 
     paired = paired_bootstrap(
         wer,
@@ -261,31 +253,6 @@ def paired_change(
         same=("condition", "words"),
     )
     return paired.difference()
-
-
-def control_share(
-    zero: Mapping[str, np.ndarray],
-    control: Mapping[str, np.ndarray],
-    method: Mapping[str, np.ndarray],
-    condition: str,
-    n_bootstrap: int,
-    seed: int = 0,
-) -> dict[str, float]:
-    """``(zero-shot - control) / (zero-shot - method)`` WER on one condition, with a percentile interval over
-    utterance resamples shared by the three (resamples where the method gains nothing are dropped)."""
-    rows = np.flatnonzero(zero["condition"] == condition)
-    words = zero["words"][rows]
-    errors = [arrays["word_errors"][rows] for arrays in (zero, control, method)]
-
-    def share(index: np.ndarray | slice) -> float:
-        z, c, m = (condition_wer(e[index], words[index]) for e in errors)
-        return (z - c) / (z - m) if z - m > 0 else math.nan
-
-    value = share(slice(None))
-    draws = np.asarray([share(i) for i in bootstrap_indices(len(rows), max(n_bootstrap, 1), seed=seed)])
-    draws = draws[~np.isnan(draws)]
-    low, high = percentile_interval(draws) if len(draws) else (math.nan, math.nan)
-    return {"value": value, "low": low, "high": high}
 
 
 def summarise(runs: Sequence[Mapping[str, Any]], methods: Sequence[str], args: argparse.Namespace) -> dict:
@@ -315,7 +282,7 @@ def summarise(runs: Sequence[Mapping[str, Any]], methods: Sequence[str], args: a
                     change = paired_change(zero, arrays, condition, args.bootstrap)
                     cell["change"] = change
                     cell["verdict"] = paired_verdict(change, "worse than zero-shot", "better than zero-shot")
-                    zero_wer = condition_wer(
+                    zero_wer = pooled_wer(
                         *(zero[k][zero["condition"] == condition] for k in ("word_errors", "words"))
                     )
                     cell["relative_cut"] = -change["value"] / zero_wer if zero_wer else math.nan
@@ -542,7 +509,7 @@ def chart_methods(runs: Sequence[Mapping[str, Any]], summary: Mapping[str, Any],
     for method, row in block["methods"].items():
         records = [r for r in runs if r["method"] == method and r["test_sets"].get(test_set)]
         pooled = seed_statistics(
-            condition_wer(np.asarray(t["word_errors"]), np.asarray(t["words"]))
+            pooled_wer(np.asarray(t["word_errors"]), np.asarray(t["words"]))
             for t in (r["test_sets"][test_set] for r in records)
         )
         fits = [r["fit_seconds"] for r in records if r.get("fit_seconds") is not None]
@@ -875,7 +842,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                     print(
                         f"{method} seed {seed}: {record['steps']} steps, {record['wall_seconds']:.0f} s; WER "
                         + ", ".join(
-                            f"{s} {condition_wer(np.asarray(t['word_errors']), np.asarray(t['words'])):.3f}"
+                            f"{s} {pooled_wer(np.asarray(t['word_errors']), np.asarray(t['words'])):.3f}"
                             for s, t in record["test_sets"].items()
                             if t
                         ),

@@ -10,6 +10,7 @@ characters (jiwer's counts), and at test end it adds the per-utterance table
 from __future__ import annotations
 
 import csv
+import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,12 +19,15 @@ import numpy as np
 import torch
 
 from verticals.core.group_report import GroupReportResults
+from verticals.core.metrics import bootstrap_indices, percentile_interval
 from verticals.core.metrics.text import SequenceMetric, error_rate
 
 __all__ = [
     "NORMALIZERS",
     "UTTERANCE_TABLE",
     "TranscriptErrors",
+    "control_share",
+    "pooled_wer",
     "read_utterance_table",
     "text_normalizer",
     "utterance_errors",
@@ -155,3 +159,50 @@ def read_utterance_table(path: Path) -> list[dict[str, Any]]:
             {key: int(value) if key in (*_COUNTS, "utterance") else value for key, value in row.items()}
             for row in csv.DictReader(handle)
         ]
+
+
+def pooled_wer(word_errors: np.ndarray, words: np.ndarray) -> float:
+    """Corpus WER of some utterances: their word errors summed over their reference words summed (NaN for
+    no words)."""
+    total = float(np.sum(words))
+    return float(np.sum(word_errors)) / total if total else math.nan
+
+
+def control_share(
+    reference: Mapping[str, np.ndarray],
+    control: Mapping[str, np.ndarray],
+    method: Mapping[str, np.ndarray],
+    condition: str,
+    n_bootstrap: int,
+    seed: int = 0,
+) -> dict[str, float]:
+    """What share of a method's WER gain over a reference a control already gets, on one condition:
+    ``(reference - control) / (reference - method)``, with a 95% percentile interval over utterance resamples
+    shared by the three (resamples where the method gains nothing are dropped).
+
+    Why: a gain that a control trained without the shifted condition also gets is not adaptation to that
+    condition (1 = the control gets all of it).
+
+    Args:
+        reference: per-utterance arrays ``condition``, ``word_errors`` and ``words`` of the reference run (e.g.
+            zero-shot), in test-loader order; ``control`` and ``method`` hold the same utterances, in the same
+            order (their ``word_errors`` are read).
+        control: the control run's arrays.
+        method: the method's arrays.
+        condition: the condition whose utterances are compared.
+        n_bootstrap: utterance resamples for the interval.
+        seed: seed of the resamples.
+    """
+    rows = np.flatnonzero(np.asarray(reference["condition"]) == condition)
+    words = np.asarray(reference["words"])[rows]
+    errors = [np.asarray(arrays["word_errors"])[rows] for arrays in (reference, control, method)]
+
+    def share(index: np.ndarray | slice) -> float:
+        base, controlled, adapted = (pooled_wer(e[index], words[index]) for e in errors)
+        return (base - controlled) / (base - adapted) if base - adapted > 0 else math.nan
+
+    value = share(slice(None))
+    draws = np.asarray([share(i) for i in bootstrap_indices(len(rows), max(n_bootstrap, 1), seed=seed)])
+    draws = draws[~np.isnan(draws)]
+    low, high = percentile_interval(draws) if len(draws) else (math.nan, math.nan)
+    return {"value": value, "low": low, "high": high}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import numpy as np
@@ -13,6 +14,8 @@ from verticals.core.group_report import group_report
 from verticals.domains.speech.metrics import (
     UTTERANCE_TABLE,
     TranscriptErrors,
+    control_share,
+    pooled_wer,
     read_utterance_table,
     text_normalizer,
     utterance_errors,
@@ -87,3 +90,23 @@ def test_the_extra_report_writes_the_per_utterance_table(tmp_path):
         "1,noisy,0,2,0,7",
     ]
     assert read_utterance_table(tmp_path / UTTERANCE_TABLE) == rows
+
+
+def test_pooled_wer_and_control_share_on_known_counts() -> None:
+    assert pooled_wer(np.asarray([1, 3]), np.asarray([10, 10])) == pytest.approx(0.2)
+    assert math.isnan(pooled_wer(np.asarray([]), np.asarray([])))
+
+    def arrays(errors):
+        return {
+            "condition": np.asarray(["child"] * 4 + ["clear"] * 2),
+            "words": np.full(6, 10.0),
+            "word_errors": np.asarray(errors, dtype=float),
+        }
+
+    zero, method, control = arrays([4, 4, 4, 4, 1, 1]), arrays([2, 2, 2, 2, 0, 0]), arrays([3, 3, 3, 3, 0, 0])
+    share = control_share(zero, control, method, "child", n_bootstrap=50)
+    assert share["value"] == pytest.approx(0.5) and share["low"] == share["high"] == pytest.approx(0.5)
+    assert control_share(zero, control, method, "clear", n_bootstrap=20)["value"] == pytest.approx(1.0)
+    assert math.isnan(
+        control_share(zero, control, zero, "child", n_bootstrap=10)["value"]
+    )  # no gain to explain
