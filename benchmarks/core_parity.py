@@ -189,7 +189,11 @@ def run_one(name: str, workdir: Path, npz: Path, seed: int | None, full_budget: 
     }
     arrays = _concatenate(captured.batches, "test_step/")
     started = time.perf_counter()
-    predictions = trainer.predict(cli.model, dataloaders=cli.datamodule.test_dataloader())
+    # Unmerged: the parity is bit-for-bit against the recorded pre-redesign outputs, which predicted unmerged
+    # (merging, predict's default now, changes outputs at the 1e-7 level).
+    predictions = trainer.predict(
+        cli.model, dataloaders=cli.datamodule.test_dataloader(), merge_adapter=False
+    )
     predict_seconds = time.perf_counter() - started
     predicted, transcripts = _predict_outputs(predictions or [])
     arrays.update(predicted)

@@ -1,8 +1,12 @@
-"""The ``verticals`` command: Lightning's CLI (fit, validate, test, predict) plus ``run`` and ``configs``.
+"""The ``verticals`` command: Lightning's CLI (fit, validate, test, predict) plus ``run``, ``configs`` and ``export``.
 
 ``verticals run CONFIG`` fits, tests the best checkpoint and writes the run's report; ``CONFIG`` is a
 YAML path or a packaged name such as ``timeseries/gunpoint_lora`` (``verticals configs`` lists them).
 ``--ckpt_path last`` resumes the newest run under the config's ``trainer.default_root_dir``.
+
+``verticals export RUN_DIR`` writes a run's adapter merged into its model (``model.safetensors``) beside the
+adapter (:mod:`verticals.core.export`); ``verticals predict`` merges mergeable adapters by default
+(``--merge_adapter false`` predicts unmerged).
 
 ``verticals run CONFIG --seeds 0 1 2 3 4`` runs once per seed (``--seed_everything`` set to each, one after
 the other, each in its own ``version_N`` under the root directory) and writes one report over the seeds,
@@ -37,6 +41,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from verticals.core.callbacks import run_directory
 from verticals.core.checkpoint_io import with_atomic_checkpoints
+from verticals.core.export import EXPORT_HELP, export_main
 from verticals.core.extras import missing_extras, packages_named_in
 from verticals.core.quiet import quiet_lightning
 from verticals.core.report import stopped_before_budget, write_seed_report
@@ -127,8 +132,20 @@ class VerticalsTrainer(Trainer):
         with _exit_status_of_signals(self):
             return super().test(*args, **kwargs)
 
-    def predict(self, *args: Any, **kwargs: Any) -> Any:
+    def predict(self, *args: Any, merge_adapter: bool = True, **kwargs: Any) -> Any:
+        """Lightning's predict, with the adapter merged into its weights first (``--merge_adapter``).
+
+        Args:
+            merge_adapter: merge the adapter into the weights it adapts before predicting and unmerge after
+                (same outputs up to floating-point rounding, no adapter cost per sample), for methods that can
+                merge (LoRA, DoRA, AdaLoRA, IA3, S2-LoRA …; see ``verticals.core.adapters.merging``); ``false``
+                predicts unmerged. A method that can't merge (bottleneck, Earth-Adapter, prompt tuning) always
+                predicts unmerged and says why in one log line.
+        """
         self._name_best_checkpoint(kwargs)
+        model = kwargs.get("model", args[0] if args else None)
+        if isinstance(model, AdapterTask):
+            model.merge_for_predict = merge_adapter
         with _exit_status_of_signals(self):
             return super().predict(*args, **kwargs)
 
@@ -159,7 +176,9 @@ def _exit_status_of_signals(trainer: Trainer) -> Iterator[None]:
 def _say_stopped(trainer: Trainer, signal_name: str) -> None:
     if not trainer.is_global_zero:
         return
-    last = next((callback for callback in trainer.checkpoint_callbacks if isinstance(callback, LastCheckpoint)), None)
+    last = next(
+        (callback for callback in trainer.checkpoint_callbacks if isinstance(callback, LastCheckpoint)), None
+    )
     where = f"in epoch {trainer.current_epoch} (step {trainer.global_step})"
     if last is not None and last.last_model_path and Path(last.last_model_path).is_file():
         advice = (
@@ -261,6 +280,12 @@ class VerticalsCLI(LightningCLI):
             self.parser_class(description=CONFIGS_HELP),
             help=CONFIGS_HELP,
         )
+        # Listed too; main() hands it to verticals.core.export's own parser (it builds no Trainer either).
+        parser._subcommands_action.add_subcommand(
+            "export",
+            self.parser_class(description=EXPORT_HELP),
+            help=EXPORT_HELP,
+        )
 
     def _parse_ckpt_path(self) -> None:
         """Lightning's: a ``--ckpt_path`` file's hyperparameters become the model's config. Before that, an
@@ -358,7 +383,8 @@ class VerticalsCLI(LightningCLI):
         if not worker:
             position = checkpoint_position(config.ckpt_path)
             print(
-                f"verticals: resuming {run_dir} from {config.ckpt_path}" + (f" ({position})" if position else ""),
+                f"verticals: resuming {run_dir} from {config.ckpt_path}"
+                + (f" ({position})" if position else ""),
                 file=sys.stderr,
                 flush=True,
             )
@@ -478,6 +504,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"{name:40s} {_describe(path)}")
         return
     quiet_lightning()  # no advertising tips; no warning about what verticals does on purpose
+    if args[:1] == ["export"]:
+        export_main(args[1:])
+        return
     run_cli(args)
 
 
@@ -542,9 +571,10 @@ def run_cli(args: Sequence[str]) -> VerticalsCLI | SeedSweep:
 
     ``run ... --seeds S [S ...]`` returns the ``SeedSweep`` instead (its report and directory).
     """
-    if list(args)[:1] == ["configs"]:
+    if list(args)[:1] in (["configs"], ["export"]):
         raise SystemExit(
-            "verticals: `configs` builds no Trainer: call main(['configs']) (`verticals configs`)."
+            f"verticals: `{args[0]}` builds no Trainer: call main({list(args)[:1]!r} + arguments) "
+            f"(`verticals {args[0]} ...`)."
         )
     missing = missing_extras_message(args)
     if missing:

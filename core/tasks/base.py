@@ -25,7 +25,9 @@ from torch.utils.data import DataLoader
 from torchmetrics import MetricCollection
 
 from verticals.core.adapters.api import AdapterSpec, adapt
+from verticals.core.adapters.fused import use_fused_lora
 from verticals.core.adapters.lifecycle import AdapterHooks, adapter_hooks, adapter_tuner, tuner_class
+from verticals.core.adapters.merging import merge_for_predict, unmerge
 from verticals.core.adapters.summary import ParameterSummary, parameter_summary
 from verticals.core.checkpoint import check_backbone, fingerprint, statistics_buffer_names, trainable_state
 from verticals.core.group_objective import (
@@ -38,6 +40,8 @@ from verticals.core.registry import build_model
 
 # Substrings of a monitored metric's name that say which way is better (checked in this order).
 _LOWER_IS_BETTER = ("gap", "loss", "error", "mse", "mae", "wer", "cer", "ece", "hd95")
+#: Lightning strategies that shard parameters, so peft can't merge an adapter into whole weights there.
+_SHARDING_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")
 _HIGHER_IS_BETTER = ("auroc", "accuracy", "f1", "dice", "iou", "precision", "recall")
 
 
@@ -85,6 +89,10 @@ class AdapterTask(L.LightningModule):
             the metric's name implies.
         group_objective: train over the data's groups (group-DRO, a mutual-information penalty on a
             sensitive attribute): a ``GroupObjective`` or a dict of its fields; None trains on the mean loss.
+        fused_lora: run peft's LoRA/DoRA ``Linear`` layers through verticals' fused kernels
+            (:func:`verticals.kernels.enable_fused_lora`, switched on once the adapted model is built, so also
+            after a checkpoint loads): Triton on CUDA tensors, peft's own forward everywhere else (on CPU the
+            option changes nothing). A setting of how to run, like the device: not saved in checkpoints.
     """
 
     monitor = "val_loss"
@@ -109,6 +117,7 @@ class AdapterTask(L.LightningModule):
         monitor: str | None = None,
         monitor_mode: str | None = None,
         group_objective: GroupObjective | dict[str, Any] | None = None,
+        fused_lora: bool = False,
     ) -> None:
         super().__init__()
         if monitor is not None:
@@ -134,7 +143,9 @@ class AdapterTask(L.LightningModule):
         self._given_adapter_options = dict(spec.options) if spec is not None else {}
         objective = GroupObjective.coerce(group_objective)
         # Plain types only, so checkpoints load with torch.load(weights_only=True).
-        self.save_hyperparameters(ignore=["model", "adapter", "group_objective"])
+        # `fused_lora` is how to run, not what was trained: a checkpoint's value must not override the command's.
+        self.save_hyperparameters(ignore=["model", "adapter", "group_objective", "fused_lora"])
+        self.fused_lora = fused_lora
         self.hparams["model"] = model_name
         self.hparams["adapter"] = dataclasses.asdict(spec) if spec is not None else None
         self.hparams["group_objective"] = dataclasses.asdict(objective) if objective is not None else None
@@ -224,6 +235,8 @@ class AdapterTask(L.LightningModule):
             self._options_steps = self._fit_steps()
             self._set_adapter_options(self._adapter_options(self._options_steps))
         self.net = adapt(network, self.adapter_spec)
+        if self.fused_lora:
+            use_fused_lora(self.net, self.adapter_spec.method)
         self._watch_output_loss()
         _freeze_unused(self.net, getattr(network, "unused_parameters", ()))
         self.train_metrics, self.val_metrics, self.test_metrics = self._metric_clones()
@@ -320,6 +333,7 @@ class AdapterTask(L.LightningModule):
         """Before the first step: the method's state derived from the training data (its
         ``prepare_from_data`` hook), and, for a model built before the trainer (a ready module, a known input
         shape), the run-dependent adapter options of this fit (AdaLoRA's ``total_step``) on its live config."""
+        self._unmerge_after_predict()
         self._prepare_adapter_from_data()
         if self.adapter_spec is None or self.adapter_hooks().configure_options is None:
             return
@@ -532,7 +546,12 @@ class AdapterTask(L.LightningModule):
         size = len(per_sample)
         if estimate is not None:
             self.log(
-                f"{stage}_mi_estimate", estimate, on_step=False, on_epoch=True, batch_size=size, sync_dist=True
+                f"{stage}_mi_estimate",
+                estimate,
+                on_step=False,
+                on_epoch=True,
+                batch_size=size,
+                sync_dist=True,
             )
         if stage == "train" and loss is not task_loss:
             self.log("train_total_loss", loss, on_step=True, on_epoch=True, batch_size=size, sync_dist=True)
@@ -572,6 +591,37 @@ class AdapterTask(L.LightningModule):
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self(batch["x"])
+
+    #: Whether ``predict`` merges the adapter into its weights first (peft's ``merge_adapter``; see
+    #: :mod:`verticals.core.adapters.merging` for which methods can). ``verticals predict --merge_adapter false``
+    #: sets it to False for a run; from Python, set it on the task.
+    merge_for_predict: bool = True
+    _merged_for_predict = False
+
+    def on_predict_start(self) -> None:
+        """Merge the adapter for predict (no adapter cost per sample), when ``merge_for_predict`` is on and the
+        method can merge; a method that can't runs unmerged, and one log line says why."""
+        strategy = getattr(self._trainer, "strategy", None)
+        sharded = any(klass.__name__ in _SHARDING_STRATEGIES for klass in type(strategy).__mro__)
+        self._merged_for_predict = merge_for_predict(
+            self.model, wanted=self.merge_for_predict, sharded=sharded
+        )
+
+    def on_predict_end(self) -> None:
+        """Unmerge after predict, so the task trains, validates and tests on its adapter layers as before."""
+        self._unmerge_after_predict()
+
+    def _unmerge_after_predict(self) -> None:
+        # Also called when another stage starts: a predict that raised never reached on_predict_end.
+        if self._merged_for_predict and self.net is not None:
+            unmerge(self.net)
+        self._merged_for_predict = False
+
+    def on_validation_start(self) -> None:
+        self._unmerge_after_predict()
+
+    def on_test_start(self) -> None:
+        self._unmerge_after_predict()
 
     #: ``--optimizer`` / ``--lr_scheduler`` from the command line (``{class_path, init_args}``); see
     #: :meth:`use_optimizer`.
@@ -653,7 +703,9 @@ class AdapterTask(L.LightningModule):
         # Only those this trainer does not hold yet: `run` asks again for its test, and Lightning's override of
         # attached callbacks matches by type over a set, so a ModelCheckpoint subclass could be attached twice
         # and (by set order) become the trainer's `checkpoint_callback` in place of the best one.
-        attached = {id(callback) for callback in self._trainer.callbacks} if self._trainer is not None else set()
+        attached = (
+            {id(callback) for callback in self._trainer.callbacks} if self._trainer is not None else set()
+        )
         returned = [callback for callback in self._run_callbacks if id(callback) not in attached]
         if self._trainer is not None and any(isinstance(callback, ModelCheckpoint) for callback in returned):
             # Lightning's own default ModelCheckpoint() gives way to the task's checkpoints. Taken out here, not
@@ -744,7 +796,11 @@ class AdapterTask(L.LightningModule):
                 path,
             )
         try:
-            check_backbone(info["backbone"], self.backbone_reference, "checkpoint" if path is None else f"checkpoint {source}")
+            check_backbone(
+                info["backbone"],
+                self.backbone_reference,
+                "checkpoint" if path is None else f"checkpoint {source}",
+            )
         except ValueError as error:
             raise VerticalsFileError(str(error), path) from None
         # Checkpoints of FairClassificationTask before the group objective kept q at the task's top level.

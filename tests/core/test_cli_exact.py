@@ -336,7 +336,7 @@ def test_help_lists_configs(capsys):
         main(["--help"])
     assert raised.value.code == 0
     out = capsys.readouterr().out
-    assert "{fit,validate,test,predict,run,configs}" in out and "--version" in out
+    assert "{fit,validate,test,predict,run,configs,export}" in out and "--version" in out
     assert re.search(r"^\s+configs\s+" + re.escape(CONFIGS_HELP.split(" (")[0]), out, re.MULTILINE)
 
 
