@@ -15,6 +15,9 @@ checkpoint tested), every other warning, and the paths it wrote. What it does no
   features, which a norm has not, and stores them without ever reading them (peft 0.21). Only for
   normalisation layers: the same warning about any other layer type still shows.
 
+A domain silences a library's own notices the same way, by their text, where it knows them harmless
+(:func:`silence_log_messages`; e.g. the speech domain for two notices of transformers' Whisper decoding).
+
 ``verticals`` calls :func:`quiet_lightning` at start; a notebook calls it once after its imports (a logger
 level set before ``import lightning`` is undone by that import, which sets its loggers to INFO).
 """
@@ -35,7 +38,10 @@ LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric", "pytorch_lightning
 SILENCED_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
     (r"Found \d+ module\(s\) in eval mode at the start of training", UserWarning),
     (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning),
-    (r"Unsupported layer type '<class '[\w.]*(LayerNorm|RMSNorm|GroupNorm|BatchNorm\w*)'>' encountered", UserWarning),
+    (
+        r"Unsupported layer type '<class '[\w.]*(LayerNorm|RMSNorm|GroupNorm|BatchNorm\w*)'>' encountered",
+        UserWarning,
+    ),
 )
 
 
@@ -44,6 +50,34 @@ class DropLightningTips(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not str(record.msg).startswith(LIGHTNING_TIP)
+
+
+class DropLogMessages(logging.Filter):
+    """Drops the records of a logger whose message starts with one of ``prefixes``.
+
+    Args:
+        prefixes: the starts of the messages to drop (their text before any formatting).
+    """
+
+    def __init__(self, prefixes: tuple[str, ...]) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefixes)
+
+
+def silence_log_messages(logger_name: str, prefixes: tuple[str, ...]) -> None:
+    """Drop the messages of ``logger_name`` that start with one of ``prefixes``; idempotent. For a library's
+    notice that a caller cannot avoid and that is harmless where it is silenced (say why beside the call).
+
+    Args:
+        logger_name: the emitting logger (a module's ``__name__``, e.g. ``transformers.generation.utils``).
+        prefixes: the starts of the messages to drop.
+    """
+    logger = logging.getLogger(logger_name)
+    if not any(isinstance(f, DropLogMessages) and f.prefixes == prefixes for f in logger.filters):
+        logger.addFilter(DropLogMessages(prefixes))
 
 
 def quiet_lightning(level: int | None = None) -> None:

@@ -33,6 +33,7 @@ from transformers.utils import logging as hf_logging
 from verticals.core.adapters.families import every_block_has, has_modules, register_family
 from verticals.core.adapters.s2lora import S2LoRAModel
 from verticals.core.cache import cache_root
+from verticals.core.quiet import silence_log_messages
 from verticals.core.registry import register_model
 from verticals.core.seeding import seeded
 
@@ -282,6 +283,16 @@ def load_whisper(
     return model.eval(), processor
 
 
+#: Two notices transformers prints on a process's first Whisper decoding, that no caller can avoid: its own
+#: Whisper ``generate`` passes ``suppress_tokens`` / ``begin_suppress_tokens`` beside the generation config
+#: (``generation_whisper.py``); and it asks for a decoder attention mask because Whisper's pad token is its
+#: end-of-text token, but every row starts from the same start tokens, so nothing is padded to mask.
+WHISPER_GENERATE_NOTICES = (
+    "Passing `generation_config` together with generation-related arguments",
+    "The attention mask is not set with a batched input, and cannot be inferred from input because pad token",
+)
+
+
 class WhisperModule(nn.Module):
     """A registered wrapper (``speech.whisper``) so configs can name the model: ``.backbone`` is the
     HF ``WhisperForConditionalGeneration`` (frozen by the adapter), ``.processor`` its processor.
@@ -337,6 +348,7 @@ class WhisperModule(nn.Module):
     ) -> torch.Tensor:
         """Greedy token ids (start tokens stripped). ``max_new_tokens`` is passed on as Whisper's
         ``max_length``, which counts only new tokens (see :func:`whisper_generation_config`)."""
+        silence_log_messages("transformers.generation.utils", WHISPER_GENERATE_NOTICES)
         if max_new_tokens is not None:
             kwargs["max_length"] = max_new_tokens
         return self.backbone.generate(input_features=input_features, **kwargs)

@@ -32,8 +32,10 @@ NOISE = re.compile(r"Tip:|override|warn|\.py:\d+: ", re.IGNORECASE)
 @pytest.fixture
 def restored_logging():
     """Undo quiet_lightning's logger filters and levels after the test."""
-    saved = {name: (logging.getLogger(name).level, list(logging.getLogger(name).filters)) for name in
-             (*RANK_ZERO_LOGGERS, *LIGHTNING_LOGGERS)}
+    saved = {
+        name: (logging.getLogger(name).level, list(logging.getLogger(name).filters))
+        for name in (*RANK_ZERO_LOGGERS, *LIGHTNING_LOGGERS)
+    }
     yield
     for name, (level, filters) in saved.items():
         logger = logging.getLogger(name)
@@ -70,14 +72,22 @@ def test_only_the_listed_warnings_are_silenced(restored_logging):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         quiet_lightning()
-        warnings.warn("Found 117 module(s) in eval mode at the start of training. This may lead to ...",
-                      PossibleUserWarning, stacklevel=1)
+        warnings.warn(
+            "Found 117 module(s) in eval mode at the start of training. This may lead to ...",
+            PossibleUserWarning,
+            stacklevel=1,
+        )
         warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use ...", FutureWarning, stacklevel=1)
         warnings.warn("Found 3 module(s) somewhere else", PossibleUserWarning, stacklevel=1)
-        warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated", UserWarning, stacklevel=1)  # other kind
+        warnings.warn(
+            "`isinstance(treespec, LeafSpec)` is deprecated", UserWarning, stacklevel=1
+        )  # other kind
         for layer in ("torch.nn.modules.normalization.LayerNorm", "my.layers.FancyLinear"):
-            warnings.warn(f"Unsupported layer type '<class '{layer}'>' encountered, proceed at your own risk.",
-                          UserWarning, stacklevel=1)
+            warnings.warn(
+                f"Unsupported layer type '<class '{layer}'>' encountered, proceed at your own risk.",
+                UserWarning,
+                stacklevel=1,
+            )
     assert [str(warning.message) for warning in caught] == [
         "Found 3 module(s) somewhere else",
         "`isinstance(treespec, LeafSpec)` is deprecated",
@@ -92,8 +102,12 @@ def test_a_level_is_set_after_lightning_set_its_own(restored_logging):
 
 
 def test_best_is_passed_to_lightning_as_the_file_of_the_first_checkpoint_callback(tmp_path):
-    trainer = VerticalsTrainer(default_root_dir=str(tmp_path), logger=False, enable_progress_bar=False,
-                               callbacks=[ModelCheckpoint(tmp_path, monitor="a"), ModelCheckpoint(tmp_path, monitor="b")])
+    trainer = VerticalsTrainer(
+        default_root_dir=str(tmp_path),
+        logger=False,
+        enable_progress_bar=False,
+        callbacks=[ModelCheckpoint(tmp_path, monitor="a"), ModelCheckpoint(tmp_path, monitor="b")],
+    )
 
     def named(kwargs):
         trainer._name_best_checkpoint(kwargs)  # in place: jsonargparse reads the options from super()'s call
@@ -101,7 +115,10 @@ def test_best_is_passed_to_lightning_as_the_file_of_the_first_checkpoint_callbac
 
     assert named({"ckpt_path": "best"}) == {"ckpt_path": "best"}  # no best yet: Lightning's own error
     trainer.checkpoint_callback.best_model_path = str(tmp_path / "best.ckpt")
-    assert named({"ckpt_path": "best", "verbose": False}) == {"ckpt_path": str(tmp_path / "best.ckpt"), "verbose": False}
+    assert named({"ckpt_path": "best", "verbose": False}) == {
+        "ckpt_path": str(tmp_path / "best.ckpt"),
+        "verbose": False,
+    }
     assert named({"ckpt_path": "last"}) == {"ckpt_path": "last"}
     assert named({}) == {}
 
@@ -126,7 +143,45 @@ def test_the_default_job_prints_no_noise(tmp_path):
     noise = [line for line in output.splitlines() if NOISE.search(line)]
     assert not noise, "noise in a normal run:\n" + "\n".join(dict.fromkeys(noise))
     run = tmp_path / "runs" / "version_0"
-    assert f"Run directory: {run}" in output and re.search(rf"report: +{re.escape(str(run / 'report.md'))}", output)
+    assert f"Run directory: {run}" in output and re.search(
+        rf"report: +{re.escape(str(run / 'report.md'))}", output
+    )
     assert "Testing" in output and "test_accuracy" in output  # the progress bar and the test table stay
     assert (run / "checkpoints" / "best.ckpt").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
     assert re.search(r"Restoring states from the checkpoint path at .*best\.ckpt", output)
+
+
+def test_silenced_log_messages_are_dropped_by_their_start_and_others_kept() -> None:
+    from verticals.core.quiet import DropLogMessages, silence_log_messages
+
+    name = "verticals.tests.quiet_messages"
+    logger, collect = logging.getLogger(name), _Collect()
+    logger.addHandler(collect)
+    try:
+        silence_log_messages(name, ("Known harmless notice",))
+        silence_log_messages(name, ("Known harmless notice",))  # idempotent
+        assert sum(isinstance(f, DropLogMessages) for f in logger.filters) == 1
+        logger.warning("Known harmless notice about %s", "decoding")
+        logger.warning("Another warning")
+        assert collect.messages == ["Another warning"]
+    finally:
+        logger.removeHandler(collect)
+        logger.filters.clear()
+
+
+def test_whisper_decoding_prints_neither_transformers_notice(tmp_path, monkeypatch) -> None:
+    pytest.importorskip("transformers")
+    import torch
+
+    from verticals.domains.speech.models import WHISPER_GENERATE_NOTICES, WhisperModule
+
+    monkeypatch.setenv("VERTICALS_CACHE", str(tmp_path))
+    model = WhisperModule(source="tiny-random", max_source_positions=100).eval()
+    collect = _Collect()
+    logging.getLogger("transformers").addHandler(collect)
+    try:
+        with torch.no_grad():
+            model.generate(torch.randn(2, 80, 200), max_new_tokens=4)
+    finally:
+        logging.getLogger("transformers").removeHandler(collect)
+    assert not [m for m in collect.messages if m.startswith(WHISPER_GENERATE_NOTICES)]
