@@ -1259,6 +1259,57 @@ def chart_remote_sensing(results: Mapping[str, Any], md_path: Path) -> list[Char
     return charts
 
 
+# -- speed (benchmarks/speed.py) --------------------------------------------------------------------------
+def chart_speed(results: Mapping[str, Any], md_path: Path) -> list[Chart]:
+    """Inference time of the unmerged, merged and exported adapter over the base model's, per backbone shape
+    and LoRA targets, with the 95% bootstrap interval of the median ratio over repeats; the issue's 1.05 bar.
+
+    Args:
+        results: ``speed.json`` (``merged.rows`` with ``ratios`` per variant).
+        md_path: the report; the chart goes beside it.
+    """
+    plt = _pyplot()
+    rows = (results.get("merged") or {}).get("rows") or []
+    if not rows:
+        return []
+    labels = [f"{row['shape']}, {row['targets']}, batch {row['batch']}" for row in rows]
+    variants = [("unmerged", "unmerged LoRA"), ("merged", "merged (predict)"), ("exported", "exported")]
+    figure, axis = plt.subplots(figsize=(8.0, 0.55 * len(rows) + 1.8))
+    height = 0.8 / len(variants)
+    for index, (key, label) in enumerate(variants):
+        entries = [row["ratios"][key] for row in rows]
+        centre = [_float(entry.get("median")) for entry in entries]
+        axis.barh(
+            [i + (index - 1) * height for i in range(len(rows))],
+            centre,
+            height=height,
+            xerr=_bars(
+                centre, [_float(e.get("low")) for e in entries], [_float(e.get("high")) for e in entries]
+            ),
+            capsize=2,
+            label=label,
+        )
+    axis.axvline(1.0, color="black", linewidth=1)
+    target = (results["merged"].get("summary") or {}).get("target_ratio")
+    if target:
+        axis.axvline(target, color="tab:red", linestyle="--", linewidth=1, label=f"{target}x base (the bar)")
+    axis.set_yticks(range(len(rows)), labels, fontsize=7)
+    axis.invert_yaxis()
+    axis.set_xlabel("inference time / base model (1.0 = same; median over repeats, 95% bootstrap CI)")
+    bottom = _legend_below(figure, [axis], ncol=4)
+    settings = results.get("settings") or {}
+    machine = results.get("machine") or {}
+    title = (
+        f"Merged vs unmerged LoRA r={settings.get('rank', '?')} vs base inference, "
+        f"{settings.get('repeats', '?')} ABBA repeats on {machine.get('cpu', '?')}, "
+        f"{machine.get('torch_threads', '?')} thread(s)"
+        + (" (tiny smoke run)" if settings.get("tiny") else "")
+    )
+    figure.suptitle(_wrap(title, figure))
+    figure.tight_layout(rect=(0, bottom, 1, 1))
+    return [_save(figure, _chart_path(md_path, "merged"), title)]
+
+
 # -- which chart function a report needs -------------------------------------------------------------------
 CHARTS: dict[str, Callable[..., list[Chart]]] = {
     "timeseries": chart_timeseries,
@@ -1272,6 +1323,7 @@ CHARTS: dict[str, Callable[..., list[Chart]]] = {
     "medical_sam": chart_medical_sam,
     "pointcloud": chart_pointcloud,
     "remote_sensing": chart_remote_sensing,
+    "speed": chart_speed,
 }
 
 
@@ -1287,6 +1339,8 @@ def kind_of(results: Mapping[str, Any]) -> str | None:
     first = runs[0] if isinstance(runs, list) and runs and isinstance(runs[0], Mapping) else {}
     rows = results.get("rows")
     row = rows[0] if isinstance(rows, list) and rows and isinstance(rows[0], Mapping) else {}
+    if results.get("benchmark") == "speed":
+        return "speed"
     if "seed_reports" in results:
         return "medical_fairness_seeds"
     if "point_peft_minus" in summary:

@@ -267,6 +267,27 @@ def _fakes() -> dict[str, dict]:
                 }
             ],
         },
+        "speed": {
+            "benchmark": "speed",
+            "settings": {"rank": 8, "repeats": 4},
+            "machine": {"cpu": "AMD EPYC", "torch_threads": 1},
+            "merged": {
+                "summary": {"target_ratio": 1.05},
+                "rows": [
+                    {
+                        "shape": shape,
+                        "targets": targets,
+                        "batch": 8,
+                        "ratios": {
+                            key: {"median": value, "low": value - 0.02, "high": value + 0.03}
+                            for key, value in (("unmerged", 1.2), ("merged", 1.01), ("exported", 0.99))
+                        },
+                    }
+                    for shape in ("vit_b16", "minilm")
+                    for targets in ("attention", "all-linear")
+                ],
+            },
+        },
     }
 
 
