@@ -40,7 +40,6 @@ def kernel_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 # that made the others; notebooks/README.md says so). They stay committed without outputs until then: a
 # partial or smoke run is never committed in their place.
 AWAITING_FULL_RUN = {
-    "medical_sam_segmentation.ipynb": "LiteMedSAM at 256 px (hours on a CPU; minutes on a GPU)",
     "speech_whisper_lora.ipynb": "issue 21 changes its data and text first",
 }
 
