@@ -542,10 +542,16 @@ def chart_speech(results: Mapping[str, Any], md_path: Path) -> list[Chart]:
         axis.set_ylabel("WER (pooled over utterances)")
         axis.grid(alpha=0.3, axis="y")
         axis.legend(ncol=3)
+        seeds = settings.get("seeds") or []
+        spread = (
+            f"mean over seeds {seeds} with its 95% t-interval"
+            if len(seeds) > 1
+            else f"one run per method, 95% bootstrap CI ({settings.get('bootstrap', '?')} resamples)"
+        )
+        test_set = f" ({settings['test_sets'][0]})" if settings.get("test_sets") else ""
         title = (
-            f"Whisper {settings.get('source', '')}: WER per condition, one run per method, "
-            f"{settings.get('test_per_condition', '?')} test utterances per condition, "
-            f"95% bootstrap CI ({settings.get('bootstrap', '?')} resamples)"
+            f"Whisper {settings.get('source', '')}: WER per condition{test_set}, "
+            f"{settings.get('test_per_condition', '?')} test utterances per condition, {spread}"
         )
         figure.suptitle(_wrap(title, figure))
         figure.tight_layout()
@@ -574,7 +580,11 @@ def chart_speech(results: Mapping[str, Any], md_path: Path) -> list[Chart]:
         axis.set_ylim(bottom=0)
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7)
-        title = "Whisper: overall WER vs trainable parameters (one run each, 95% bootstrap CI)"
+        title = f"Whisper: overall WER{test_set} vs trainable parameters (" + (
+            f"mean over {len(seeds)} seeds, 95% t-interval)"
+            if len(seeds) > 1
+            else "one run each, 95% bootstrap CI)"
+        )
         figure.suptitle(_wrap(title, figure))
         figure.tight_layout()
         charts.append(_save(figure, _chart_path(md_path, "wer_vs_trainable"), title))

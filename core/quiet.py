@@ -16,7 +16,7 @@ checkpoint tested), every other warning, and the paths it wrote. What it does no
   normalisation layers: the same warning about any other layer type still shows.
 
 A domain silences a library's own notices the same way, by their text, where it knows them harmless
-(:func:`silence_log_messages`; e.g. the speech domain for two notices of transformers' Whisper decoding).
+(:func:`silence_log_messages`, called from the domain's own code).
 
 ``verticals`` calls :func:`quiet_lightning` at start; a notebook calls it once after its imports (a logger
 level set before ``import lightning`` is undone by that import, which sets its loggers to INFO).
