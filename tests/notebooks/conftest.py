@@ -39,9 +39,7 @@ def kernel_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 # Notebooks whose full-scale run has not been committed yet (a 2-core CPU could not run them in the session
 # that made the others; notebooks/README.md says so). They stay committed without outputs until then: a
 # partial or smoke run is never committed in their place.
-AWAITING_FULL_RUN = {
-    "speech_whisper_lora.ipynb": "issue 21 changes its data and text first",
-}
+AWAITING_FULL_RUN: dict[str, str] = {}
 
 
 def _assert_committed_executed(name: str, parameter_names: Iterable[str]) -> None:
