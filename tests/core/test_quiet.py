@@ -167,21 +167,3 @@ def test_silenced_log_messages_are_dropped_by_their_start_and_others_kept() -> N
     finally:
         logger.removeHandler(collect)
         logger.filters.clear()
-
-
-def test_whisper_decoding_prints_neither_transformers_notice(tmp_path, monkeypatch) -> None:
-    pytest.importorskip("transformers")
-    import torch
-
-    from verticals.domains.speech.models import WHISPER_GENERATE_NOTICES, WhisperModule
-
-    monkeypatch.setenv("VERTICALS_CACHE", str(tmp_path))
-    model = WhisperModule(source="tiny-random", max_source_positions=100).eval()
-    collect = _Collect()
-    logging.getLogger("transformers").addHandler(collect)
-    try:
-        with torch.no_grad():
-            model.generate(torch.randn(2, 80, 200), max_new_tokens=4)
-    finally:
-        logging.getLogger("transformers").removeHandler(collect)
-    assert not [m for m in collect.messages if m.startswith(WHISPER_GENERATE_NOTICES)]

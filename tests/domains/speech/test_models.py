@@ -140,3 +140,29 @@ def test_tiny_en_is_converted_once_into_a_safetensors_folder(monkeypatch, tmp_pa
     model, processor = load_whisper("tiny.en", max_source_positions=500)
     assert model.config.vocab_size == 51864 and model.config.max_source_positions == 500
     assert processor.feature_extractor.nb_max_frames == 1000
+
+
+class _CollectMessages(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_whisper_decoding_prints_neither_transformers_notice(tmp_path, monkeypatch) -> None:
+    """Whisper's own generate passes suppress_tokens beside the config and asks for a decoder mask greedy decoding
+    doesn't need: both notices are dropped by their text, other transformers messages kept."""
+    from verticals.domains.speech.models import WHISPER_GENERATE_NOTICES
+
+    monkeypatch.setenv("VERTICALS_CACHE", str(tmp_path))
+    model = WhisperModule(source="tiny-random", max_source_positions=100).eval()
+    collect = _CollectMessages()
+    logging.getLogger("transformers").addHandler(collect)
+    try:
+        with torch.no_grad():
+            model.generate(torch.randn(2, 80, 200), max_new_tokens=4)
+    finally:
+        logging.getLogger("transformers").removeHandler(collect)
+    assert not [m for m in collect.messages if m.startswith(WHISPER_GENERATE_NOTICES)]
