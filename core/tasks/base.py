@@ -36,6 +36,7 @@ from verticals.core.group_objective import (
     WorstGroupLoss,
     check_feature_split,
 )
+from verticals.core.prefix_cache import FrozenPrefixCache, PrefixCacheOptions
 from verticals.core.registry import build_model
 
 # Substrings of a monitored metric's name that say which way is better (checked in this order).
@@ -89,6 +90,10 @@ class AdapterTask(L.LightningModule):
             the metric's name implies.
         group_objective: train over the data's groups (group-DRO, a mutual-information penalty on a
             sensitive attribute): a ``GroupObjective`` or a dict of its fields; None trains on the mean loss.
+        cache_frozen_prefix: compute the frozen modules before the first trained one once per sample and replay
+            them (``true``, or ``{dtype: float16, max_gb: 8, directory: PATH}``; see
+            :class:`~verticals.core.prefix_cache.PrefixCacheOptions`). Off by default: it costs memory, and float16
+            storage changes results slightly. The run report says whether it was used. Not saved in checkpoints.
         fused_lora: run peft's LoRA/DoRA ``Linear`` layers through verticals' fused kernels
             (:func:`verticals.kernels.enable_fused_lora`, switched on once the adapted model is built, so also
             after a checkpoint loads): Triton on CUDA tensors, peft's own forward everywhere else (on CPU the
@@ -118,6 +123,7 @@ class AdapterTask(L.LightningModule):
         monitor_mode: str | None = None,
         group_objective: GroupObjective | dict[str, Any] | None = None,
         fused_lora: bool = False,
+        cache_frozen_prefix: bool | dict[str, Any] = False,
     ) -> None:
         super().__init__()
         if monitor is not None:
@@ -144,8 +150,15 @@ class AdapterTask(L.LightningModule):
         objective = GroupObjective.coerce(group_objective)
         # Plain types only, so checkpoints load with torch.load(weights_only=True).
         # `fused_lora` is how to run, not what was trained: a checkpoint's value must not override the command's.
-        self.save_hyperparameters(ignore=["model", "adapter", "group_objective", "fused_lora"])
+        # So is `cache_frozen_prefix`.
+        self.save_hyperparameters(
+            ignore=["model", "adapter", "group_objective", "fused_lora", "cache_frozen_prefix"]
+        )
         self.fused_lora = fused_lora
+        self.prefix_cache_options = PrefixCacheOptions.coerce(cache_frozen_prefix)
+        self.prefix_cache: FrozenPrefixCache | None = None
+        #: What the last fit's frozen-prefix cache did (:meth:`FrozenPrefixCache.summary`); the run report shows it.
+        self.prefix_cache_summary: dict[str, Any] = {"used": False}
         self.hparams["model"] = model_name
         self.hparams["adapter"] = dataclasses.asdict(spec) if spec is not None else None
         self.hparams["group_objective"] = dataclasses.asdict(objective) if objective is not None else None
@@ -335,6 +348,7 @@ class AdapterTask(L.LightningModule):
         shape), the run-dependent adapter options of this fit (AdaLoRA's ``total_step``) on its live config."""
         self._unmerge_after_predict()
         self._prepare_adapter_from_data()
+        self._attach_prefix_cache()
         if self.adapter_spec is None or self.adapter_hooks().configure_options is None:
             return
         steps = self._fit_steps()
@@ -352,6 +366,34 @@ class AdapterTask(L.LightningModule):
             for key, value in changed.items():
                 setattr(config, key, value)
         self._set_adapter_options(options)
+
+    def _attach_prefix_cache(self) -> None:
+        """With ``cache_frozen_prefix`` on, cache for this fit (set up on its first training batch)."""
+        self._detach_prefix_cache()
+        if self.prefix_cache_options.enabled:
+            self.prefix_cache = FrozenPrefixCache(self.model, self.prefix_cache_options, self._fit_samples())
+            self.prefix_cache_summary = self.prefix_cache.summary()
+
+    def _detach_prefix_cache(self) -> None:
+        if self.prefix_cache is not None:
+            self.prefix_cache_summary = self.prefix_cache.summary()
+            self.prefix_cache.remove()
+            self.prefix_cache = None
+
+    def on_fit_end(self) -> None:
+        """The frozen-prefix cache lives for one fit: testing and predicting after it run every module."""
+        self._detach_prefix_cache()
+
+    def _fit_samples(self) -> int | None:
+        """Training + validation samples of this fit (for the cache's up-front size message); None if unknown."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        sizes = []
+        for split in ("train", "val"):
+            try:
+                sizes.append(len(datamodule.split_dataset(split)))
+            except Exception:  # no verticals datamodule, or a split without a length: say nothing up front
+                return None
+        return sum(sizes)
 
     def on_train_epoch_start(self) -> None:
         """Apply the network's own train-mode policy before each training epoch (see :func:`apply_train_policy`)."""
