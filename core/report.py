@@ -160,6 +160,7 @@ def write_report(
         "best_validation": best_validation,
         "checkpoint": checkpoint,
         "timing": timing,
+        "prefix_cache": getattr(task, "prefix_cache_summary", {"used": False}),
         "data": data,
         "figures": list(figures or []),
         "figures_skipped": dict(figures_skipped or {}),
@@ -191,6 +192,7 @@ def _markdown(report: dict[str, Any]) -> str:
         lines.append(
             f"- training: {timing['fit_seconds']:.1f} s, {timing['samples_per_second']:.1f} samples/s"
         )
+    lines.append(_prefix_cache_line(report.get("prefix_cache") or {"used": False}))
     lines += _data_markdown(report.get("data"))
     lines += ["", "| test metric | value |", "|---|---|"]
     lines += [
@@ -198,6 +200,21 @@ def _markdown(report: dict[str, Any]) -> str:
     ]
     lines += _figures_markdown(report.get("figures") or [], report.get("figures_skipped") or {})
     return "\n".join(lines) + "\n"
+
+
+def _prefix_cache_line(cache: dict[str, Any]) -> str:
+    """One line: whether the fit replayed a frozen prefix, what it cached and how often it replayed."""
+    if not cache.get("used"):
+        return "- frozen-prefix cache: not used"
+    line = (
+        f"- frozen-prefix cache: replayed `{', '.join(cache['cached_modules'])}` (keyed on the "
+        f"{cache['keyed_on']}, {cache['dtype']}), {cache['samples']:,} samples, {cache['bytes'] / 1e6:,.1f} MB"
+    )
+    if cache.get("hit_rate") is not None:
+        line += f", hit rate {cache['hit_rate']:.2f}"
+    if cache.get("uncached_samples"):
+        line += f", {cache['uncached_samples']:,} samples over its ceiling (computed every step)"
+    return line
 
 
 def _data_markdown(data: dict[str, Any] | None) -> list[str]:

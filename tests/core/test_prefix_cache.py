@@ -13,6 +13,7 @@ from torch import nn
 
 from verticals.core.data import ArrayClassificationDataModule
 from verticals.core.prefix_cache import FrozenPrefixCache, PrefixCacheError, PrefixCacheOptions
+from verticals.core.report import write_report
 from verticals.core.tasks import ClassificationTask
 
 WIDTH = 16
@@ -100,6 +101,19 @@ def test_training_curves_are_equal_with_and_without_the_cache(tmp_path):
         if parameter.requires_grad:
             torch.testing.assert_close(parameter, dict(plain.named_parameters())[name], rtol=1e-5, atol=1e-6)
     assert "cache_frozen_prefix" not in cached.hparams  # how to run, not what was trained
+    report = write_report(
+        tmp_path / "report", task=cached, test_metrics={}, best_validation=None, checkpoint="", timing=None
+    )
+    assert report["prefix_cache"]["cached_modules"] == ["blocks.1"]
+    assert (
+        "- frozen-prefix cache: replayed `blocks.1` (keyed on the first input, float32), 36 samples"
+        in (tmp_path / "report" / "report.md").read_text()
+    )
+    plain_report = write_report(
+        tmp_path / "plain", task=plain, test_metrics={}, best_validation=None, checkpoint="", timing=None
+    )
+    assert plain_report["prefix_cache"] == {"used": False}
+    assert "- frozen-prefix cache: not used" in (tmp_path / "plain" / "report.md").read_text()
 
 
 def test_a_skip_connection_across_the_cut_is_replayed_too(tmp_path):
@@ -183,7 +197,9 @@ def test_a_full_cache_says_so_once_and_computes_the_rest(tmp_path, caplog):
         module.requires_grad_(False)
     network.offset.requires_grad_(False)
     row_bytes = WIDTH * 4
-    options = PrefixCacheOptions(enabled=True, max_gb=5.5 * row_bytes / 1024**3, directory=str(tmp_path / "c"))
+    options = PrefixCacheOptions(
+        enabled=True, max_gb=5.5 * row_bytes / 1024**3, directory=str(tmp_path / "c")
+    )
     cache = FrozenPrefixCache(network, options, expected_samples=8)
     x = torch.randn(8, 8)
     with caplog.at_level(logging.WARNING), torch.no_grad():
@@ -227,5 +243,7 @@ def test_bad_options_name_the_value_and_what_is_expected(value, message):
 
 def test_options_from_the_task_argument():
     assert PrefixCacheOptions.coerce(True).enabled and not PrefixCacheOptions.coerce(None).enabled
-    assert PrefixCacheOptions.coerce({"dtype": "float16"}) == PrefixCacheOptions(enabled=True, dtype="float16")
+    assert PrefixCacheOptions.coerce({"dtype": "float16"}) == PrefixCacheOptions(
+        enabled=True, dtype="float16"
+    )
     assert not PrefixCacheOptions.coerce({"enabled": False}).enabled
