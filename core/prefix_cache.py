@@ -29,7 +29,7 @@ import functools
 import hashlib
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -179,7 +179,7 @@ class FrozenPrefixCache:
         self._originals: dict[str, Any] = {}
         self._device = torch.device("cpu")
         self._dtypes: dict[str, list[torch.dtype]] = {}
-        self._single: dict[str, bool] = {}
+        self._structures: dict[str, _Structure] = {}
         self._handles = [network.register_forward_pre_hook(self._before, with_kwargs=True)]
         self._handles.append(network.register_forward_hook(self._after))
         self._directory = Path(options.directory) if options.directory else None
@@ -253,12 +253,12 @@ class FrozenPrefixCache:
                 store.get(self._keys).to(device, self._dtypes[name][index])
                 for index, store in enumerate(self.stores[name])
             ]
-            return parts[0] if self._single[name] else tuple(parts)
+            return _assemble(self._structures[name], parts)
         return _filled(self.placeholders[name], len(self._keys), device, None)
 
     def _record(self, name: str, output: Any) -> None:
         stores = self.stores[name]
-        parts = [output] if isinstance(output, torch.Tensor) else list(output)
+        parts = _parts(output)
         if stores[0].full() and any(key not in stores[0].rows for key in self._keys):
             self._say_full()
         for row, key in enumerate(self._keys):
@@ -332,22 +332,23 @@ class FrozenPrefixCache:
         counts: dict[int, int] = {}
         for call in calls:
             counts[id(call.module)] = counts.get(id(call.module), 0) + 1
+        self._unusable: dict[str, str] = {}  # prefix module -> why it can be neither skipped nor replayed
         for call in top:
-            if counts[id(call.module)] > 1:
-                raise PrefixCacheError(
-                    f"`cache_frozen_prefix`: module `{call.name}` runs {counts[id(call.module)]} times in one forward, "
-                    "so its output can't be replayed per call. Turn the cache off for this run."
-                )
             random = [
-                f"{call.name}.{name}".rstrip(".")
+                f"{_shown(call.name)}.{name}".rstrip(".")
                 for name, module in call.module.named_modules()
                 if module.training and isinstance(module, (_BatchNorm, _DropoutNd)) and _active(module)
             ]
             if random:
-                raise PrefixCacheError(
-                    f"`cache_frozen_prefix`: the frozen prefix is not deterministic: {random[:3]} run in training "
-                    "mode (dropout draws, batch statistics), so a replayed output would differ from a computed one. "
-                    "Put the frozen backbone in eval mode, or turn the cache off."
+                self._unusable[call.name] = (
+                    f"the frozen prefix is not deterministic: {random[:3]} run in training mode (dropout draws, "
+                    "batch statistics), so a replayed output would differ from a computed one. Put the frozen "
+                    "backbone in eval mode, or turn the cache off."
+                )
+            elif counts[id(call.module)] > 1:
+                self._unusable[call.name] = (
+                    f"module `{_shown(call.name)}` runs {counts[id(call.module)]} times in one forward, so its "
+                    "output can't be replayed per call. Turn the cache off for this run."
                 )
         return top
 
@@ -362,17 +363,20 @@ class FrozenPrefixCache:
         found: tuple[list[_Call], list[_Call]] | None = None
         tries = 0
         for cut_index in range(len(prefix) - 1, -1, -1):
-            if _structure(prefix[cut_index].output, batch) is None:
+            if (
+                _structure(prefix[cut_index].output, batch) is None
+                or prefix[cut_index].name in self._unusable
+            ):
                 continue
             before = prefix[:cut_index]
             cached: list[_Call] = [prefix[cut_index]]
             for extra in [None, *reversed(before)]:
                 if extra is not None:
-                    if _structure(extra.output, batch) is None:
+                    if _structure(extra.output, batch) is None or extra.name in self._unusable:
                         break
                     cached.insert(0, extra)
                 skipped = [call for call in before if call not in cached]
-                if any(_structure(call.output, batch) is None for call in skipped):
+                if any(_structure(c.output, batch) is None or c.name in self._unusable for c in skipped):
                     continue
                 tries += 1
                 if self._replays_exactly(cached, skipped, args, kwargs, expected):
@@ -389,6 +393,8 @@ class FrozenPrefixCache:
         if found is not None:
             self._install(*found, args, batch, keyed_on="all tensor inputs")
             return
+        if self._unusable:
+            raise PrefixCacheError(f"`cache_frozen_prefix`: {next(iter(self._unusable.values()))}")
         raise PrefixCacheError(
             "`cache_frozen_prefix`: no set of frozen modules before the first trained one reproduces the network's "
             f"output when replayed (frozen modules tried: {[c.name for c in prefix][-6:]}): the forward reads values "
@@ -476,8 +482,8 @@ class FrozenPrefixCache:
         if self._directory is not None:
             self._directory.mkdir(parents=True, exist_ok=True)
         for call in cached:
-            parts = _tensors(call.output)
-            self._single[call.name] = isinstance(call.output, torch.Tensor)
+            parts = _parts(call.output)
+            self._structures[call.name] = _structure(call.output, batch)
             self._dtypes[call.name] = [part.dtype for part in parts]
             share = max_bytes / len(cached) / len(parts)
             self.stores[call.name] = [
@@ -566,18 +572,39 @@ def _batch_first(value: Any, batch: int) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class _Structure:
-    """What a module returns, per row: one tensor or a tuple of them, with their shapes and dtypes."""
+    """What a module returns, per row: a tensor, a tuple of them, or a mapping of them (a transformers
+    ``ModelOutput``), with their shapes and dtypes."""
 
-    single: bool
+    kind: type
     parts: tuple[tuple[tuple[int, ...], torch.dtype], ...]
+    keys: tuple[str, ...] = ()
+
+
+def _parts(output: Any) -> list[Any]:
+    if isinstance(output, torch.Tensor):
+        return [output]
+    if isinstance(output, Mapping):
+        return list(output.values())
+    return list(output) if isinstance(output, (list, tuple)) else []
 
 
 def _structure(output: Any, batch: int) -> _Structure | None:
-    """The per-row structure of a batch-first tensor or tuple/list of them; None for anything else."""
-    parts = [output] if isinstance(output, torch.Tensor) else output
-    if not isinstance(parts, (list, tuple)) or not parts or not all(_batch_first(p, batch) for p in parts):
+    """The per-row structure of a batch-first tensor, or a tuple/list/mapping of them; None for anything else
+    (then the module can be neither replayed nor skipped)."""
+    parts = _parts(output)
+    if not parts or not all(_batch_first(p, batch) for p in parts):
         return None
-    return _Structure(isinstance(output, torch.Tensor), tuple((tuple(p.shape[1:]), p.dtype) for p in parts))
+    keys = tuple(output) if isinstance(output, Mapping) else ()
+    kind = torch.Tensor if isinstance(output, torch.Tensor) else type(output)
+    return _Structure(kind, tuple((tuple(p.shape[1:]), p.dtype) for p in parts), keys)
+
+
+def _assemble(structure: _Structure, parts: list[torch.Tensor]) -> Any:
+    if structure.kind is torch.Tensor:
+        return parts[0]
+    if structure.keys:
+        return structure.kind(**dict(zip(structure.keys, parts)))
+    return structure.kind(parts)
 
 
 def _filled(structure: _Structure, batch: int, device: torch.device, value: float | None) -> Any:
@@ -586,7 +613,7 @@ def _filled(structure: _Structure, batch: int, device: torch.device, value: floa
     for shape, dtype in structure.parts:
         empty = torch.empty((batch, *shape), dtype=dtype, device=device)
         parts.append(empty.fill_(value) if value is not None and dtype.is_floating_point else empty)
-    return parts[0] if structure.single else tuple(parts)
+    return _assemble(structure, parts)
 
 
 def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
