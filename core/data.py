@@ -49,6 +49,7 @@ __all__ = [
     "BaseDataModule",
     "ClassificationArrays",
     "EpochShuffleSampler",
+    "LengthGroupedSampler",
     "GroupedDataModule",
     "ImageDecodeError",
     "ManifestDataModule",
@@ -133,9 +134,13 @@ class EpochShuffleSampler(DistributedSampler):
     def rank(self) -> int:  # type: ignore[override]
         return self._world()[1]
 
-    def __iter__(self):
+    def _order(self) -> list[int]:
+        """This epoch's order of the whole dataset (before DDP takes its share)."""
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        order = torch.randperm(self.size, generator=generator).tolist()
+        return torch.randperm(self.size, generator=generator).tolist()
+
+    def __iter__(self):
+        order = self._order()
         world, rank = self._world()
         if world > 1 and order:
             padded = len(self) * world
@@ -155,18 +160,30 @@ def make_loader(
     num_workers: int = 0,
     collate_fn: Callable[[list[Any]], Any] | None = None,
     drop_single_last: bool = True,
+    lengths: Sequence[int] | None = None,
 ) -> DataLoader:
     """The DataLoader every verticals datamodule uses: epoch-seeded shuffling, persistent workers.
 
     With ``drop_single_last`` a shuffled (training) loader drops a last batch of exactly one sample:
     BatchNorm cannot normalise a batch of one in training mode and stops the run; with shuffling it is a
     different sample each epoch. Evaluation loaders always keep every sample.
+    With ``lengths`` (one per sample) a shuffled loader groups samples of similar length into batches
+    (:class:`LengthGroupedSampler`).
     """
     size = len(dataset)
+    if lengths is not None and len(lengths) != size:
+        raise ValueError(f"`lengths` has {len(lengths)} entries for a dataset of {size} samples.")
+    sampler = None
+    if shuffle:
+        sampler = (
+            EpochShuffleSampler(size, seed)
+            if lengths is None
+            else LengthGroupedSampler(lengths, batch_size, seed)
+        )
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        sampler=EpochShuffleSampler(size, seed) if shuffle else None,
+        sampler=sampler,
         collate_fn=collate_fn,
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
@@ -278,6 +295,41 @@ def dataset_name_of(datamodule: Any, *, use_attribute: bool = True) -> str:
     return name.removesuffix("DataModule") or name
 
 
+class LengthGroupedSampler(EpochShuffleSampler):
+    """An epoch-seeded random order in which neighbouring samples have similar lengths, so a batch pads little.
+
+    The epoch's permutation is cut into groups of ``batch_size * group_batches`` samples and each group is sorted
+    by length, longest first (the grouping Hugging Face's ``LengthGroupedSampler`` uses): which samples share a
+    batch is still random, but a batch of short utterances runs at a short length. Resuming and DDP behave as in
+    :class:`EpochShuffleSampler`.
+
+    Args:
+        lengths: each sample's length (frames, tokens); only their order matters.
+        batch_size: samples per batch.
+        seed: seed of the order, with the epoch.
+        group_batches: batches per sorted group; larger pads less and mixes lengths less.
+    """
+
+    def __init__(
+        self, lengths: Sequence[int], batch_size: int, seed: int = 0, group_batches: int = 50
+    ) -> None:
+        super().__init__(len(lengths), seed)
+        if batch_size < 1 or group_batches < 1:
+            raise ValueError(
+                f"`batch_size` and `group_batches` must be >= 1, got {batch_size} and {group_batches}."
+            )
+        self.lengths, self.batch_size, self.group_batches = list(lengths), batch_size, group_batches
+
+    def _order(self) -> list[int]:
+        order = super()._order()
+        group = self.batch_size * self.group_batches
+        return [
+            index
+            for start in range(0, len(order), group)
+            for index in sorted(order[start : start + group], key=lambda i: -self.lengths[i])
+        ]
+
+
 # -- the one datamodule base ----------------------------------------------------------------------
 class BaseDataModule(L.LightningDataModule):
     """Base of every verticals datamodule: subclasses say what a split holds, loaders are built here.
@@ -322,6 +374,11 @@ class BaseDataModule(L.LightningDataModule):
 
     def collate_fn(self, split: str) -> Callable[[list[Any]], Any] | None:
         """How items of ``split`` become a batch; ``None`` is PyTorch's ``default_collate``."""
+        return None
+
+    def sample_lengths(self, split: str) -> Sequence[int] | None:
+        """Each sample's length in ``split`` when batches should group similar lengths (shuffled loaders only;
+        see :class:`LengthGroupedSampler`); None (the default) shuffles without regard to length."""
         return None
 
     # -- groups -------------------------------------------------------------------------
@@ -371,6 +428,9 @@ class BaseDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             collate_fn=self.collate_fn(split),
             drop_single_last=self.drop_single_last,
+            lengths=self.sample_lengths(split)
+            if (split == "train" if shuffle is None else shuffle)
+            else None,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -56,7 +56,7 @@ CORE_GROUPS = {
     ),
     "core.models": (
         "Models, methods and training objectives",
-        ["registry", "peft_methods", "group_objective", "group_report", "checkpoint"],
+        ["registry", "peft_methods", "group_objective", "group_report", "checkpoint", "prefix_cache"],
     ),
     "core.data": (
         "Data, files and caches",

@@ -19,6 +19,7 @@ import csv
 import hashlib
 import json
 import logging
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -105,19 +106,29 @@ class UtteranceDataset(Dataset):
 
 
 class SpeechCollator:
-    """Pads features to the window and labels with -100 into the batch layout above."""
+    """Pads features and labels (with -100) into the batch layout above: features to the window, or with
+    ``pad_multiple`` to the batch's longest utterance rounded up to a multiple of that many frames (within the
+    window), which Whisper's encoder then runs at (``verticals.domains.speech.models.encoder_length``)."""
 
-    def __init__(self, frames: int) -> None:
-        self.frames = frames
+    def __init__(self, frames: int, pad_multiple: int | None = None) -> None:
+        self.frames, self.pad_multiple = frames, pad_multiple
+
+    def batch_frames(self, items: Sequence[Utterance]) -> int:
+        """The frames this batch is padded to."""
+        if self.pad_multiple is None:
+            return self.frames
+        longest = max(item.features.shape[1] for item in items)
+        return min(self.frames, max(1, math.ceil(longest / self.pad_multiple)) * self.pad_multiple)
 
     def __call__(self, items: Sequence[Utterance]) -> dict[str, object]:
+        frames = self.batch_frames(items)
         labels = pad_sequence(
             [torch.tensor(item.labels, dtype=torch.long) for item in items],
             batch_first=True,
             padding_value=-100,
         )
         return {
-            "input_features": torch.stack([expand_features(i.features, i.fill, self.frames) for i in items]),
+            "input_features": torch.stack([expand_features(i.features, i.fill, frames) for i in items]),
             "labels": labels,
             "text": [item.text for item in items],
             "group": torch.tensor([[item.group] for item in items], dtype=torch.long),
@@ -144,6 +155,11 @@ class SpeechDataModule(BaseDataModule):
             counts it (clips are never truncated: the transcript would no longer match).
         seed: seed of the training order.
         num_workers: DataLoader worker processes (0: load in the main process).
+        pad_to: ``window`` pads every utterance to the encoder window (Whisper's own route); ``utterance`` pads a
+            batch only to its longest utterance (rounded up to ``pad_multiple`` frames), runs the encoder at
+            that length, and groups training batches by duration, so short utterances cost what they last.
+        pad_multiple: with ``pad_to: utterance``, batch lengths are multiples of this many log-mel frames (100 =
+            1 s); fewer distinct lengths, a little more padding. Even.
     """
 
     group_attributes: list[str] = ["condition"]
@@ -158,8 +174,17 @@ class SpeechDataModule(BaseDataModule):
         too_long_audio: Literal["error", "skip"] = "error",
         seed: int = 0,
         num_workers: int = 0,
+        pad_to: Literal["window", "utterance"] = "window",
+        pad_multiple: int = 100,
     ) -> None:
         super().__init__(batch_size=batch_size, seed=seed, num_workers=num_workers)
+        if pad_to not in ("window", "utterance"):
+            raise ValueError(f"`pad_to` must be 'window' or 'utterance', got {pad_to!r}.")
+        if pad_multiple < 2 or pad_multiple % 2:
+            raise ValueError(
+                f"`pad_multiple` must be an even number of log-mel frames (2 per encoder position), got {pad_multiple}."
+            )
+        self.pad_to, self.pad_multiple = pad_to, pad_multiple
         self.max_source_positions = max_source_positions
         self.feature_extractor = window_feature_extractor(max_source_positions)
         self.tokenizer = whisper_tokenizer()
@@ -290,7 +315,13 @@ class SpeechDataModule(BaseDataModule):
         return self.dataset(split)
 
     def collate_fn(self, split: str) -> SpeechCollator:
-        return SpeechCollator(self.frames)
+        return SpeechCollator(self.frames, self.pad_multiple if self.pad_to == "utterance" else None)
+
+    def sample_lengths(self, split: str) -> list[int] | None:
+        """With ``pad_to: utterance``, each utterance's frames: training batches group similar durations."""
+        if self.pad_to != "utterance":
+            return None
+        return [int(utterance.features.shape[1]) for utterance in self.dataset(split).utterances]
 
 
 TEST_SETS = ("held_out_sentences", "in_template", "held_out_voices")
@@ -347,6 +378,10 @@ class SyntheticSpeechDataModule(SpeechDataModule):
             condition's prosody (list it in ``conditions`` too).
         held_out_voices: ``{condition: [espeak-ng voice names]}`` for the ``held_out_voices`` test set,
             replacing the condition's own; they must not be among its training voices.
+        pad_to: ``window`` (every utterance padded to the encoder window) or ``utterance`` (each batch to its
+            longest utterance, the encoder run at that length, training batches grouped by duration); see
+            :class:`SpeechDataModule`.
+        pad_multiple: with ``pad_to: utterance``, batch lengths are multiples of this many log-mel frames.
     """
 
     def __init__(
@@ -369,6 +404,8 @@ class SyntheticSpeechDataModule(SpeechDataModule):
         train_conditions: Sequence[str] | None = None,
         voices: Mapping[str, Sequence[str]] | None = None,
         held_out_voices: Mapping[str, Sequence[str]] | None = None,
+        pad_to: Literal["window", "utterance"] = "window",
+        pad_multiple: int = 100,
     ) -> None:
         super().__init__(
             batch_size,
@@ -377,6 +414,8 @@ class SyntheticSpeechDataModule(SpeechDataModule):
             too_long_audio=too_long_audio,
             seed=seed,
             num_workers=num_workers,
+            pad_to=pad_to,
+            pad_multiple=pad_multiple,
         )
         voices, held_out_voices = dict(voices or {}), dict(held_out_voices or {})
         unknown = [
@@ -604,6 +643,10 @@ class LibriSpeechDataModule(SpeechDataModule):
             counts it (clips are never truncated: the transcript would no longer match).
         seed: seed of the training order and of the ``max_utterances`` subsample.
         num_workers: DataLoader worker processes (0: load in the main process).
+        pad_to: ``window`` (every utterance padded to the encoder window) or ``utterance`` (each batch to its
+            longest utterance, the encoder run at that length, training batches grouped by duration); see
+            :class:`SpeechDataModule`.
+        pad_multiple: with ``pad_to: utterance``, batch lengths are multiples of this many log-mel frames.
     """
 
     def __init__(
@@ -620,9 +663,19 @@ class LibriSpeechDataModule(SpeechDataModule):
         too_long_audio: Literal["error", "skip"] = "error",
         seed: int = 0,
         num_workers: int = 0,
+        pad_to: Literal["window", "utterance"] = "window",
+        pad_multiple: int = 100,
     ) -> None:
         super().__init__(
-            batch_size, max_source_positions, cache_dir, invalid_audio, too_long_audio, seed, num_workers
+            batch_size,
+            max_source_positions,
+            cache_dir,
+            invalid_audio,
+            too_long_audio,
+            seed,
+            num_workers,
+            pad_to=pad_to,
+            pad_multiple=pad_multiple,
         )
         self.root = Path(root)
         self.subsets = dict(
@@ -686,6 +739,10 @@ class CommonVoiceDataModule(SpeechDataModule):
             counts it (clips are never truncated: the transcript would no longer match).
         seed: seed of the training order and of the ``max_utterances`` subsample.
         num_workers: DataLoader worker processes (0: load in the main process).
+        pad_to: ``window`` (every utterance padded to the encoder window) or ``utterance`` (each batch to its
+            longest utterance, the encoder run at that length, training batches grouped by duration); see
+            :class:`SpeechDataModule`.
+        pad_multiple: with ``pad_to: utterance``, batch lengths are multiples of this many log-mel frames.
     """
 
     def __init__(
@@ -701,9 +758,19 @@ class CommonVoiceDataModule(SpeechDataModule):
         too_long_audio: Literal["error", "skip"] = "error",
         seed: int = 0,
         num_workers: int = 0,
+        pad_to: Literal["window", "utterance"] = "window",
+        pad_multiple: int = 100,
     ) -> None:
         super().__init__(
-            batch_size, max_source_positions, cache_dir, invalid_audio, too_long_audio, seed, num_workers
+            batch_size,
+            max_source_positions,
+            cache_dir,
+            invalid_audio,
+            too_long_audio,
+            seed,
+            num_workers,
+            pad_to=pad_to,
+            pad_multiple=pad_multiple,
         )
         self.root = Path(root)
         self.tsv = dict(tsv or {"train": "train.tsv", "val": "dev.tsv", "test": "test.tsv"})

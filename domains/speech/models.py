@@ -16,6 +16,8 @@ import hashlib
 import logging
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -50,6 +52,7 @@ __all__ = [
     "tiny_random_config",
     "whisper_generation_config",
     "window_feature_extractor",
+    "encoder_length",
 ]
 
 TINY_EN = "tiny.en"
@@ -215,6 +218,46 @@ def _shorten_window(model: WhisperForConditionalGeneration, max_source_positions
     model.config.max_source_positions = max_source_positions
 
 
+@contextmanager
+def encoder_length(model: WhisperForConditionalGeneration, frames: int) -> Iterator[None]:
+    """Run Whisper's encoder (and ``generate``) on ``frames`` log-mel frames instead of its whole window.
+
+    HF Whisper refuses any input but its window's length and pads every one to it; for the block, the config's
+    ``max_source_positions`` is ``frames / 2`` and the encoder adds the first ``frames / 2`` rows of its position
+    table (a view: no copy, no new weights). A batch padded to its own longest utterance then costs what that
+    length costs. Nothing changes for an input of the whole window.
+    """
+    encoder = model.get_encoder()
+    full = encoder.embed_positions.num_embeddings
+    if frames == FRAMES_PER_POSITION * full:
+        yield
+        return
+    if frames % FRAMES_PER_POSITION or not 0 < frames < FRAMES_PER_POSITION * full:
+        raise ValueError(
+            f"Whisper's encoder takes an even number of log-mel frames up to its window of "
+            f"{FRAMES_PER_POSITION * full}; got {frames}. Pad the batch to an even length within the window."
+        )
+    positions = frames // FRAMES_PER_POSITION
+    table = encoder.embed_positions
+    saved = (
+        encoder.max_source_positions,
+        model.config.max_source_positions,
+        encoder.config.max_source_positions,
+    )
+    encoder.embed_positions = nn.Embedding.from_pretrained(table.weight[:positions], freeze=True)
+    encoder.max_source_positions = model.config.max_source_positions = positions
+    encoder.config.max_source_positions = positions
+    try:
+        yield
+    finally:
+        encoder.embed_positions = table
+        (
+            encoder.max_source_positions,
+            model.config.max_source_positions,
+            encoder.config.max_source_positions,
+        ) = saved
+
+
 def _from_pretrained(source: str) -> WhisperForConditionalGeneration:
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
@@ -339,8 +382,10 @@ class WhisperModule(nn.Module):
         self.backbone_source = source
 
     def forward(self, input_features: torch.Tensor, labels: torch.Tensor | None = None, **kwargs):
-        """The HF forward: returns ``Seq2SeqLMOutput`` (with ``.loss`` when ``labels`` are given)."""
-        return self.backbone(input_features=input_features, labels=labels, **kwargs)
+        """The HF forward: returns ``Seq2SeqLMOutput`` (with ``.loss`` when ``labels`` are given). Features
+        shorter than the window run at their own length (:func:`encoder_length`)."""
+        with encoder_length(self.backbone, input_features.shape[-1]):
+            return self.backbone(input_features=input_features, labels=labels, **kwargs)
 
     @torch.no_grad()
     def generate(
@@ -351,7 +396,8 @@ class WhisperModule(nn.Module):
         silence_log_messages("transformers.generation.utils", WHISPER_GENERATE_NOTICES)
         if max_new_tokens is not None:
             kwargs["max_length"] = max_new_tokens
-        return self.backbone.generate(input_features=input_features, **kwargs)
+        with encoder_length(self.backbone, input_features.shape[-1]):
+            return self.backbone.generate(input_features=input_features, **kwargs)
 
 
 register_model(name="speech.whisper", builder=WhisperModule)

@@ -343,3 +343,23 @@ def test_encode_group_matrix_codes_columns_in_attribute_order():
         encode_group_matrix({"age": ["1"]}, names)
     with pytest.raises(ValueError, match="one value per sample"):
         encode_group_matrix({"sex": ["F"], "site": ["2", "10"]}, names)
+
+
+def test_length_grouped_sampler_sorts_each_group_of_a_seeded_permutation():
+    from verticals.core.data import LengthGroupedSampler
+
+    lengths = [5, 1, 9, 3, 7, 2, 8, 4, 6, 0]
+    sampler = LengthGroupedSampler(lengths, batch_size=2, seed=3, group_batches=2)
+    plain = EpochShuffleSampler(len(lengths), seed=3)
+    order, permutation = list(sampler), list(plain)
+    assert sorted(order) == list(range(10))
+    for start in (0, 4, 8):  # groups of 2 batches x 2 samples: the same samples, longest first
+        group = order[start : start + 4]
+        assert set(group) == set(permutation[start : start + 4])
+        assert [lengths[i] for i in group] == sorted((lengths[i] for i in group), reverse=True)
+    sampler.set_epoch(1)
+    assert list(sampler) != order  # another epoch, another grouping
+    sampler.set_epoch(0)
+    assert list(sampler) == order  # and the same again for a resumed epoch
+    with pytest.raises(ValueError, match="`lengths` has 3 entries for a dataset of 10"):
+        make_loader(list(range(10)), 2, shuffle=True, lengths=[1, 2, 3])

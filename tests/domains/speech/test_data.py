@@ -297,3 +297,25 @@ def test_synthetic_utterances_longer_than_a_short_window_error_or_are_counted(tm
     lenient = _synthetic(tmp_path, conditions=["clear"], max_source_positions=50, too_long_audio="skip")
     with pytest.raises(ValueError, match="no usable utterances.*skipped_too_long=1"):
         lenient.dataset("test")
+
+
+def test_pad_to_utterance_pads_each_batch_to_its_longest_utterance_and_groups_durations(tmp_path):
+    window = _synthetic(tmp_path)
+    datamodule = _synthetic(tmp_path, pad_to="utterance", pad_multiple=50, batch_size=2)
+    assert window.sample_lengths("train") is None  # the window route keeps its plain shuffle
+    lengths = datamodule.sample_lengths("train")
+    assert lengths == [u.features.shape[1] for u in datamodule.dataset("train").utterances]
+    seen = [batch["input_features"].shape[-1] for batch in datamodule.train_dataloader()]
+    # The 4 training utterances sorted by duration (one group of batches): each batch is its longest utterance
+    # rounded up to 50 frames, never the whole window.
+    kept = sorted(lengths, reverse=True)
+    assert seen == [min(600, -(-kept[i] // 50) * 50) for i in (0, 2)]
+    test = next(iter(datamodule.dataloader("test", shuffle=False)))
+    assert test["input_features"].shape[-1] < 600  # evaluation pads per batch too
+
+
+def test_pad_options_are_checked(tmp_path):
+    with pytest.raises(ValueError, match="`pad_to` must be 'window' or 'utterance'"):
+        _synthetic(tmp_path, pad_to="batch")
+    with pytest.raises(ValueError, match="even number of log-mel frames"):
+        _synthetic(tmp_path, pad_multiple=75)

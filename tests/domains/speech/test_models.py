@@ -166,3 +166,24 @@ def test_whisper_decoding_prints_neither_transformers_notice(tmp_path, monkeypat
     finally:
         logging.getLogger("transformers").removeHandler(collect)
     assert not [m for m in collect.messages if m.startswith(WHISPER_GENERATE_NOTICES)]
+
+
+def test_a_short_batch_runs_at_its_own_length_exactly_as_a_model_with_that_window():
+    """Features of 200 frames through a 600-frame model equal the same features through a model whose window is
+    200 frames (the loss, the encoder states and the decoded tokens), and leave the model's window untouched."""
+    torch.manual_seed(0)
+    features, labels = torch.randn(2, 80, 200), torch.tensor([[50362, 11, 50256], [50362, 13, 50256]])
+    long_window = WhisperModule(source="tiny-random", max_source_positions=300).eval()
+    short_window = WhisperModule(source="tiny-random", max_source_positions=100).eval()
+    with torch.no_grad():
+        cropped = long_window(features, labels=labels, output_hidden_states=True)
+        reference = short_window(features, labels=labels, output_hidden_states=True)
+        tokens = long_window.generate(features, max_new_tokens=5)
+        reference_tokens = short_window.generate(features, max_new_tokens=5)
+    torch.testing.assert_close(cropped.loss, reference.loss)
+    torch.testing.assert_close(cropped.encoder_last_hidden_state, reference.encoder_last_hidden_state)
+    assert torch.equal(tokens, reference_tokens)
+    encoder = long_window.backbone.get_encoder()
+    assert encoder.embed_positions.num_embeddings == 300 == long_window.backbone.config.max_source_positions
+    with pytest.raises(ValueError, match="even number of log-mel frames up to its window of 600; got 601"):
+        long_window(torch.randn(1, 80, 601))
