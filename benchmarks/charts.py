@@ -1320,6 +1320,82 @@ def chart_speed(results: Mapping[str, Any], md_path: Path) -> list[Chart]:
     return [_save(figure, _chart_path(md_path, "merged"), title)]
 
 
+# -- frozen-prefix caching (benchmarks/prefix_cache.py) -------------------------------------------------------
+def chart_prefix_cache(results: Mapping[str, Any], md_path: Path) -> list[Chart]:
+    """Training samples/s with the frozen-prefix cache over without it, per workload (each repeat a dot, the
+    median a bar), with each workload's target.
+
+    Args:
+        results: ``prefix_cache.json`` (``rows`` with ``speedups`` and ``target``).
+        md_path: the report; the chart goes beside it.
+    """
+    plt = _pyplot()
+    rows = results.get("rows") or []
+    if not rows:
+        return []
+    figure, axis = plt.subplots(figsize=(7.5, 0.6 * len(rows) + 1.8))
+    for index, row in enumerate(rows):
+        axis.barh(index, _float(row.get("speedup")), color="tab:blue", alpha=0.7)
+        axis.scatter([_float(s) for s in row.get("speedups") or []], [index] * len(row.get("speedups") or []),
+                     color="black", s=12, zorder=3)  # fmt: skip
+        if row.get("target"):
+            axis.plot([row["target"]] * 2, [index - 0.4, index + 0.4], color="tab:red", linestyle="--")
+    axis.axvline(1.0, color="black", linewidth=1)
+    axis.set_xscale("log")
+    axis.set_yticks(range(len(rows)), [str(row["workload"]) for row in rows], fontsize=8)
+    axis.invert_yaxis()
+    axis.set_xlabel("samples/s cached / uncached after the first epoch (log; dots: repeats, red: target)")
+    settings = results.get("settings") or {}
+    machine = results.get("machine") or {}
+    title = (
+        f"Frozen-prefix caching: training speed-up, {settings.get('epochs', '?')} epochs, "
+        f"{settings.get('repeats', '?')} ABBA repeats, seed {settings.get('seed', '?')} on {machine.get('cpu', '?')}"
+    )
+    figure.suptitle(_wrap(title, figure))
+    figure.tight_layout()
+    return [_save(figure, _chart_path(md_path, "speedup"), title)]
+
+
+# -- Whisper at the utterance's length (benchmarks/whisper_length.py) -----------------------------------------
+def chart_whisper_length(results: Mapping[str, Any], md_path: Path) -> list[Chart]:
+    """WER per condition for each route (30 s window, 10 s window, utterance length), zero-shot and LoRA q/v.
+
+    Args:
+        results: ``whisper_length.json`` (``runs`` with ``route``, ``method`` and ``wer`` per condition).
+        md_path: the report; the chart goes beside it.
+    """
+    plt = _pyplot()
+    runs = results.get("runs") or []
+    if not runs:
+        return []
+    conditions = list(runs[0]["wer"])
+    methods = list(dict.fromkeys(run["method"] for run in runs))
+    routes = list(dict.fromkeys(run["route"] for run in runs))
+    figure, axes = plt.subplots(
+        1, len(methods), figsize=(4.2 * len(methods), 3.4), squeeze=False, sharey=True
+    )
+    width = 0.8 / len(routes)
+    for axis, method in zip(axes[0], methods):
+        for index, route in enumerate(routes):
+            run = next((r for r in runs if r["route"] == route and r["method"] == method), None)
+            if run is None:
+                continue
+            axis.bar([i + (index - (len(routes) - 1) / 2) * width for i in range(len(conditions))],
+                     [_float(run["wer"][c]) for c in conditions], width=width, label=route)  # fmt: skip
+        axis.set_xticks(range(len(conditions)), conditions, fontsize=8)
+        axis.set_title(method, fontsize=9)
+        axis.set_ylabel("WER (pooled)")
+    bottom = _legend_below(figure, list(axes[0]), ncol=len(routes))
+    settings = results.get("settings") or {}
+    title = (
+        f"Whisper {settings.get('source', '?')}: WER per condition by encoder length, seed {settings.get('seed', '?')}, "
+        f"{settings.get('test_per_condition', '?')} test utterances per condition"
+    )
+    figure.suptitle(_wrap(title, figure))
+    figure.tight_layout(rect=(0, bottom, 1, 1))
+    return [_save(figure, _chart_path(md_path, "wer"), title)]
+
+
 # -- which chart function a report needs -------------------------------------------------------------------
 CHARTS: dict[str, Callable[..., list[Chart]]] = {
     "timeseries": chart_timeseries,
@@ -1334,6 +1410,8 @@ CHARTS: dict[str, Callable[..., list[Chart]]] = {
     "pointcloud": chart_pointcloud,
     "remote_sensing": chart_remote_sensing,
     "speed": chart_speed,
+    "prefix_cache": chart_prefix_cache,
+    "whisper_length": chart_whisper_length,
 }
 
 
@@ -1349,8 +1427,8 @@ def kind_of(results: Mapping[str, Any]) -> str | None:
     first = runs[0] if isinstance(runs, list) and runs and isinstance(runs[0], Mapping) else {}
     rows = results.get("rows")
     row = rows[0] if isinstance(rows, list) and rows and isinstance(rows[0], Mapping) else {}
-    if results.get("benchmark") == "speed":
-        return "speed"
+    if results.get("benchmark") in ("speed", "prefix_cache", "whisper_length"):
+        return str(results["benchmark"])
     if "seed_reports" in results:
         return "medical_fairness_seeds"
     if "point_peft_minus" in summary:

@@ -275,6 +275,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             )
             rows.append(summarise(name, runs))
     results = {
+        "benchmark": "prefix_cache",
         "command": "python benchmarks/prefix_cache.py " + shlex.join(argv),
         "machine": machine(["torch", "lightning", "peft", "transformers"]),
         "settings": {

@@ -8,7 +8,7 @@ the navigation after its index page (``nav_additions``). On the hand-written pag
 and ``<!-- charts: ... -->`` lines become the table of a domain's packaged configs and its benchmark charts.
 
 mkdocstrings reads the source statically (griffe, nothing is imported), but ``verticals`` is not a folder in
-the repository: setup.py maps ``core/``, ``domains/`` and ``kernels/`` onto ``verticals.*``. The hook
+the repository: setup.py maps ``core/``, ``domains/`` and ``fused_kernels/`` onto ``verticals.*``. The hook
 builds that layout as symbolic links in a temporary folder and points mkdocstrings at it.
 """
 
@@ -27,7 +27,7 @@ from mkdocs.plugins import event_priority
 from mkdocs.structure.files import File, Files
 
 REPOSITORY = Path(__file__).resolve().parents[2]
-PACKAGE_FOLDERS = {"core": "core", "domains": "domains", "kernels": "kernels"}  # verticals.<key> -> folder
+PACKAGE_FOLDERS = {"core": "core", "domains": "domains", "kernels": "fused_kernels"}  # verticals.<key> -> folder
 PACKAGE_FOLDERS_INVERSE = {folder: name for name, folder in PACKAGE_FOLDERS.items()}
 RESULT_SUFFIXES = {".md", ".png", ".svg", ".jpg", ".json"}
 CHART_SUFFIXES = (".png", ".svg", ".jpg")

@@ -288,6 +288,28 @@ def _fakes() -> dict[str, dict]:
                 ],
             },
         },
+        "prefix_cache": {
+            "benchmark": "prefix_cache",
+            "settings": {"epochs": 3, "repeats": 2, "seed": 0},
+            "rows": [
+                {"workload": "sam_decoder_only", "speedup": 8.0, "speedups": [7.0, 9.0], "target": 3.0},
+                {
+                    "workload": "timeseries_linear_probe",
+                    "speedup": 12.0,
+                    "speedups": [11.0, 13.0],
+                    "target": None,
+                },
+            ],
+        },
+        "whisper_length": {
+            "benchmark": "whisper_length",
+            "settings": {"source": "tiny.en", "seed": 0, "test_per_condition": 25},
+            "runs": [
+                {"route": route, "method": method, "wer": {"clear": 0.1 + shift, "child": 0.3 + shift}}
+                for route, shift in (("window_30s", 0.0), ("window_10s", 0.01), ("utterance", 0.02))
+                for method in ("zero_shot", "lora_qv")
+            ],
+        },
     }
 
 

@@ -1,0 +1,259 @@
+"""Whisper at the utterance's own length (item 3 and 5 (e) of "Pay only for what changes"): zero-shot and LoRA q/v
+WER and training throughput when every utterance is padded to Whisper's 30 s window (Hugging Face's route), to
+the speech configs' 10 s window, or only to its batch's longest utterance (``pad_to: utterance``: the encoder runs
+at that length, training batches grouped by duration), beside HF ``Seq2SeqTrainer`` + peft at 30 s and 10 s.
+
+Per route, on the generated speech set of the packaged ``speech/whisper_lora_qv`` config (its conditions, its
+held-out-sentence test set):
+
+- ``verticals run speech/whisper_zero_shot``: the frozen model's WER per condition (does the short encoder input
+  hurt it?);
+- ``verticals run speech/whisper_lora_qv`` (seed ``--seed``, the config's epochs): the adapted model's WER per
+  condition and its training throughput (utterances/s from the end of the first step to the end of the last).
+
+Then ``Seq2SeqTrainer`` + peft LoRA (the config's rank, targets and learning rate) for ``--throughput-steps`` steps
+at 30 s and at 10 s (``benchmarks/speech.py``'s ``trainer_throughput``), for the ratio a user would see against
+the usual route. WER is pooled over each condition's utterances, after Whisper's English normaliser.
+
+Usage (from the repository root, on a quiet machine)::
+
+    python benchmarks/whisper_length.py                   # ~25 min on a 2-core CPU
+    python benchmarks/whisper_length.py --source tiny-random --train-per-condition 2 --test-per-condition 1 \\
+        --val-per-condition 1 --epochs 1 --throughput-steps 2 --output /tmp/whisper_length.md   # a smoke test
+
+Writes ``benchmarks/results/whisper_length.md`` (or ``--output``) and the raw numbers to the ``.json`` beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import speech as speech_benchmark  # noqa: E402
+from _common import (  # noqa: E402
+    TrainWindow,
+    callback_class_path,
+    find_callback,
+    machine,
+    machine_line,
+    runs_root,
+    write_reports,
+)
+
+from verticals.core.cli import run_cli  # noqa: E402
+from verticals.domains.speech.metrics import pooled_wer  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+#: Route -> (encoder window in positions, pad_to).
+ROUTES: dict[str, tuple[int, str]] = {
+    "window_30s": (1500, "window"),
+    "window_10s": (500, "window"),
+    "utterance": (500, "utterance"),
+}
+ROUTE_TITLES = {
+    "window_30s": "30 s window (HF's route)",
+    "window_10s": "10 s window (the configs')",
+    "utterance": "utterance length (`pad_to: utterance`)",
+}
+TEST_SET = "held_out_sentences"
+
+
+def run_route(route: str, method: str, args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    """``verticals run`` of a packaged speech config on one route; WER per condition and timings."""
+    positions, pad_to = ROUTES[route]
+    route_args = argparse.Namespace(**{**vars(args), "max_source_positions": positions})
+    directory = root / route / method
+    argv = [
+        "run",
+        speech_benchmark.config_name(method),
+        *speech_benchmark.common_arguments(route_args, directory, method, TEST_SET),
+        "--data.init_args.pad_to", pad_to,
+        "--seed_everything", str(args.seed),
+        "--baseline", "false",
+        f"--trainer.callbacks+={callback_class_path(TrainWindow)}",
+        *([] if method == "zero_shot" or args.epochs is None else ["--trainer.max_epochs", str(args.epochs)]),
+    ]  # fmt: skip
+    started = time.perf_counter()
+    cli = run_cli(argv)
+    wall = time.perf_counter() - started
+    counts = speech_benchmark.utterance_counts(Path(cli.trainer.log_dir or directory))
+    if counts is None:
+        raise RuntimeError(f"{route} {method}: the run wrote no per-utterance table.")
+    conditions = list(dict.fromkeys(counts["condition"]))
+    wer = {
+        condition: pooled_wer(
+            [e for e, c in zip(counts["word_errors"], counts["condition"]) if c == condition],
+            [w for w, c in zip(counts["words"], counts["condition"]) if c == condition],
+        )
+        for condition in conditions
+    }
+    window = find_callback(cli.trainer, TrainWindow)
+    trained = method != "zero_shot" and window is not None and window.samples
+    return {
+        "route": route,
+        "method": method,
+        "command": "verticals " + shlex.join(argv),
+        "wer": wer,
+        "wall_seconds": wall,
+        "train_utterances": window.samples if trained else 0,
+        "train_seconds": window.elapsed if trained else None,
+        "steady_utterances_per_s": window.steady_samples_per_second if trained else None,
+    }
+
+
+def hf_throughput(positions: int, args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    """``Seq2SeqTrainer`` + peft LoRA q/v for ``--throughput-steps`` steps at a window of ``positions``."""
+    route_args = argparse.Namespace(**{**vars(args), "max_source_positions": positions})
+    return speech_benchmark.trainer_throughput(route_args, root / f"hf_{positions}")
+
+
+def summarise(runs: list[dict[str, Any]], hf: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    by = {(run["route"], run["method"]): run for run in runs}
+    summary: dict[str, Any] = {"wer_change_vs_30s": {}, "throughput_ratio": {}}
+    for method in ("zero_shot", "lora_qv"):
+        reference = by.get(("window_30s", method))
+        ours = by.get(("utterance", method))
+        if reference and ours:
+            summary["wer_change_vs_30s"][method] = {
+                condition: ours["wer"][condition] - reference["wer"][condition]
+                for condition in reference["wer"]
+            }
+    ours = by.get(("utterance", "lora_qv"))
+    if ours and ours["steady_utterances_per_s"]:
+        for name, row in hf.items():
+            summary["throughput_ratio"][name] = (
+                ours["steady_utterances_per_s"] / row["steady_utterances_per_s"]
+            )
+    changes = summary["wer_change_vs_30s"].get("lora_qv", {})
+    summary["within_one_point"] = bool(changes) and all(abs(change) <= 0.01 for change in changes.values())
+    summary["at_least_2x_hf_30s"] = summary["throughput_ratio"].get("hf_30s", 0.0) >= 2.0
+    return summary
+
+
+def render_markdown(results: dict[str, Any]) -> str:
+    settings = results["settings"]
+    runs = results["runs"]
+    conditions = list(runs[0]["wer"]) if runs else []
+    lines = [
+        "# Whisper at the utterance's own length",
+        "",
+        f"Made by `{results['command']}` on {machine_line(results['machine'])}.",
+        "",
+        f"Model `{settings['source']}`; the generated speech set of `speech/whisper_lora_qv` "
+        f"({settings['train_per_condition']} training and {settings['test_per_condition']} test utterances per "
+        f"condition, the `{TEST_SET}` test set), LoRA q/v trained with seed {settings['seed']} for "
+        f"{settings['epochs'] or 'the config'}'s epochs, greedy decoding. WER is pooled per condition after "
+        "Whisper's English normaliser. One seed: differences of a point or two are within what a second seed moves.",
+        "",
+        "## WER per condition",
+        "",
+        "| route | method | " + " | ".join(conditions) + " | test wall s |",
+        "|---|---|" + "---|" * len(conditions) + "---|",
+    ]
+    for run in runs:
+        lines.append(
+            f"| {ROUTE_TITLES[run['route']]} | {run['method']} | "
+            + " | ".join(f"{run['wer'][c]:.3f}" for c in conditions)
+            + f" | {run['wall_seconds']:.0f} |"
+        )
+    summary = results["summary"]
+    for method, changes in summary["wer_change_vs_30s"].items():
+        lines.append("")
+        lines.append(
+            f"{method}: utterance length minus 30 s window, WER points: "
+            + ", ".join(f"{c} {100 * v:+.1f}" for c, v in changes.items())
+        )
+    lines += [
+        "",
+        "## Training throughput (LoRA q/v)",
+        "",
+        "| route | utterances/s (steady) |",
+        "|---|---|",
+    ]
+    for run in runs:
+        if run["method"] == "lora_qv":
+            lines.append(
+                f"| verticals fit, {ROUTE_TITLES[run['route']]} | {run['steady_utterances_per_s']:.2f} |"
+            )
+    for name, row in results["hf"].items():
+        lines.append(
+            f"| HF Seq2SeqTrainer + peft, {ROUTE_TITLES['window_30s' if name == 'hf_30s' else 'window_10s'].split(' (')[0]} "
+            f"({row['steps']} steps) | {row['steady_utterances_per_s']:.2f} |"
+        )
+    ratios = summary["throughput_ratio"]
+    if ratios:
+        lines += [
+            "",
+            "verticals fit at the utterance's length vs Seq2SeqTrainer + peft: "
+            + ", ".join(f"**{ratio:.2f}×** at {name.removeprefix('hf_')}" for name, ratio in ratios.items())
+            + ".",
+            "",
+            f"Targets: ≥ 2× Seq2SeqTrainer at 30 s ({'met' if summary['at_least_2x_hf_30s'] else 'not met'}); "
+            f"LoRA WER within 1 point of the 30 s route on every condition "
+            f"({'met' if summary['within_one_point'] else 'not met'}).",
+        ]
+    lines += ["", "The runs' commands are in the JSON (`runs[].command`)."]
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    packaged = speech_benchmark.packaged_data()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--routes", nargs="+", choices=list(ROUTES), default=list(ROUTES))
+    parser.add_argument(
+        "--methods", nargs="+", choices=["zero_shot", "lora_qv"], default=["zero_shot", "lora_qv"]
+    )
+    parser.add_argument("--source", default="tiny.en")
+    parser.add_argument("--train-per-condition", type=int, default=packaged["utterances_per_condition"])
+    parser.add_argument("--val-per-condition", type=int, default=packaged["val_utterances_per_condition"])
+    parser.add_argument("--test-per-condition", type=int, default=25)
+    parser.add_argument("--batch-size", type=int, default=packaged["batch_size"])
+    parser.add_argument("--epochs", type=int, default=None, help="default: the config's")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--bootstrap", type=int, default=200)
+    parser.add_argument(
+        "--throughput-steps", type=int, default=16, help="Seq2SeqTrainer steps per window; 0 skips"
+    )
+    parser.add_argument("--cache-dir", default=None)
+    parser.add_argument("--runs-dir", type=Path, default=None)
+    parser.add_argument("--output", type=Path, default=RESULTS / "whisper_length.md")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    argv = list(sys.argv[1:] if argv is None else argv)  # copied first: run_cli rewrites sys.argv
+    args = parse_args(argv)
+    runs: list[dict[str, Any]] = []
+    hf: dict[str, dict[str, Any]] = {}
+    with runs_root(args.runs_dir, "whisper_length_") as root:
+        for route in args.routes:
+            for method in args.methods:
+                runs.append(run_route(route, method, args, root))
+                print(f"{route} {method}: WER {runs[-1]['wer']}", flush=True)
+        if args.throughput_steps:
+            for name, positions in (("hf_30s", 1500), ("hf_10s", 500)):
+                hf[name] = hf_throughput(positions, args, root)
+                print(f"{name}: {hf[name]['steady_utterances_per_s']:.2f} utterances/s", flush=True)
+    results = {
+        "benchmark": "whisper_length",
+        "command": "python benchmarks/whisper_length.py " + shlex.join(argv),
+        "machine": machine(["torch", "transformers", "peft", "lightning"]),
+        "settings": {key: value for key, value in vars(args).items() if key not in ("runs_dir", "output")},
+        "runs": runs,
+        "hf": hf,
+        "summary": summarise(runs, hf),
+    }
+    markdown, json_path = write_reports(results, args.output, render_markdown)
+    print(markdown)
+    print(f"Wrote {args.output} and {json_path}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
