@@ -1377,18 +1377,22 @@ def chart_whisper_length(results: Mapping[str, Any], md_path: Path) -> list[Char
     width = 0.8 / len(routes)
     for axis, method in zip(axes[0], methods):
         for index, route in enumerate(routes):
-            run = next((r for r in runs if r["route"] == route and r["method"] == method), None)
-            if run is None:
+            group = [r for r in runs if r["route"] == route and r["method"] == method]
+            if not group:
                 continue
-            axis.bar([i + (index - (len(routes) - 1) / 2) * width for i in range(len(conditions))],
-                     [_float(run["wer"][c]) for c in conditions], width=width, label=route)  # fmt: skip
+            axis.bar(
+                [i + (index - (len(routes) - 1) / 2) * width for i in range(len(conditions))],
+                [sum(_float(r["wer"][c]) for r in group) / len(group) for c in conditions],
+                width=width,
+                label=f"{route} ({len(group)} seed{'s' if len(group) > 1 else ''})",
+            )
         axis.set_xticks(range(len(conditions)), conditions, fontsize=8)
         axis.set_title(method, fontsize=9)
         axis.set_ylabel("WER (pooled)")
     bottom = _legend_below(figure, list(axes[0]), ncol=len(routes))
     settings = results.get("settings") or {}
     title = (
-        f"Whisper {settings.get('source', '?')}: WER per condition by encoder length, seed {settings.get('seed', '?')}, "
+        f"Whisper {settings.get('source', '?')}: WER per condition by encoder length (mean over seeds), "
         f"{settings.get('test_per_condition', '?')} test utterances per condition"
     )
     figure.suptitle(_wrap(title, figure))

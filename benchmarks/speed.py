@@ -5,8 +5,8 @@ Parts (``--parts``), after item 5 of the benchmarks issue:
 - ``merged`` (item 5 (d), implemented): merged vs unmerged vs base inference on the shapes of ViT-B/16,
   Whisper tiny and MiniLM. "Done" means merged inference within 1.05x of the base model, with the unmerged
   figures beside it.
-- ``caching`` (items 5 (a)-(c)) and ``whisper_length`` (item 5 (e)): planned, **not implemented yet**;
-  ``--parts`` refuses them with a message rather than writing a report without them.
+- ``caching`` (items 5 (a)-(c)) and ``whisper_length`` (item 5 (e)) are training benchmarks with scripts of their
+  own: ``benchmarks/prefix_cache.py`` and ``benchmarks/whisper_length.py``; ``--parts`` names them when asked.
 
 What ``merged`` measures, per backbone shape (``--shapes``), forward only (eval mode, ``torch.inference_mode``):
 
@@ -81,9 +81,13 @@ from verticals.core.registry import build_model
 
 SCRIPT = "benchmarks/speed.py"
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "speed.md"
-#: Part name -> the issue's item 5 letter(s). Only these run; PLANNED ones are refused.
+#: Part name -> the issue's item 5 letter(s): the parts this script runs.
 IMPLEMENTED_PARTS = {"merged": "(d)"}
-PLANNED_PARTS = {"caching": "(a)-(c)", "whisper_length": "(e)"}
+#: Parts measured by scripts of their own (training, not inference): part name -> (item letters, script).
+ELSEWHERE_PARTS = {
+    "caching": ("(a)-(c)", "benchmarks/prefix_cache.py"),
+    "whisper_length": ("(e)", "benchmarks/whisper_length.py"),
+}
 VARIANTS = ("base", "unmerged", "merged", "exported")
 ADAPTED_VARIANTS = VARIANTS[1:]
 #: The issue's bar: merged inference within this factor of the base model.
@@ -461,7 +465,10 @@ def render_markdown(results: Mapping[str, Any]) -> str:
     """The report: header (command, machine, threads, date, what was not run), then the merged table."""
     settings = results["settings"]
     not_run = [
-        f"parts {', '.join(f'`{p}` (item 5 {letters})' for p, letters in PLANNED_PARTS.items())}: not implemented yet",
+        *(
+            f"part `{p}` (item 5 {letters}): measured by `{script}`"
+            for p, (letters, script) in ELSEWHERE_PARTS.items()
+        ),
         *results.get("not_run", []),
     ]
     lines = [
@@ -574,7 +581,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--parts", nargs="+", default=list(IMPLEMENTED_PARTS),
-        help=f"implemented: {', '.join(IMPLEMENTED_PARTS)}; planned, refused for now: {', '.join(PLANNED_PARTS)}",
+        help=f"implemented here: {', '.join(IMPLEMENTED_PARTS)}; "
+        + "; ".join(f"{part}: see {script}" for part, (_, script) in ELSEWHERE_PARTS.items()),
     )  # fmt: skip
     parser.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES))
     parser.add_argument(
@@ -595,15 +603,15 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--output", type=Path, default=None, help=f"default {DEFAULT_OUTPUT}")
     args = parser.parse_args(list(argv))
     for part in args.parts:
-        if part in PLANNED_PARTS:
+        if part in ELSEWHERE_PARTS:
+            letters, script = ELSEWHERE_PARTS[part]
             parser.error(
-                f"part {part!r} (issue item 5 {PLANNED_PARTS[part]}) is planned but not implemented yet; "
-                f"implemented: {', '.join(IMPLEMENTED_PARTS)}."
+                f"part {part!r} (issue item 5 {letters}) is a training benchmark: run `python {script}`."
             )
         if part not in IMPLEMENTED_PARTS:
             parser.error(
-                f"unknown part {part!r}; implemented: {', '.join(IMPLEMENTED_PARTS)}; planned: "
-                f"{', '.join(PLANNED_PARTS)}."
+                f"unknown part {part!r}; implemented here: {', '.join(IMPLEMENTED_PARTS)}; elsewhere: "
+                f"{', '.join(ELSEWHERE_PARTS)}."
             )
     if args.repeats < 1 or args.warmup < 1 or args.rank < 1 or args.decoder_tokens < 2:
         parser.error("--repeats, --warmup and --rank must be at least 1, --decoder-tokens at least 2.")

@@ -27,7 +27,9 @@ Writes ``benchmarks/results/whisper_length.md`` (or ``--output``) and the raw nu
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
+import statistics
 import sys
 import time
 from collections.abc import Sequence
@@ -64,17 +66,17 @@ ROUTE_TITLES = {
 TEST_SET = "held_out_sentences"
 
 
-def run_route(route: str, method: str, args: argparse.Namespace, root: Path) -> dict[str, Any]:
+def run_route(route: str, method: str, seed: int, args: argparse.Namespace, root: Path) -> dict[str, Any]:
     """``verticals run`` of a packaged speech config on one route; WER per condition and timings."""
     positions, pad_to = ROUTES[route]
     route_args = argparse.Namespace(**{**vars(args), "max_source_positions": positions})
-    directory = root / route / method
+    directory = root / route / f"{method}_seed{seed}"
     argv = [
         "run",
         speech_benchmark.config_name(method),
         *speech_benchmark.common_arguments(route_args, directory, method, TEST_SET),
         "--data.init_args.pad_to", pad_to,
-        "--seed_everything", str(args.seed),
+        "--seed_everything", str(seed),
         "--baseline", "false",
         f"--trainer.callbacks+={callback_class_path(TrainWindow)}",
         *([] if method == "zero_shot" or args.epochs is None else ["--trainer.max_epochs", str(args.epochs)]),
@@ -98,6 +100,7 @@ def run_route(route: str, method: str, args: argparse.Namespace, root: Path) -> 
     return {
         "route": route,
         "method": method,
+        "seed": seed,
         "command": "verticals " + shlex.join(argv),
         "wer": wer,
         "wall_seconds": wall,
@@ -113,33 +116,79 @@ def hf_throughput(positions: int, args: argparse.Namespace, root: Path) -> dict[
     return speech_benchmark.trainer_throughput(route_args, root / f"hf_{positions}")
 
 
-def summarise(runs: list[dict[str, Any]], hf: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    by = {(run["route"], run["method"]): run for run in runs}
-    summary: dict[str, Any] = {"wer_change_vs_30s": {}, "throughput_ratio": {}}
-    for method in ("zero_shot", "lora_qv"):
-        reference = by.get(("window_30s", method))
-        ours = by.get(("utterance", method))
-        if reference and ours:
-            summary["wer_change_vs_30s"][method] = {
-                condition: ours["wer"][condition] - reference["wer"][condition]
-                for condition in reference["wer"]
+def route_means(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (route, method): WER per condition, mean over the seeds run, and the median throughput."""
+    rows = []
+    for key in dict.fromkeys((run["route"], run["method"]) for run in runs):
+        group = [run for run in runs if (run["route"], run["method"]) == key]
+        speeds = [run["steady_utterances_per_s"] for run in group if run["steady_utterances_per_s"]]
+        conditions = list(group[0]["wer"])
+        rows.append(
+            {
+                "route": key[0],
+                "method": key[1],
+                "seeds": [run["seed"] for run in group],
+                "wer": {c: statistics.fmean(run["wer"][c] for run in group) for c in conditions},
+                "steady_utterances_per_s": statistics.median(speeds) if speeds else None,
+                "wall_seconds": statistics.fmean(run["wall_seconds"] for run in group),
             }
-    ours = by.get(("utterance", "lora_qv"))
+        )
+    return rows
+
+
+def paired_change(
+    runs: list[dict[str, Any]], method: str, route: str, reference: str
+) -> dict[str, Any] | None:
+    """WER of ``route`` minus ``reference`` per condition, per seed both ran and its mean; None if none."""
+    ours = {run["seed"]: run for run in runs if run["route"] == route and run["method"] == method}
+    theirs = {run["seed"]: run for run in runs if run["route"] == reference and run["method"] == method}
+    seeds = sorted(set(ours) & set(theirs))
+    if not seeds:
+        return None
+    conditions = list(ours[seeds[0]]["wer"])
+    per_seed = {c: [ours[s]["wer"][c] - theirs[s]["wer"][c] for s in seeds] for c in conditions}
+    return {
+        "seeds": seeds,
+        "change": {c: statistics.fmean(v) for c, v in per_seed.items()},
+        "per_seed": per_seed,
+    }
+
+
+def summarise(runs: list[dict[str, Any]], hf: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """WER changes of the utterance route against both windows (paired by seed) and throughput ratios."""
+    summary: dict[str, Any] = {"wer_change_vs_30s": {}, "wer_change_vs_10s": {}, "throughput_ratio": {}}
+    for method in ("zero_shot", "lora_qv"):
+        for reference, key in (("window_30s", "wer_change_vs_30s"), ("window_10s", "wer_change_vs_10s")):
+            change = paired_change(runs, method, "utterance", reference)
+            if change is not None:
+                summary[key][method] = change
+    means = {(row["route"], row["method"]): row for row in route_means(runs)}
+    ours = means.get(("utterance", "lora_qv"))
     if ours and ours["steady_utterances_per_s"]:
         for name, row in hf.items():
             summary["throughput_ratio"][name] = (
                 ours["steady_utterances_per_s"] / row["steady_utterances_per_s"]
             )
-    changes = summary["wer_change_vs_30s"].get("lora_qv", {})
+    changes = (summary["wer_change_vs_30s"].get("lora_qv") or {}).get("change", {})
     summary["within_one_point"] = bool(changes) and all(abs(change) <= 0.01 for change in changes.values())
     summary["at_least_2x_hf_30s"] = summary["throughput_ratio"].get("hf_30s", 0.0) >= 2.0
     return summary
 
 
+def _change_line(method: str, reference: str, entry: dict[str, Any]) -> str:
+    several = len(entry["seeds"]) > 1
+    parts = []
+    for condition, value in entry["change"].items():
+        seeds = ", ".join(f"{100 * d:+.1f}" for d in entry["per_seed"][condition])
+        parts.append(f"{condition} {100 * value:+.1f}" + (f" (per seed {seeds})" if several else ""))
+    seeds = ", ".join(map(str, entry["seeds"]))
+    return f"- {method}, utterance length minus {reference} (seeds {seeds}), WER points: " + "; ".join(parts)
+
+
 def render_markdown(results: dict[str, Any]) -> str:
     settings = results["settings"]
-    runs = results["runs"]
-    conditions = list(runs[0]["wer"]) if runs else []
+    rows = route_means(results["runs"])
+    conditions = list(rows[0]["wer"]) if rows else []
     lines = [
         "# Whisper at the utterance's own length",
         "",
@@ -147,44 +196,37 @@ def render_markdown(results: dict[str, Any]) -> str:
         "",
         f"Model `{settings['source']}`; the generated speech set of `speech/whisper_lora_qv` "
         f"({settings['train_per_condition']} training and {settings['test_per_condition']} test utterances per "
-        f"condition, the `{TEST_SET}` test set), LoRA q/v trained with seed {settings['seed']} for "
-        f"{settings['epochs'] or 'the config'}'s epochs, greedy decoding. WER is pooled per condition after "
-        "Whisper's English normaliser. One seed: differences of a point or two are within what a second seed moves.",
+        f"condition, the `{TEST_SET}` test set), LoRA q/v trained for {settings['epochs'] or 'the config'}'s "
+        "epochs, greedy decoding. WER is pooled per condition after Whisper's English normaliser and averaged over "
+        "the seeds a row ran (zero-shot is greedy: one run). Zero-shot WERs above 1 are loops and hallucinated "
+        "text, which move a lot with any change of the input's length.",
         "",
         "## WER per condition",
         "",
-        "| route | method | " + " | ".join(conditions) + " | test wall s |",
-        "|---|---|" + "---|" * len(conditions) + "---|",
+        "| route | method | seeds | " + " | ".join(conditions) + " | wall s per run |",
+        "|---|---|---|" + "---|" * len(conditions) + "---|",
     ]
-    for run in runs:
+    for row in rows:
         lines.append(
-            f"| {ROUTE_TITLES[run['route']]} | {run['method']} | "
-            + " | ".join(f"{run['wer'][c]:.3f}" for c in conditions)
-            + f" | {run['wall_seconds']:.0f} |"
+            f"| {ROUTE_TITLES[row['route']]} | {row['method']} | {', '.join(map(str, row['seeds']))} | "
+            + " | ".join(f"{row['wer'][c]:.3f}" for c in conditions)
+            + f" | {row['wall_seconds']:.0f} |"
         )
     summary = results["summary"]
-    for method, changes in summary["wer_change_vs_30s"].items():
-        lines.append("")
-        lines.append(
-            f"{method}: utterance length minus 30 s window, WER points: "
-            + ", ".join(f"{c} {100 * v:+.1f}" for c, v in changes.items())
-        )
-    lines += [
-        "",
-        "## Training throughput (LoRA q/v)",
-        "",
-        "| route | utterances/s (steady) |",
-        "|---|---|",
-    ]
-    for run in runs:
-        if run["method"] == "lora_qv":
+    lines.append("")
+    for key, reference in (("wer_change_vs_30s", "30 s window"), ("wer_change_vs_10s", "10 s window")):
+        for method, entry in summary[key].items():
+            lines.append(_change_line(method, reference, entry))
+    lines += ["", "## Training throughput (LoRA q/v)", "", "| route | utterances/s (steady) |", "|---|---|"]
+    for row in rows:
+        if row["method"] == "lora_qv" and row["steady_utterances_per_s"]:
             lines.append(
-                f"| verticals fit, {ROUTE_TITLES[run['route']]} | {run['steady_utterances_per_s']:.2f} |"
+                f"| verticals fit, {ROUTE_TITLES[row['route']]} | {row['steady_utterances_per_s']:.2f} |"
             )
     for name, row in results["hf"].items():
+        window = "30 s window" if name == "hf_30s" else "10 s window"
         lines.append(
-            f"| HF Seq2SeqTrainer + peft, {ROUTE_TITLES['window_30s' if name == 'hf_30s' else 'window_10s'].split(' (')[0]} "
-            f"({row['steps']} steps) | {row['steady_utterances_per_s']:.2f} |"
+            f"| HF Seq2SeqTrainer + peft, {window} ({row['steps']} steps) | {row['steady_utterances_per_s']:.2f} |"
         )
     ratios = summary["throughput_ratio"]
     if ratios:
@@ -215,7 +257,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--test-per-condition", type=int, default=25)
     parser.add_argument("--batch-size", type=int, default=packaged["batch_size"])
     parser.add_argument("--epochs", type=int, default=None, help="default: the config's")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds of every route")
+    parser.add_argument(
+        "--resume", type=Path, default=None, help="a previous run's JSON: its runs are kept, not rerun"
+    )
     parser.add_argument("--bootstrap", type=int, default=200)
     parser.add_argument(
         "--throughput-steps", type=int, default=16, help="Seq2SeqTrainer steps per window; 0 skips"
@@ -229,20 +274,29 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     argv = list(sys.argv[1:] if argv is None else argv)  # copied first: run_cli rewrites sys.argv
     args = parse_args(argv)
-    runs: list[dict[str, Any]] = []
-    hf: dict[str, dict[str, Any]] = {}
+    previous = json.loads(args.resume.read_text()) if args.resume else {}
+    runs: list[dict[str, Any]] = [{"seed": 0, **run} for run in previous.get("runs", [])]
+    hf: dict[str, dict[str, Any]] = dict(previous.get("hf", {}))
+    done = {(run["route"], run["method"], run["seed"]) for run in runs}
     with runs_root(args.runs_dir, "whisper_length_") as root:
         for route in args.routes:
             for method in args.methods:
-                runs.append(run_route(route, method, args, root))
-                print(f"{route} {method}: WER {runs[-1]['wer']}", flush=True)
-        if args.throughput_steps:
+                seeds = args.seeds[:1] if method == "zero_shot" else args.seeds  # greedy: one run says it all
+                for seed in seeds:
+                    if (route, method, seed) in done or (
+                        method == "zero_shot" and (route, method, 0) in done
+                    ):
+                        continue
+                    runs.append(run_route(route, method, seed, args, root))
+                    print(f"{route} {method} seed {seed}: WER {runs[-1]['wer']}", flush=True)
+        if args.throughput_steps and not hf:
             for name, positions in (("hf_30s", 1500), ("hf_10s", 500)):
                 hf[name] = hf_throughput(positions, args, root)
                 print(f"{name}: {hf[name]['steady_utterances_per_s']:.2f} utterances/s", flush=True)
+    command = "python benchmarks/whisper_length.py " + shlex.join(argv)
     results = {
         "benchmark": "whisper_length",
-        "command": "python benchmarks/whisper_length.py " + shlex.join(argv),
+        "command": f"{previous['command']} && {command}" if previous.get("command") else command,
         "machine": machine(["torch", "transformers", "peft", "lightning"]),
         "settings": {key: value for key, value in vars(args).items() if key not in ("runs_dir", "output")},
         "runs": runs,

@@ -303,7 +303,7 @@ def _fakes() -> dict[str, dict]:
         },
         "whisper_length": {
             "benchmark": "whisper_length",
-            "settings": {"source": "tiny.en", "seed": 0, "test_per_condition": 25},
+            "settings": {"source": "tiny.en", "seeds": [0], "test_per_condition": 25},
             "runs": [
                 {"route": route, "method": method, "wer": {"clear": 0.1 + shift, "child": 0.3 + shift}}
                 for route, shift in (("window_30s", 0.0), ("window_10s", 0.01), ("utterance", 0.02))

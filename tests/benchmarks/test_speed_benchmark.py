@@ -1,5 +1,5 @@
 """The speed benchmark's ``merged`` part end to end at tiny scale (tiny random ViT, Whisper and BERT): every
-variant per shape, positive ratios, merged = unmerged up to rounding; the refusal of planned parts and the ABBA
+variant per shape, positive ratios, merged = unmerged up to rounding; the pointer to the training parts' own scripts and the ABBA
 order of its timing."""
 
 from __future__ import annotations
@@ -63,15 +63,18 @@ def test_tiny_run_reports_every_variant_per_shape(benchmark, tmp_path: Path) -> 
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--parts", "caching"], "'caching' (issue item 5 (a)-(c)) is planned but not implemented yet"),
-        (["--parts", "merged", "whisper_length"], "'whisper_length' (issue item 5 (e)) is planned"),
+        (
+            ["--parts", "caching"],
+            "'caching' (issue item 5 (a)-(c)) is a training benchmark: run `python benchmarks/prefix_cache.py`",
+        ),
+        (["--parts", "merged", "whisper_length"], "run `python benchmarks/whisper_length.py`"),
         (["--parts", "speedup"], "unknown part 'speedup'"),
         (["--tiny"], "--tiny timings mean nothing: give --output"),
         (["--batch", "vit=4"], "unknown shape 'vit'"),
         (["--batch", "0"], "give a positive whole number"),
     ],
 )
-def test_refuses_planned_parts_and_bad_arguments(benchmark, argv, message, capsys) -> None:
+def test_points_to_the_training_parts_and_refuses_bad_arguments(benchmark, argv, message, capsys) -> None:
     with pytest.raises(SystemExit) as raised:
         benchmark.parse_args(argv)
     assert raised.value.code == 2
