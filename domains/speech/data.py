@@ -110,14 +110,14 @@ class SpeechCollator:
     ``pad_multiple`` to the batch's longest utterance rounded up to a multiple of that many frames (within the
     window), which Whisper's encoder then runs at (``verticals.domains.speech.models.encoder_length``)."""
 
-    def __init__(self, frames: int, pad_multiple: int | None = None) -> None:
-        self.frames, self.pad_multiple = frames, pad_multiple
+    def __init__(self, frames: int, pad_multiple: int | None = None, pad_margin: int = 0) -> None:
+        self.frames, self.pad_multiple, self.pad_margin = frames, pad_multiple, pad_margin
 
     def batch_frames(self, items: Sequence[Utterance]) -> int:
         """The frames this batch is padded to."""
         if self.pad_multiple is None:
             return self.frames
-        longest = max(item.features.shape[1] for item in items)
+        longest = max(item.features.shape[1] for item in items) + self.pad_margin
         return min(self.frames, max(1, math.ceil(longest / self.pad_multiple)) * self.pad_multiple)
 
     def __call__(self, items: Sequence[Utterance]) -> dict[str, object]:
@@ -160,6 +160,8 @@ class SpeechDataModule(BaseDataModule):
             that length, and groups training batches by duration, so short utterances cost what they last.
         pad_multiple: with ``pad_to: utterance``, batch lengths are multiples of this many log-mel frames (100 =
             1 s); fewer distinct lengths, a little more padding. Even.
+        pad_margin: with ``pad_to: utterance``, at least this many frames of padding after the longest
+            utterance (Whisper was trained with silence after every utterance).
     """
 
     group_attributes: list[str] = ["condition"]
@@ -176,6 +178,7 @@ class SpeechDataModule(BaseDataModule):
         num_workers: int = 0,
         pad_to: Literal["window", "utterance"] = "window",
         pad_multiple: int = 100,
+        pad_margin: int = 0,
     ) -> None:
         super().__init__(batch_size=batch_size, seed=seed, num_workers=num_workers)
         if pad_to not in ("window", "utterance"):
@@ -184,7 +187,9 @@ class SpeechDataModule(BaseDataModule):
             raise ValueError(
                 f"`pad_multiple` must be an even number of log-mel frames (2 per encoder position), got {pad_multiple}."
             )
-        self.pad_to, self.pad_multiple = pad_to, pad_multiple
+        if pad_margin < 0:
+            raise ValueError(f"`pad_margin` must be >= 0 log-mel frames, got {pad_margin}.")
+        self.pad_to, self.pad_multiple, self.pad_margin = pad_to, pad_multiple, pad_margin
         self.max_source_positions = max_source_positions
         self.feature_extractor = window_feature_extractor(max_source_positions)
         self.tokenizer = whisper_tokenizer()
@@ -315,7 +320,9 @@ class SpeechDataModule(BaseDataModule):
         return self.dataset(split)
 
     def collate_fn(self, split: str) -> SpeechCollator:
-        return SpeechCollator(self.frames, self.pad_multiple if self.pad_to == "utterance" else None)
+        if self.pad_to != "utterance":
+            return SpeechCollator(self.frames)
+        return SpeechCollator(self.frames, self.pad_multiple, self.pad_margin)
 
     def sample_lengths(self, split: str) -> list[int] | None:
         """With ``pad_to: utterance``, each utterance's frames: training batches group similar durations."""
@@ -382,6 +389,7 @@ class SyntheticSpeechDataModule(SpeechDataModule):
             longest utterance, the encoder run at that length, training batches grouped by duration); see
             :class:`SpeechDataModule`.
         pad_multiple: with ``pad_to: utterance``, batch lengths are multiples of this many log-mel frames.
+        pad_margin: with ``pad_to: utterance``, at least this many frames of padding after the longest utterance.
     """
 
     def __init__(
@@ -406,6 +414,7 @@ class SyntheticSpeechDataModule(SpeechDataModule):
         held_out_voices: Mapping[str, Sequence[str]] | None = None,
         pad_to: Literal["window", "utterance"] = "window",
         pad_multiple: int = 100,
+        pad_margin: int = 0,
     ) -> None:
         super().__init__(
             batch_size,
@@ -416,6 +425,7 @@ class SyntheticSpeechDataModule(SpeechDataModule):
             num_workers=num_workers,
             pad_to=pad_to,
             pad_multiple=pad_multiple,
+            pad_margin=pad_margin,
         )
         voices, held_out_voices = dict(voices or {}), dict(held_out_voices or {})
         unknown = [
@@ -647,6 +657,7 @@ class LibriSpeechDataModule(SpeechDataModule):
             longest utterance, the encoder run at that length, training batches grouped by duration); see
             :class:`SpeechDataModule`.
         pad_multiple: with ``pad_to: utterance``, batch lengths are multiples of this many log-mel frames.
+        pad_margin: with ``pad_to: utterance``, at least this many frames of padding after the longest utterance.
     """
 
     def __init__(
@@ -665,6 +676,7 @@ class LibriSpeechDataModule(SpeechDataModule):
         num_workers: int = 0,
         pad_to: Literal["window", "utterance"] = "window",
         pad_multiple: int = 100,
+        pad_margin: int = 0,
     ) -> None:
         super().__init__(
             batch_size,
@@ -676,6 +688,7 @@ class LibriSpeechDataModule(SpeechDataModule):
             num_workers,
             pad_to=pad_to,
             pad_multiple=pad_multiple,
+            pad_margin=pad_margin,
         )
         self.root = Path(root)
         self.subsets = dict(
@@ -743,6 +756,7 @@ class CommonVoiceDataModule(SpeechDataModule):
             longest utterance, the encoder run at that length, training batches grouped by duration); see
             :class:`SpeechDataModule`.
         pad_multiple: with ``pad_to: utterance``, batch lengths are multiples of this many log-mel frames.
+        pad_margin: with ``pad_to: utterance``, at least this many frames of padding after the longest utterance.
     """
 
     def __init__(
@@ -760,6 +774,7 @@ class CommonVoiceDataModule(SpeechDataModule):
         num_workers: int = 0,
         pad_to: Literal["window", "utterance"] = "window",
         pad_multiple: int = 100,
+        pad_margin: int = 0,
     ) -> None:
         super().__init__(
             batch_size,
@@ -771,6 +786,7 @@ class CommonVoiceDataModule(SpeechDataModule):
             num_workers,
             pad_to=pad_to,
             pad_multiple=pad_multiple,
+            pad_margin=pad_margin,
         )
         self.root = Path(root)
         self.tsv = dict(tsv or {"train": "train.tsv", "val": "dev.tsv", "test": "test.tsv"})

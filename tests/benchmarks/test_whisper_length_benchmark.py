@@ -29,11 +29,19 @@ def test_tiny_run_reports_each_route(benchmark, tmp_path: Path) -> None:
     ]
     for run in raw["runs"]:
         assert set(run["wer"]) == {"clear", "child", "accented", "noisy"}
-        assert ("--data.init_args.pad_to utterance" in run["command"]) == (run["route"] == "utterance")
+        assert ("--data.init_args.pad_to utterance" in run["command"]) == run["route"].startswith("utterance")
+        assert ("--data.init_args.pad_margin 100" in run["command"]) == (run["route"] == "utterance_margin")
     trained = [run for run in raw["runs"] if run["method"] == "lora_qv"]
     assert all(run["train_utterances"] == 8 and run["steady_utterances_per_s"] > 0 for run in trained)
     assert set(raw["hf"]) == {"hf_30s", "hf_10s"} and all(row["steps"] == 2 for row in raw["hf"].values())
-    assert set(raw["summary"]["wer_change_vs_30s"]) == {"zero_shot", "lora_qv"}
-    assert set(raw["summary"]["throughput_ratio"]) == {"hf_30s", "hf_10s"}
+    changes = {(e["route"], e["method"], e["reference"]) for e in raw["summary"]["wer_changes"]}
+    assert changes == {
+        (route, method, reference)
+        for route in benchmark.SHORT_ROUTES
+        for method in ("zero_shot", "lora_qv")
+        for reference in ("window_30s", "window_10s")
+    }
+    for ratios in raw["summary"]["throughput_ratio"].values():
+        assert set(ratios) == {"hf_30s", "hf_10s"}
     markdown = output.read_text()
     assert "| utterance length (`pad_to: utterance`) | lora_qv |" in markdown and raw["command"] in markdown
