@@ -62,8 +62,8 @@ ROUTES: dict[str, tuple[int, str, int]] = {
 ROUTE_TITLES = {
     "window_30s": "30 s window (HF's route)",
     "window_10s": "10 s window (the configs')",
-    "utterance": "utterance length (`pad_to: utterance`)",
-    "utterance_margin": "utterance length + 1 s (`pad_margin: 100`)",
+    "utterance": "utterance length, no margin (`pad_margin: 0`)",
+    "utterance_margin": "utterance length + 1 s (`pad_to: utterance`, its default `pad_margin: 100`)",
 }
 TEST_SET = "held_out_sentences"
 
@@ -78,7 +78,7 @@ def run_route(route: str, method: str, seed: int, args: argparse.Namespace, root
         speech_benchmark.config_name(method),
         *speech_benchmark.common_arguments(route_args, directory, method, TEST_SET),
         "--data.init_args.pad_to", pad_to,
-        *(["--data.init_args.pad_margin", str(margin)] if margin else []),
+        *(["--data.init_args.pad_margin", str(margin)] if pad_to == "utterance" else []),
         "--seed_everything", str(seed),
         "--baseline", "false",
         f"--trainer.callbacks+={callback_class_path(TrainWindow)}",

@@ -312,6 +312,9 @@ def test_pad_to_utterance_pads_each_batch_to_its_longest_utterance_and_groups_du
     assert seen == [min(600, -(-kept[i] // 50) * 50) for i in (0, 2)]
     test = next(iter(datamodule.dataloader("test", shuffle=False)))
     assert test["input_features"].shape[-1] < 600  # evaluation pads per batch too
+    margin = _synthetic(tmp_path, pad_to="utterance", pad_multiple=50, pad_margin=60, batch_size=2)
+    seen = [batch["input_features"].shape[-1] for batch in margin.train_dataloader()]
+    assert seen == [min(600, -(-(kept[i] + 60) // 50) * 50) for i in (0, 2)]  # at least 60 frames of padding
 
 
 def test_pad_options_are_checked(tmp_path):
@@ -319,3 +322,5 @@ def test_pad_options_are_checked(tmp_path):
         _synthetic(tmp_path, pad_to="batch")
     with pytest.raises(ValueError, match="even number of log-mel frames"):
         _synthetic(tmp_path, pad_multiple=75)
+    with pytest.raises(ValueError, match="`pad_margin` must be >= 0"):
+        _synthetic(tmp_path, pad_margin=-2)
