@@ -1384,10 +1384,11 @@ def chart_whisper_length(results: Mapping[str, Any], md_path: Path) -> list[Char
                 [i + (index - (len(routes) - 1) / 2) * width for i in range(len(conditions))],
                 [sum(_float(r["wer"][c]) for r in group) / len(group) for c in conditions],
                 width=width,
-                label=f"{route} ({len(group)} seed{'s' if len(group) > 1 else ''})",
+                label=route,
             )
         axis.set_xticks(range(len(conditions)), conditions, fontsize=8)
-        axis.set_title(method, fontsize=9)
+        seeds = sorted({r.get("seed", 0) for r in runs if r["method"] == method})
+        axis.set_title(f"{method} (seeds {', '.join(map(str, seeds))}; mean over each route's seeds)", fontsize=9)
         axis.set_ylabel("WER (pooled)")
     bottom = _legend_below(figure, list(axes[0]), ncol=len(routes))
     settings = results.get("settings") or {}
