@@ -301,7 +301,7 @@ def test_synthetic_utterances_longer_than_a_short_window_error_or_are_counted(tm
 
 def test_pad_to_utterance_pads_each_batch_to_its_longest_utterance_and_groups_durations(tmp_path):
     window = _synthetic(tmp_path)
-    datamodule = _synthetic(tmp_path, pad_to="utterance", pad_multiple=50, batch_size=2)
+    datamodule = _synthetic(tmp_path, pad_to="utterance", pad_multiple=50, pad_margin=0, batch_size=2)
     assert window.sample_lengths("train") is None  # the window route keeps its plain shuffle
     lengths = datamodule.sample_lengths("train")
     assert lengths == [u.features.shape[1] for u in datamodule.dataset("train").utterances]
@@ -313,6 +313,7 @@ def test_pad_to_utterance_pads_each_batch_to_its_longest_utterance_and_groups_du
     test = next(iter(datamodule.dataloader("test", shuffle=False)))
     assert test["input_features"].shape[-1] < 600  # evaluation pads per batch too
     margin = _synthetic(tmp_path, pad_to="utterance", pad_multiple=50, pad_margin=60, batch_size=2)
+    assert _synthetic(tmp_path, pad_to="utterance").pad_margin == 100  # 1 s after the longest utterance by default
     seen = [batch["input_features"].shape[-1] for batch in margin.train_dataloader()]
     assert seen == [min(600, -(-(kept[i] + 60) // 50) * 50) for i in (0, 2)]  # at least 60 frames of padding
 
