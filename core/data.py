@@ -300,7 +300,7 @@ class LengthGroupedSampler(EpochShuffleSampler):
 
     The epoch's permutation is cut into groups of ``batch_size * group_batches`` samples and each group is sorted
     by length, longest first (the grouping Hugging Face's ``LengthGroupedSampler`` uses): which samples share a
-    batch is still random, but a batch of short utterances runs at a short length. Resuming and DDP behave as in
+    batch is still random, but a batch of short samples runs at a short length. Resuming and DDP behave as in
     :class:`EpochShuffleSampler`.
 
     Args:

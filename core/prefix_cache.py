@@ -3,8 +3,8 @@
 Every module that runs before the first module with a trainable parameter is frozen; when it is also
 deterministic (no dropout or batch statistics in training mode), its output for a given input never changes.
 :class:`FrozenPrefixCache` records that output per sample the first time the sample is seen and, from then on,
-replays it instead of running the prefix: decoder-only SAM never runs its image encoder twice on a slice, a linear
-probe never runs its encoder twice on a series, LoRA on an encoder's last stages skips the first ones.
+replays it instead of running the prefix: a tuned decoder never runs its frozen image encoder twice on an image, a
+linear probe never runs its encoder twice on a sample, LoRA on an encoder's last stages skips the first ones.
 
 It works on any backbone, found from one traced forward:
 
