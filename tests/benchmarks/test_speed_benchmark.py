@@ -54,7 +54,7 @@ def test_tiny_run_reports_every_variant_per_shape(benchmark, tmp_path: Path) -> 
     assert markdown.startswith("# Speed: what adapters cost at inference")
     assert "- command: `python benchmarks/speed.py --tiny --repeats 2" in markdown
     assert "- torch threads: " in markdown and "- machine: " in markdown and "- date: " in markdown
-    assert "not implemented yet" in markdown and "`--tiny` smoke run" in markdown
+    assert "measured by `benchmarks/prefix_cache.py`" in markdown and "`--tiny` smoke run" in markdown
     table = [line for line in markdown.splitlines() if line.startswith("| whisper_tiny | `")]
     assert len(table) == 4  # two target rows in each of the two tables
     assert (tmp_path / "results" / "speed_merged.png").is_file() and "## Charts" in markdown

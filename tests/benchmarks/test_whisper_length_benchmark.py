@@ -45,4 +45,4 @@ def test_tiny_run_reports_each_route(benchmark, tmp_path: Path) -> None:
     for ratios in raw["summary"]["throughput_ratio"].values():
         assert set(ratios) == {"hf_30s", "hf_10s"}
     markdown = output.read_text()
-    assert "| utterance length (`pad_to: utterance`) | lora_qv |" in markdown and raw["command"] in markdown
+    assert f"| {benchmark.ROUTE_TITLES['utterance_margin']} | lora_qv |" in markdown and raw["command"] in markdown
