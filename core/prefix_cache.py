@@ -49,6 +49,11 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16}
 _ROWS_PER_BLOCK = 256
 #: Replays tried while looking for the cut, at most (each is one forward of the set-up batch).
 _MAX_TRIES = 24
+#: What to do when the cache reaches its ceiling (the up-front and the "full" warnings say it alike).
+_CEILING_FIXES = (
+    "Raise `cache_frozen_prefix.max_gb`, store float16 (`dtype: float16`, half the size) or keep it on disk "
+    "(`directory: PATH`)."
+)
 
 
 class PrefixCacheError(ValueError):
@@ -166,7 +171,8 @@ class FrozenPrefixCache:
     def __init__(self, network: nn.Module, options: PrefixCacheOptions, expected_samples: int | None = None):
         self.network, self.options, self.expected_samples = network, options, expected_samples
         self.cached: list[str] = []  # names of the modules whose outputs are replayed
-        self.placeholders: dict[str, Any] = {}  # name -> output structure (per-row shapes) of skipped modules
+        #: Skipped modules (not run, their outputs unread after the cut) -> the structure their stand-in has.
+        self.skipped: dict[str, _Structure] = {}
         self.keyed_on = "first input"
         self.stores: dict[str, list[_RowStore]] = {}
         self.hits = self.misses = 0
@@ -178,7 +184,6 @@ class FrozenPrefixCache:
         self._full_said = False
         self._originals: dict[str, Any] = {}
         self._device = torch.device("cpu")
-        self._dtypes: dict[str, list[torch.dtype]] = {}
         self._structures: dict[str, _Structure] = {}
         self._handles = [network.register_forward_pre_hook(self._before, with_kwargs=True)]
         self._handles.append(network.register_forward_hook(self._after))
@@ -191,7 +196,7 @@ class FrozenPrefixCache:
         return {
             "used": bool(self.cached),
             "cached_modules": [_shown(name) for name in self.cached],
-            "skipped_modules": [_shown(name) for name in self.placeholders],
+            "skipped_modules": [_shown(name) for name in self.skipped],
             "keyed_on": self.keyed_on,
             "dtype": self.options.dtype,
             "samples": self.samples,
@@ -249,12 +254,13 @@ class FrozenPrefixCache:
             return output
         device = self._device
         if name in self.stores:
+            structure = self._structures[name]
             parts = [
-                store.get(self._keys).to(device, self._dtypes[name][index])
-                for index, store in enumerate(self.stores[name])
+                store.get(self._keys).to(device, dtype)
+                for store, (_, dtype) in zip(self.stores[name], structure.parts)
             ]
-            return _assemble(self._structures[name], parts)
-        return _filled(self.placeholders[name], len(self._keys), device, None)
+            return _assemble(structure, parts)
+        return _filled(self.skipped[name], len(self._keys), device, None)
 
     def _record(self, name: str, output: Any) -> None:
         stores = self.stores[name]
@@ -284,7 +290,7 @@ class FrozenPrefixCache:
             "Frozen-prefix cache: replaying %s (keyed on the %s), skipping %d module(s) before it.",
             ", ".join(self.cached),
             self.keyed_on,
-            len(self.placeholders),
+            len(self.skipped),
         )
 
     def _trace(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[list[_Call], Any]:
@@ -484,7 +490,6 @@ class FrozenPrefixCache:
         for call in cached:
             parts = _parts(call.output)
             self._structures[call.name] = _structure(call.output, batch)
-            self._dtypes[call.name] = [part.dtype for part in parts]
             share = max_bytes / len(cached) / len(parts)
             self.stores[call.name] = [
                 _RowStore(
@@ -496,15 +501,14 @@ class FrozenPrefixCache:
                 for part in parts
             ]
         self.cached = [call.name for call in cached]
-        self.placeholders = {call.name: _structure(call.output, batch) for call in skipped}
+        self.skipped = {call.name: _structure(call.output, batch) for call in skipped}
         self._device = args[0].device
         row_bytes = sum(store.row_bytes for stores in self.stores.values() for store in stores)
         if self.expected_samples and self.expected_samples * row_bytes > max_bytes:
             fits = int(max_bytes // row_bytes)
             log.warning(
                 "Frozen-prefix cache: %d samples of %.2f MB each need %.1f GB, above its ceiling of %.1f GB: the first "
-                "%d are cached and the rest computed every step. Raise `cache_frozen_prefix.max_gb`, store float16 "
-                "(`dtype: float16`, half the size) or keep it on disk (`directory: PATH`).",
+                "%d are cached and the rest computed every step. " + _CEILING_FIXES,
                 self.expected_samples, row_bytes / 1e6, self.expected_samples * row_bytes / 1024**3,
                 self.options.max_gb, fits,
             )  # fmt: skip
@@ -521,7 +525,7 @@ class FrozenPrefixCache:
         self._full_said = True
         log.warning(
             "Frozen-prefix cache: full at its ceiling of %.1f GB (%d samples); further samples are computed every step. "
-            "Raise `cache_frozen_prefix.max_gb`, store float16 (`dtype: float16`) or keep it on disk (`directory: PATH`).",
+            + _CEILING_FIXES,
             self.options.max_gb,
             self.samples,
         )
