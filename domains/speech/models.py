@@ -211,11 +211,16 @@ def _shorten_window(model: WhisperForConditionalGeneration, max_source_positions
             f"`max_source_positions` must be in 1..{full} for this model, got {max_source_positions}."
         )
     table = encoder.embed_positions.weight.data[:max_source_positions].clone()
-    encoder.embed_positions = nn.Embedding(max_source_positions, table.shape[1])
-    encoder.embed_positions.weight.data.copy_(table)
-    encoder.embed_positions.requires_grad_(False)
-    encoder.max_source_positions = max_source_positions
-    model.config.max_source_positions = max_source_positions
+    _set_window(model, nn.Embedding.from_pretrained(table, freeze=True))
+
+
+def _set_window(model: WhisperForConditionalGeneration, table: nn.Embedding) -> None:
+    """Give the encoder ``table`` as its position table, and its row count as the window everywhere HF reads it
+    (the encoder's input check, ``generate``'s segment length)."""
+    encoder = model.get_encoder()
+    encoder.embed_positions = table
+    encoder.max_source_positions = model.config.max_source_positions = table.num_embeddings
+    encoder.config.max_source_positions = table.num_embeddings
 
 
 @contextmanager
@@ -237,25 +242,14 @@ def encoder_length(model: WhisperForConditionalGeneration, frames: int) -> Itera
             f"Whisper's encoder takes an even number of log-mel frames up to its window of "
             f"{FRAMES_PER_POSITION * full}; got {frames}. Pad the batch to an even length within the window."
         )
-    positions = frames // FRAMES_PER_POSITION
     table = encoder.embed_positions
-    saved = (
-        encoder.max_source_positions,
-        model.config.max_source_positions,
-        encoder.config.max_source_positions,
+    _set_window(
+        model, nn.Embedding.from_pretrained(table.weight[: frames // FRAMES_PER_POSITION], freeze=True)
     )
-    encoder.embed_positions = nn.Embedding.from_pretrained(table.weight[:positions], freeze=True)
-    encoder.max_source_positions = model.config.max_source_positions = positions
-    encoder.config.max_source_positions = positions
     try:
         yield
     finally:
-        encoder.embed_positions = table
-        (
-            encoder.max_source_positions,
-            model.config.max_source_positions,
-            encoder.config.max_source_positions,
-        ) = saved
+        _set_window(model, table)
 
 
 def _from_pretrained(source: str) -> WhisperForConditionalGeneration:
