@@ -9,9 +9,10 @@ Workloads (``--workloads``), each ``verticals fit`` of a packaged config through
 - ``sam_lora_late_stages``: ``medical/litemedsam_samed_lora`` with ``targets: late_stages`` (LoRA on q/v of
   TinyViT's stages 2-3): the convolutional stem and stage 1 are replayed.
 - ``pointcloud_dapt``: ``pointcloud/shapes_dapt`` (DAPT on the pretrained point transformer): the frozen
-  tokenizer (grouping, mini-PointNet, position embedding) is replayed. Point-PEFT (``shapes_point_peft``) is
-  refused by the cache, loudly: its point prior runs the frozen backbone once more from a pre-hook on the
-  grouper, so the grouper runs twice per forward.
+  tokenizer (grouping, mini-PointNet, position embedding) is replayed.
+- ``pointcloud_point_peft``: ``pointcloud/shapes_point_peft`` (Point-PEFT on the same backbone): the tokenizer
+  and the point prior's query (a second, frozen pass of the whole backbone on the cloud, declared as a
+  ``FrozenBranch``) are replayed.
 - ``timeseries_linear_probe``: ``timeseries/gunpoint_linear_probe`` with ``trainable: [head]`` (the patch
   embedding stays frozen at its seeded initialisation, so the whole MiniLM encoder is the prefix; the packaged
   config trains the patch embedding, which runs first: there the cache refuses, with that reason).
@@ -67,6 +68,7 @@ TARGETS = {
     "sam_decoder_only": 3.0,
     "sam_lora_late_stages": 1.3,
     "pointcloud_dapt": 2.0,
+    "pointcloud_point_peft": 2.0,
     "timeseries_linear_probe": None,
 }
 
@@ -101,9 +103,10 @@ def workload_arguments(name: str, args: argparse.Namespace) -> list[str]:
             "--model.init_args.adapter.targets", "late_stages",
             "--data.init_args.image_size", size, "--data.init_args.slab_step", str(args.slab_step),
         ]  # fmt: skip
-    if name == "pointcloud_dapt":
+    if name in ("pointcloud_dapt", "pointcloud_point_peft"):
         model_args = {"size": "small", "pretrained": not args.tiny}
-        return ["pointcloud/shapes_dapt", "--model.init_args.model_args", json.dumps(model_args)]
+        config = "pointcloud/shapes_dapt" if name == "pointcloud_dapt" else "pointcloud/shapes_point_peft"
+        return [config, "--model.init_args.model_args", json.dumps(model_args)]
     if name == "timeseries_linear_probe":
         model_args = {"encoder": "tiny-bert" if args.tiny else "minilm", "num_layers": 2 if args.tiny else 6,
                       "patch_length": 8, "stride": 4}  # fmt: skip

@@ -13,7 +13,12 @@ It works on any backbone, found from one traced forward:
   needs: replaying the cached set and filling every other prefix output with NaN must give the real output (so a
   skip connection across the cut is found, not silently broken);
 - a cached output that does not change when the batch rows of the model's other inputs (prompts) are permuted is
-  keyed on the first input alone, otherwise on every tensor input.
+  keyed on the first input alone, otherwise on every tensor input;
+- a cached output must not change when the trained parameters do (checked once, by perturbing them).
+
+A frozen computation that a method runs beside the main path, from a hook say (Point-PEFT's point prior runs the
+frozen backbone once more on the raw cloud), is cacheable when it runs through a :class:`FrozenBranch` registered
+on the network: the trace then sees it as one frozen module, and what runs inside it is not part of the main path.
 
 Keys are fingerprints of each sample's content, so shuffling, validation data and sliding windows need no index,
 and a randomly augmented sample is simply a new key (computed, not replayed): caching changes no result, except
@@ -29,7 +34,7 @@ import functools
 import hashlib
 import logging
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -41,7 +46,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.dropout import _DropoutNd
 
-__all__ = ["FrozenPrefixCache", "PrefixCacheError", "PrefixCacheOptions"]
+__all__ = ["FrozenBranch", "FrozenPrefixCache", "PrefixCacheError", "PrefixCacheOptions"]
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +111,35 @@ class PrefixCacheOptions:
         raise ValueError(
             f"`cache_frozen_prefix` must be true/false or a dict of options, got {type(value).__name__}."
         )
+
+
+class FrozenBranch(nn.Module):
+    """A frozen side computation of a network, declared so that frozen-prefix caching can replay it.
+
+    A method that computes something from the raw input with frozen weights only, besides the main path (from a
+    forward pre-hook, say), runs it through a ``FrozenBranch`` registered as a submodule of the network. The
+    cache's trace then sees one module where it would otherwise see the backbone's modules running twice, and can
+    replay the branch's output per sample like any prefix module's. The declaration is checked, not trusted: a
+    replayed branch must reproduce the network's output, and its output must not change when the trained
+    parameters do.
+
+    Args:
+        function: ``function(*inputs)`` returning a batch-first tensor or a tuple of them; run without autograd.
+        description: what it computes (for ``repr`` and messages).
+    """
+
+    def __init__(self, function: Callable[..., Any], description: str = "") -> None:
+        super().__init__()
+        self.function = function
+        self.description = description
+
+    def forward(self, *inputs: Any) -> Any:
+        """``function(*inputs)`` under ``torch.no_grad()``."""
+        with torch.no_grad():
+            return self.function(*inputs)
+
+    def extra_repr(self) -> str:
+        return self.description
 
 
 @dataclasses.dataclass
@@ -279,11 +313,16 @@ class FrozenPrefixCache:
     # -- set-up: find the cut ----------------------------------------------------------------
     def _set_up(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         self._busy = True
+        # The set-up's forwards run in training mode: keep the running statistics of trained BatchNorms as they were.
+        buffers = [(b, b.detach().clone()) for b in self.network.buffers()]
         try:
             calls, output = self._trace(args, kwargs)
             self._choose(self._prefix(calls), args, kwargs, output)
         finally:
             self._busy = False
+            with torch.no_grad():
+                for buffer, value in buffers:
+                    buffer.copy_(value)
         self._ready = True
         self._row_shape = tuple(args[0].shape[1:])
         log.info(
@@ -321,6 +360,10 @@ class FrozenPrefixCache:
         return calls, output
 
     def _prefix(self, calls: list[_Call]) -> list[_Call]:
+        branches = [call for call in calls if isinstance(call.module, FrozenBranch)]
+        calls = [
+            call for call in calls if not any(b.start < call.start and call.end < b.end for b in branches)
+        ]
         trainable = [call.start for call in calls if _trained(call.module)]
         if not trainable:
             raise PrefixCacheError(
@@ -387,6 +430,7 @@ class FrozenPrefixCache:
                 tries += 1
                 if self._replays_exactly(cached, skipped, args, kwargs, expected):
                     cached, skipped = self._pruned(cached, skipped, args, kwargs, expected)
+                    self._check_untouched_by_training(cached, args, kwargs)
                     if not self._depends_on_other_inputs(cached, args, kwargs):
                         self._install(cached, skipped, args, batch, keyed_on="first input")
                         return
@@ -440,7 +484,9 @@ class FrozenPrefixCache:
                 return False
         return len(replayed) == len(reference) and all(map(_same, replayed, reference))
 
-    def _cached_outputs(self, cached: list[_Call], args: Any, kwargs: Any, seed: int) -> dict[str, Any]:
+    def _cached_outputs(
+        self, cached: list[_Call], args: Any, kwargs: Any, seed: int, tolerate_errors: bool = False
+    ) -> dict[str, Any]:
         seen: dict[str, Any] = {}
 
         def keep(name: str, module: nn.Module, _args: Any, output: Any) -> None:
@@ -449,10 +495,43 @@ class FrozenPrefixCache:
         handles = [call.module.register_forward_hook(functools.partial(keep, call.name)) for call in cached]
         try:
             self._forward_output(args, kwargs, seed)
+        except Exception:
+            if not tolerate_errors:
+                raise
         finally:
             for handle in handles:
                 handle.remove()
         return seen
+
+    def _check_untouched_by_training(self, cached: list[_Call], args: Any, kwargs: Any) -> None:
+        """Refuse a replayed output that changes when every trained parameter is perturbed: it reads one outside the
+        module structure the trace sees (a ``FrozenBranch`` run with the adapters on, a hook's side state)."""
+        trained = [p for p in self.network.parameters() if p.requires_grad]
+        saved = [p.detach().clone() for p in trained]
+        generator = torch.Generator().manual_seed(0)
+        try:
+            with torch.no_grad():
+                for p in trained:
+                    noise = torch.randn(p.shape, generator=generator).to(p.device, p.dtype)
+                    p.add_(noise * (0.1 + p.detach().abs().mean()))
+            # Perturbed weights may break the forward after the cut; the replayed outputs are seen before that.
+            seen = self._cached_outputs(cached, args, kwargs, seed=0, tolerate_errors=True)
+        finally:
+            with torch.no_grad():
+                for p, value in zip(trained, saved):
+                    p.copy_(value)
+        changed = [
+            call.name
+            for call in cached
+            if call.name not in seen
+            or not all(torch.equal(a, b) for a, b in zip(_tensors(seen[call.name]), _tensors(call.output)))
+        ]
+        if changed:
+            raise PrefixCacheError(
+                f"`cache_frozen_prefix`: the output of {[_shown(n) for n in changed]} changes when the trained "
+                "parameters do, though no trained module runs before it: it reads trained weights through a hook or "
+                "side state (a FrozenBranch run with the adapters on?). Turn the cache off for this run."
+            )
 
     def _depends_on_other_inputs(self, cached: list[_Call], args: Any, kwargs: Any) -> bool:
         """Whether a replayed output changes when the rows of every input but the first are permuted (and the

@@ -26,7 +26,9 @@ block still returns the backbone's sequence length and heads and later blocks se
 The centres come from the backbone: the nearest module enclosing the block that has a ``last_centres``
 attribute (verticals' ``PointTransformer`` sets it to ``[B, G, 3]`` in every forward). The query ``q`` is
 computed by a forward pre-hook on that backbone's ``grouper`` (the first module that sees the raw cloud),
-which runs the backbone once more with the adapters off: like the official code's second, frozen model.
+which runs the backbone once more with the adapters off: like the official code's second, frozen model. That
+frozen pass runs through a :class:`~verticals.core.prefix_cache.FrozenBranch`, so frozen-prefix caching replays
+it per cloud along with the tokenizer.
 
 **DAPT** (Zhou et al., CVPR 2024), per adapted block: a *dynamic adapter* parallel to the MLP,
 ``A(x) = relu(w . LN(x)) * up(GELU(down(LN(x))))`` (a per-token scale), whose GELU'd output averaged over
@@ -66,6 +68,7 @@ from torch import nn
 from verticals.core.adapters.block_tuner import BlockAdapterConfig, BlockAdapterTuner, nonlinear_merge_error
 from verticals.core.adapters.bottleneck import infer_hidden_size
 from verticals.core.peft_methods import register_method
+from verticals.core.prefix_cache import FrozenBranch
 from verticals.domains.pointcloud.grouping import (
     farthest_point_sample,
     index_points,
@@ -1063,12 +1066,15 @@ class PointPEFTModel(_PointBlockTuner):
         if self.__dict__.get("_prior_hook") is None and adapter_name in self._prior_owners():
             grouper = self.point_state.owners[adapter_name].backbone_ref.module.grouper
             self.__dict__["_prior_hook"] = grouper.register_forward_pre_hook(self._compute_prior)
+            # The frozen pass, as a module of its own: frozen-prefix caching replays it per cloud.
+            self.pointpeft_prior_query = FrozenBranch(self._prior_query, "Point-PEFT's point-prior query")
 
     def _unload_and_optionally_merge(self, *args: Any, **kwargs: Any) -> nn.Module:
         model = super()._unload_and_optionally_merge(*args, **kwargs)
         hook = self.__dict__.pop("_prior_hook", None)
         if hook is not None:
             hook.remove()
+            del self.pointpeft_prior_query
         return model
 
     def _prior_owners(self) -> dict[str, PointPEFTLayer]:
@@ -1100,17 +1106,38 @@ class PointPEFTModel(_PointBlockTuner):
         names = self._prior_adapters()
         if not names or not args or not isinstance(args[0], torch.Tensor):
             return
-        owner = state.owners[names[0]]
-        backbone = owner.backbone_ref.module
-        with torch.no_grad(), self._frozen_pass(backbone):
-            tokens = _backbone_tokens(backbone, args[0])
-        state.prior_centres = getattr(backbone, "last_centres", None)
+        kinds = self._query_kinds(names)
+        features, state.prior_centres = self.pointpeft_prior_query(args[0])
         for name in names:
             layer = state.owners[name]
             config: PointPEFTConfig = layer.settings[name]
-            query = _global_feature(tokens, layer.num_prefix_tokens[name], config.prior_feature)
+            query = features[:, kinds.index((config.prior_feature, layer.num_prefix_tokens[name]))]
             bank = layer.pointpeft_memory_bank[name].features
             state.prior[name] = retrieve_point_prior(query.to(bank.dtype), bank, config.top_k)
+
+    def _query_kinds(self, names: list[str]) -> list[tuple[str, int]]:
+        """The distinct (global feature, prefix tokens) pairs the adapters ``names`` query with, in a fixed order."""
+        owners = self.point_state.owners
+        return sorted({(owners[n].settings[n].prior_feature, owners[n].num_prefix_tokens[n]) for n in names})
+
+    def _prior_query(
+        self, cloud: torch.Tensor, names: list[str] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The frozen model's global features ``[B, kinds, D]`` of ``cloud`` (one per :meth:`_query_kinds` of
+        ``names``, default: the adapters taking a prior now) and its group centres ``[B, G, 3]``: what the point
+        prior retrieves with, and what the memory bank holds (it depends on the cloud alone)."""
+        names = self._prior_adapters() if names is None else names
+        backbone = self.point_state.owners[names[0]].backbone_ref.module
+        with self._frozen_pass(backbone):
+            tokens = _backbone_tokens(backbone, cloud)
+        features = [_global_feature(tokens, prefix, kind) for kind, prefix in self._query_kinds(names)]
+        centres = getattr(backbone, "last_centres", None)
+        if not isinstance(centres, torch.Tensor):
+            raise RuntimeError(
+                "Point-PEFT's point prior reads the backbone's group centres (`last_centres`), which its forward did "
+                f"not set (got {centres!r}). Use verticals' PointTransformer, or set `use_prior=False`."
+            )
+        return torch.stack(features, dim=1), centres
 
     @contextlib.contextmanager
     def _frozen_pass(self, backbone: nn.Module) -> Iterator[None]:
@@ -1134,29 +1161,26 @@ class PointPEFTModel(_PointBlockTuner):
         names = list(owners)
         if not names:
             return
-        backbone = owners[names[0]].backbone_ref.module
-        kinds = {(owners[n].settings[n].prior_feature, owners[n].num_prefix_tokens[n]) for n in names}
-        features: dict[tuple[str, int], list[torch.Tensor]] = {kind: [] for kind in kinds}
-        with torch.no_grad(), self._frozen_pass(backbone):
+        kinds = self._query_kinds(names)
+        features: list[torch.Tensor] = []
+        with torch.no_grad():
             for number, cloud in enumerate(inputs):
                 if not isinstance(cloud, torch.Tensor) or cloud.ndim != 3:
                     got = tuple(cloud.shape) if isinstance(cloud, torch.Tensor) else type(cloud).__name__
                     raise ValueError(
                         f"prepare_from_data needs batches of clouds [B, N, 3]; batch {number} is {got}."
                     )
-                tokens = _backbone_tokens(backbone, cloud)
-                for kind, prefix in kinds:
-                    features[(kind, prefix)].append(_global_feature(tokens, prefix, kind))
-        if not any(features.values()):
+                features.append(self._prior_query(cloud, names)[0])
+        if not features:
             raise ValueError(
                 "prepare_from_data got no training inputs: the memory bank needs the training clouds (an empty "
                 "training split or loader?)."
             )
+        every = torch.cat(features)
         for name in names:
             config: PointPEFTConfig = owners[name].settings[name]
-            bank = F.normalize(
-                torch.cat(features[(config.prior_feature, owners[name].num_prefix_tokens[name])]), dim=-1
-            )
+            kind = kinds.index((config.prior_feature, owners[name].num_prefix_tokens[name]))
+            bank = F.normalize(every[:, kind], dim=-1)
             if bank.shape[0] < config.top_k:
                 raise ValueError(
                     f"Point-PEFT adapter '{name}' retrieves top_k={config.top_k} training samples per input, but "

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from verticals.core.data import ArrayClassificationDataModule
-from verticals.core.prefix_cache import FrozenPrefixCache, PrefixCacheError, PrefixCacheOptions
+from verticals.core.prefix_cache import FrozenBranch, FrozenPrefixCache, PrefixCacheError, PrefixCacheOptions
 from verticals.core.report import write_report
 from verticals.core.tasks import ClassificationTask
 
@@ -247,3 +247,90 @@ def test_options_from_the_task_argument():
         enabled=True, dtype="float16"
     )
     assert not PrefixCacheOptions.coerce({"enabled": False}).enabled
+
+
+class SideBranch(Chain):
+    """A Chain whose stem has a pre-hook that runs the stem and the first block once more on the raw input (a
+    frozen side pass, like Point-PEFT's point-prior query) and adds its result before the head."""
+
+    def __init__(self, declared: bool = True, reads_head: bool = False) -> None:
+        super().__init__()
+        self.reads_head = reads_head
+        self.side: torch.Tensor | None = None
+        self.running_side = False
+        self.side_pass = FrozenBranch(self._side_pass, "the stem and block 0 again") if declared else None
+        self.stem.register_forward_pre_hook(self._before_stem)
+
+    def _side_pass(self, x: torch.Tensor) -> torch.Tensor:
+        self.running_side = True
+        try:
+            side = self.blocks[0](self.stem(x))
+        finally:
+            self.running_side = False
+        return side + self.head.bias.sum() if self.reads_head else side
+
+    def _before_stem(self, module: nn.Module, args: tuple) -> None:
+        if not self.running_side:
+            self.side = self.side_pass(args[0]) if self.side_pass is not None else self._side_pass(args[0])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = self.blocks(self.stem(x) + self.offset)
+        return self.head(hidden + self.side)
+
+
+def test_a_declared_frozen_side_pass_is_replayed_with_the_prefix(tmp_path):
+    plain, plain_losses = _fit(tmp_path, cache=False, network=SideBranch())
+    cached, cached_losses = _fit(tmp_path, cache=True, network=SideBranch())
+    np.testing.assert_allclose(cached_losses, plain_losses, rtol=1e-6, atol=1e-7)
+    summary = cached.prefix_cache_summary
+    assert summary["cached_modules"] == ["side_pass", "blocks.1"] and "stem" in summary["skipped_modules"]
+
+    network = SideBranch()
+    network.requires_grad_(False)
+    network.head.requires_grad_(True)
+    FrozenPrefixCache(network, PrefixCacheOptions(enabled=True))
+    runs: list[str] = []
+    network.stem[0].register_forward_hook(
+        lambda *_: runs.append("stem")
+    )  # hooks of a replayed module still run
+    x = torch.randn(4, 8)
+    with torch.no_grad():
+        expected = network.train()(x)
+        runs.clear()
+        replayed = network(x)
+    assert runs == []  # neither the main pass's stem nor the side pass's ran again
+    torch.testing.assert_close(replayed, expected)
+
+
+def test_an_undeclared_side_pass_or_one_that_reads_trained_weights_is_refused():
+    undeclared = SideBranch(declared=False)
+    undeclared.requires_grad_(False)
+    undeclared.head.requires_grad_(True)
+    FrozenPrefixCache(undeclared, PrefixCacheOptions(enabled=True))
+    with pytest.raises(PrefixCacheError, match="`stem` runs 2 times"):
+        undeclared.train()(torch.randn(4, 8))
+    reads_head = SideBranch(reads_head=True)
+    reads_head.requires_grad_(False)
+    reads_head.head.requires_grad_(True)
+    FrozenPrefixCache(reads_head, PrefixCacheOptions(enabled=True))
+    with pytest.raises(PrefixCacheError, match=r"\['side_pass'\] changes when the trained parameters do"):
+        reads_head.train()(torch.randn(4, 8))
+
+
+def test_the_set_up_leaves_trained_batchnorm_statistics_as_one_forward_would():
+    def network() -> nn.Module:
+        chain = Chain()
+        chain.blocks.append(nn.BatchNorm1d(WIDTH))
+        chain.requires_grad_(False)
+        chain.blocks[-1].requires_grad_(True)
+        return chain.train()
+
+    plain, cached = network(), network()
+    FrozenPrefixCache(cached, PrefixCacheOptions(enabled=True))
+    x = torch.randn(6, 8)
+    with torch.no_grad():
+        plain(x)
+        cached(x)
+    torch.testing.assert_close(cached.blocks[-1].running_mean, plain.blocks[-1].running_mean)
+    torch.testing.assert_close(cached.blocks[-1].running_var, plain.blocks[-1].running_var)
+    assert int(cached.blocks[-1].num_batches_tracked) == 1

@@ -23,6 +23,7 @@ from torch import nn
 from verticals.core.adapters.api import adapt
 from verticals.core.adapters.lifecycle import adapter_hooks
 from verticals.core.peft_methods import registered_methods
+from verticals.core.prefix_cache import FrozenPrefixCache, PrefixCacheOptions
 from verticals.domains.pointcloud.adapters import (
     DEFAULT_SCALE_SHIFT_MODULES,
     DAPTConfig,
@@ -436,6 +437,45 @@ def test_on_the_pointcloud_models_through_core_adapt(method: str, task: str, tmp
     model.save_pretrained(tmp_path)
     reloaded = PeftModel.from_pretrained(build(), tmp_path)
     torch.testing.assert_close(reloaded(x), expected)
+
+
+@pytest.mark.parametrize("method", ["point_peft", "dapt"])
+def test_frozen_prefix_caching_replays_the_tokenizer_and_the_prior_query(method: str) -> None:
+    """With the cache, three SGD steps on the same clouds give the same losses; Point-PEFT's second, frozen pass
+    of the backbone (the prior's query, a FrozenBranch) is replayed along with the tokenizer, not re-run."""
+
+    def trained(cache: bool) -> tuple[list[float], nn.Module, FrozenPrefixCache | None]:
+        torch.manual_seed(0)
+        network = point_transformer((POINTS, 3), 4, size="tiny", pretrained=False)
+        options = dict(SMALL) if method == "point_peft" else {"bottleneck_dim": 4}
+        model = adapt(network, method, targets="blocks", trainable=["head"], **options)
+        fill_bank(model)
+        randomize_adapters(model)
+        model.train()
+        prefix_cache = FrozenPrefixCache(model, PrefixCacheOptions(enabled=True)) if cache else None
+        optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+        losses = []
+        for _ in range(3):
+            loss = model(clouds(4, seed=7)).square().mean()
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            losses.append(float(loss))
+        return losses, model, prefix_cache
+
+    plain_losses, _, _ = trained(cache=False)
+    cached_losses, model, prefix_cache = trained(cache=True)
+    torch.testing.assert_close(cached_losses, plain_losses, rtol=1e-6, atol=1e-7)
+    replayed = prefix_cache.summary()["cached_modules"]
+    assert "backbone.pos_embed" in replayed
+    assert ("base_model.pointpeft_prior_query" in replayed) == (method == "point_peft")
+    tokenized: list[int] = []
+    model.base_model.model.backbone.encoder.first_conv[0].register_forward_hook(
+        lambda *_: tokenized.append(1)
+    )
+    with torch.no_grad():
+        model(clouds(4, seed=7))
+    assert tokenized == []  # neither the main pass nor the frozen pass ran the tokenizer
 
 
 # --- Point-PEFT: the point prior and the memory bank -------------------------------------------------------
