@@ -67,6 +67,17 @@ MEDICAL = [
     "--data.init_args.generated_size", "32",
     "--data.init_args.batch_size", "16",
 ]  # fmt: skip
+# SAM segmentation (MNI152 slices or generated phantoms, no `root`): at the config's own image size, a few slices.
+SAM = [
+    "--trainer.max_epochs", "1",
+    "--trainer.limit_train_batches", "2",
+    "--trainer.limit_val_batches", "1",
+    "--trainer.limit_test_batches", "2",
+]  # fmt: skip
+SAM_DATA = {
+    "MNI152": ["--data.init_args.max_slices", "16"],
+    "phantoms": ["--data.init_args.num_patients", "10", "--data.init_args.num_slices", "2"],
+}
 SPEECH = [
     "--trainer.max_epochs", "1",
     "--data.init_args.conditions", "[clear, noisy]",
@@ -101,6 +112,12 @@ def small_budget(name: str, workdir: Path) -> tuple[list[str], str]:
     zero_shot = config.endswith("zero_shot")
     if domain == "timeseries":
         return [*TIMESERIES], "real MiniLM; 3 epochs (GunPoint: 12 steps); whole TEST split"
+    if domain == "medical" and "sam" in config:
+        data = "phantoms" if "phantoms" in config else "MNI152"
+        args = [*SAM, *SAM_DATA[data]]
+        if zero_shot:
+            args[1] = "0"
+        return args, f"{data} slices at the config's size, 1 epoch x 2 batches, 2 test batches"
     if domain == "medical":
         args = [*MEDICAL, *data_locations(name, workdir)]
         if zero_shot:
