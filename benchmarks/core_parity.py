@@ -33,6 +33,7 @@ import contextlib
 import datetime
 import hashlib
 import importlib.metadata
+import inspect
 import json
 import os
 import platform
@@ -208,9 +209,11 @@ def run_one(name: str, workdir: Path, npz: Path, seed: int | None, full_budget: 
     started = time.perf_counter()
     # Unmerged: the parity is bit-for-bit against the recorded pre-redesign outputs, which predicted unmerged
     # (merging, predict's default now, changes outputs at the 1e-7 level).
-    predictions = trainer.predict(
-        cli.model, dataloaders=cli.datamodule.test_dataloader(), merge_adapter=False
+    # Code from before merged prediction has no `merge_adapter` (and predicts unmerged).
+    unmerged = (
+        {"merge_adapter": False} if "merge_adapter" in inspect.signature(trainer.predict).parameters else {}
     )
+    predictions = trainer.predict(cli.model, dataloaders=cli.datamodule.test_dataloader(), **unmerged)
     predict_seconds = time.perf_counter() - started
     predicted, transcripts = _predict_outputs(predictions or [])
     arrays.update(predicted)

@@ -24,6 +24,7 @@ def test_tiny_run_writes_markdown_json_and_figures(benchmark, tmp_path: Path, mo
         "--methods", "zero_shot_box", "samed_lora",
         "--seeds", "0",
         "--epochs", "1",
+        "--phantom-epochs", "2",
         "--image-size", "64",
         "--max-slices", "4",
         "--patients", "8",
@@ -43,6 +44,8 @@ def test_tiny_run_writes_markdown_json_and_figures(benchmark, tmp_path: Path, mo
         else:
             assert 0 < run["encoder_trainable_percent"] < 1 < run["trainable_percent"] < 60
             assert run["adapter_mb"] > 0 and run["steps"] >= 1
+    trained = {run["dataset"]: run for run in results["runs"] if run["method"] == "samed_lora"}
+    assert (trained["mni"]["epochs_run"], trained["phantoms"]["epochs_run"]) == (1, 2)  # --phantom-epochs
     phantoms = next(run for run in results["runs"] if run["dataset"] == "phantoms")
     assert {"site", "sex"} <= set(phantoms["groups"])
     summary = results["summary"]["mni"]
@@ -51,6 +54,7 @@ def test_tiny_run_writes_markdown_json_and_figures(benchmark, tmp_path: Path, mo
     assert saved["summary"]["phantoms"]["samed_lora"]["seeds"] == [0]
     markdown = output.read_text()
     assert "| zero_shot_box | 1 |" in markdown and "best − worst" in markdown
+    assert "1 epochs (2 on the phantoms)" in markdown
     for figure in ("dice_by_method.png", "overlays.png"):
         assert (output.with_suffix("") / figure).stat().st_size > 0
         assert f"medical_sam/{figure}" in markdown
