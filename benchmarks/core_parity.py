@@ -69,6 +69,7 @@ MEDICAL = [
     "--data.init_args.batch_size", "16",
 ]  # fmt: skip
 # SAM segmentation (MNI152 slices or generated phantoms, no `root`): at the config's own image size, a few slices.
+# Still ~5 min a config on this CPU: `run` also scores the zero-shot-box baseline and the per-group report.
 SAM = [
     "--trainer.max_epochs", "1",
     "--trainer.limit_train_batches", "2",
