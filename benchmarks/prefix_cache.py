@@ -68,6 +68,7 @@ from _common import (  # noqa: E402
     runs_root,
     write_reports,
 )
+from charts import chart_report  # noqa: E402
 
 from verticals.core.cli import run_cli  # noqa: E402
 
@@ -340,6 +341,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "rows": rows,
     }
     markdown, json_path = write_reports(results, args.output, render_markdown)
+    chart_report(args.output, results)  # the report's chart, redrawn and linked from its ## Charts block
     print(markdown)
     print(f"Wrote {args.output} and {json_path}")
     return results
