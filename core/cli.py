@@ -24,6 +24,7 @@ import os
 import re
 import shlex
 import sys
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -124,12 +125,12 @@ class VerticalsTrainer(Trainer):
     # call itself: keep that call as it is, and change `kwargs` in place before it.
     def validate(self, *args: Any, **kwargs: Any) -> Any:
         self._name_best_checkpoint(kwargs)
-        with _exit_status_of_signals(self):
+        with _exit_status_of_signals(self), _without_dirpath_notice():
             return super().validate(*args, **kwargs)
 
     def test(self, *args: Any, **kwargs: Any) -> Any:
         self._name_best_checkpoint(kwargs)
-        with _exit_status_of_signals(self):
+        with _exit_status_of_signals(self), _without_dirpath_notice():
             return super().test(*args, **kwargs)
 
     def predict(self, *args: Any, merge_adapter: bool = True, **kwargs: Any) -> Any:
@@ -146,7 +147,7 @@ class VerticalsTrainer(Trainer):
         model = kwargs.get("model", args[0] if args else None)
         if isinstance(model, AdapterTask):
             model.merge_for_predict = merge_adapter
-        with _exit_status_of_signals(self):
+        with _exit_status_of_signals(self), _without_dirpath_notice():
             return super().predict(*args, **kwargs)
 
     def _name_best_checkpoint(self, kwargs: dict[str, Any]) -> None:
@@ -155,6 +156,20 @@ class VerticalsTrainer(Trainer):
         best = getattr(self.checkpoint_callback, "best_model_path", "")
         if kwargs.get("ckpt_path") == "best" and best:
             kwargs["ckpt_path"] = best
+
+
+#: Lightning's notice when a checkpoint written under another run directory is loaded (``verticals test
+#: --ckpt_path OTHER_RUN/...``): it says the checkpoint callback keeps only that run's best path. Evaluation
+#: writes no checkpoint, so nothing it does reads what was not reloaded; a resumed ``fit`` still shows it.
+CHECKPOINT_DIRPATH_NOTICE = r"The dirpath has changed from "
+
+
+@contextmanager
+def _without_dirpath_notice() -> Iterator[None]:
+    """Silence :data:`CHECKPOINT_DIRPATH_NOTICE` for one validate, test or predict call."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=CHECKPOINT_DIRPATH_NOTICE, category=UserWarning)
+        yield
 
 
 @contextmanager

@@ -14,6 +14,8 @@ checkpoint tested), every other warning, and the paths it wrote. What it does no
   LayerNorm tuning (``ln_tuning``) asks each normalisation layer it wraps for a linear layer's in/out
   features, which a norm has not, and stores them without ever reading them (peft 0.21). Only for
   normalisation layers: the same warning about any other layer type still shows.
+- Lightning's "The dirpath has changed from ..." when ``verticals validate/test/predict`` loads another run's
+  checkpoint: silenced around those calls only, in ``verticals.core.cli`` (a resumed ``fit`` still shows it).
 
 A domain silences a library's own notices the same way, by their text, where it knows them harmless
 (:func:`silence_log_messages`, called from the domain's own code).

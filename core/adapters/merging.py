@@ -8,8 +8,8 @@ a change of weights. Per method:
   LoKr, OFT/BOFT, VeRA, FourierFT, LN tuning and every other peft layer that implements ``merge``.
 - **S2-LoRA merges**: its update ``s · B diag(λ) A`` is a plain weight delta
   (:meth:`~verticals.core.adapters.s2lora.layer.S2LoRALayer.merge`).
-- **Block adapters refuse**: bottleneck, Earth-Adapter and Point-PEFT's geometry adapters act on a block's
-  output through a nonlinearity, so no weight change equals them; their tuner's ``merge_error`` says so.
+- **Block adapters refuse**: the bottleneck adapter and the domains' block adapters act on a block's output
+  through a nonlinearity, so no weight change equals them; their tuner's ``merge_error`` says so.
 - **Prompt-style methods refuse** (prompt, prefix and p-tuning): they add virtual tokens, not weights.
 - **A layer peft cannot merge refuses** (a quantized GPTQ/AWQ base, Polytropon): its class has no ``merge``.
 - **The regimes have nothing to merge** (``linear_probe``, ``bitfit``, ``full``, ``frozen``): what they

@@ -10,6 +10,7 @@ import json
 import re
 import shutil
 import sys
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -281,6 +282,21 @@ def test_test_takes_a_positional_config_and_an_unchanged_adapter_loads(user_chec
     cli = run_cli(["test", CONFIG, *_tiny(tmp_path), "--ckpt_path", best])
     assert cli.trainer.state.finished and "test_accuracy" in cli.trainer.callback_metrics
     assert cli.model.hparams["adapter"]["options"]["r"] == 8
+
+
+def test_testing_another_runs_checkpoint_drops_lightnings_dirpath_notice(tmp_path):
+    """The run's own checkpoint callbacks load the tested checkpoint's state; Lightning then warns that the
+    dirpath changed, which says nothing to act on when evaluating (nothing is saved)."""
+    fitted = run_cli(["fit", CONFIG, *_tiny(tmp_path / "fit", "--trainer.max_epochs", "1")])
+    best = fitted.trainer.checkpoint_callback.best_model_path
+    for subcommand in ("validate", "test", "predict"):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            cli = run_cli([subcommand, CONFIG, *_tiny(tmp_path / subcommand), "--ckpt_path", best])
+        assert cli.trainer.state.finished
+        assert not [warning for warning in caught if "dirpath has changed" in str(warning.message)], (
+            subcommand
+        )
 
 
 def test_a_task_with_another_rank_refuses_the_checkpoint_from_python(user_checkpoint_run, tmp_path):
