@@ -321,7 +321,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "summary": summarise(runs, hf),
     }
     markdown, json_path = write_reports(results, args.output, render_markdown)
-    chart_report(args.output, results)  # the report's chart, redrawn and linked from its ## Charts block
+    chart_report(args.output, results)
     print(markdown)
     print(f"Wrote {args.output} and {json_path}")
     return results

@@ -24,7 +24,6 @@ import os
 import re
 import shlex
 import sys
-import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -44,7 +43,7 @@ from verticals.core.callbacks import run_directory
 from verticals.core.checkpoint_io import with_atomic_checkpoints
 from verticals.core.export import EXPORT_HELP, export_main
 from verticals.core.extras import missing_extras, packages_named_in
-from verticals.core.quiet import quiet_lightning
+from verticals.core.quiet import quiet_lightning, without_checkpoint_dirpath_notice
 from verticals.core.report import stopped_before_budget, write_seed_report
 from verticals.core.resume import (
     EXIT_SIGINT,
@@ -125,12 +124,12 @@ class VerticalsTrainer(Trainer):
     # call itself: keep that call as it is, and change `kwargs` in place before it.
     def validate(self, *args: Any, **kwargs: Any) -> Any:
         self._name_best_checkpoint(kwargs)
-        with _exit_status_of_signals(self), _without_dirpath_notice():
+        with _exit_status_of_signals(self), without_checkpoint_dirpath_notice():
             return super().validate(*args, **kwargs)
 
     def test(self, *args: Any, **kwargs: Any) -> Any:
         self._name_best_checkpoint(kwargs)
-        with _exit_status_of_signals(self), _without_dirpath_notice():
+        with _exit_status_of_signals(self), without_checkpoint_dirpath_notice():
             return super().test(*args, **kwargs)
 
     def predict(self, *args: Any, merge_adapter: bool = True, **kwargs: Any) -> Any:
@@ -147,7 +146,7 @@ class VerticalsTrainer(Trainer):
         model = kwargs.get("model", args[0] if args else None)
         if isinstance(model, AdapterTask):
             model.merge_for_predict = merge_adapter
-        with _exit_status_of_signals(self), _without_dirpath_notice():
+        with _exit_status_of_signals(self), without_checkpoint_dirpath_notice():
             return super().predict(*args, **kwargs)
 
     def _name_best_checkpoint(self, kwargs: dict[str, Any]) -> None:
@@ -156,20 +155,6 @@ class VerticalsTrainer(Trainer):
         best = getattr(self.checkpoint_callback, "best_model_path", "")
         if kwargs.get("ckpt_path") == "best" and best:
             kwargs["ckpt_path"] = best
-
-
-#: Lightning's notice when a checkpoint written under another run directory is loaded (``verticals test
-#: --ckpt_path OTHER_RUN/...``): it says the checkpoint callback keeps only that run's best path. Evaluation
-#: writes no checkpoint, so nothing it does reads what was not reloaded; a resumed ``fit`` still shows it.
-CHECKPOINT_DIRPATH_NOTICE = r"The dirpath has changed from "
-
-
-@contextmanager
-def _without_dirpath_notice() -> Iterator[None]:
-    """Silence :data:`CHECKPOINT_DIRPATH_NOTICE` for one validate, test or predict call."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=CHECKPOINT_DIRPATH_NOTICE, category=UserWarning)
-        yield
 
 
 @contextmanager

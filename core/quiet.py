@@ -15,7 +15,8 @@ checkpoint tested), every other warning, and the paths it wrote. What it does no
   features, which a norm has not, and stores them without ever reading them (peft 0.21). Only for
   normalisation layers: the same warning about any other layer type still shows.
 - Lightning's "The dirpath has changed from ..." when ``verticals validate/test/predict`` loads another run's
-  checkpoint: silenced around those calls only, in ``verticals.core.cli`` (a resumed ``fit`` still shows it).
+  checkpoint: evaluation writes no checkpoint, so what the callback did not reload is never read. Silenced
+  around those calls only (:func:`without_checkpoint_dirpath_notice`); a resumed ``fit`` still shows it.
 
 A domain silences a library's own notices the same way, by their text, where it knows them harmless
 (:func:`silence_log_messages`, called from the domain's own code).
@@ -28,6 +29,8 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 #: The start of Lightning's advertising lines ("💡 Tip: For seamless cloud ...").
 LIGHTNING_TIP = "💡 Tip:"
@@ -45,6 +48,8 @@ SILENCED_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
         UserWarning,
     ),
 )
+#: Lightning's notice on loading a checkpoint written under another run directory (module docstring).
+CHECKPOINT_DIRPATH_NOTICE = r"The dirpath has changed from "
 
 
 class DropLightningTips(logging.Filter):
@@ -101,3 +106,11 @@ def quiet_lightning(level: int | None = None) -> None:
     if level is not None:
         for name in LIGHTNING_LOGGERS:
             logging.getLogger(name).setLevel(level)
+
+
+@contextmanager
+def without_checkpoint_dirpath_notice() -> Iterator[None]:
+    """Silence :data:`CHECKPOINT_DIRPATH_NOTICE` for one validate, test or predict call."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=CHECKPOINT_DIRPATH_NOTICE, category=UserWarning)
+        yield
